@@ -1,0 +1,31 @@
+# The two set-up-and-go commands: `make run` and `make test`. Each installs what
+# it needs on a fresh machine first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint proto setup clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/twist gatewayd --dev
+
+test: $(STAMP)
+	./scripts/test-setup.sh
+	$(BIN)/ruff check gatewayd tests twisted scripts bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q -ra
+
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+clean:
+	rm -rf $(VENV) node_modules

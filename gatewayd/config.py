@@ -1,0 +1,267 @@
+"""Configuration: one TOML file into frozen dataclasses, validated, with defaults.
+
+Every key has a default (``conf/gatewayd.toml`` lists them all with comments).
+Unknown sections or keys and values of the wrong type are refused with a
+``ConfigError`` naming the key. ``GATEWAYD_<SECTION>_<KEY>`` environment
+variables override the file (values parsed as TOML, else taken as strings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, unknown or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A rate budget: ``rate`` events per second sustained, bursts up to ``burst``."""
+
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a message_type goes: an HTTP method and a path under ``/api/v1/user/``."""
+
+    method: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = "tcp:8080"
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_streams: int = 100
+    max_header_list_bytes: int = 16 * 1024
+    idle_timeout_s: float = 300.0
+    keepalive_interval_s: float = 0.0
+    keepalive_timeout_s: float = 20.0
+    drain_timeout_s: float = 10.0
+    stream_buffer_bytes: int = 256 * 1024
+    heartbeat_interval_s: float = 0.0
+    trusted_proxies: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    metrics_listen: str = ""
+    static_dir: str = ""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    base_url: str = "http://127.0.0.1:8081"
+    push_endpoint: str = "tcp:host=127.0.0.1:port=8082"
+    gateway_id: str = ""
+    timeout_s: float = 5.0
+    max_connections: int = 64
+    session_cache_ttl_s: float = 5.0
+    session_cache_size: int = 100_000
+    push_backoff_initial_s: float = 0.5
+    push_backoff_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    signing_key: str = ""
+    published: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    freshness_window_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class StoresConfig:
+    kind: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "gatewayd:"
+    timeout_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    ip: Budget = Budget(rate=200.0, burst=400)
+    session: Budget = Budget(rate=100.0, burst=200)
+    user: Budget = Budget(rate=200.0, burst=400)
+    message_type: Budget = Budget(rate=50.0, burst=100)
+
+
+@dataclass(frozen=True)
+class PublicConfig:
+    max_body_bytes: int = 4096
+    login_ip: Budget = Budget(rate=1.0, burst=60)
+    send_email: Budget = Budget(rate=0.1, burst=5)
+    confirm_challenge: Budget = Budget(rate=0.1, burst=10)
+
+
+@dataclass(frozen=True)
+class DevConfig:
+    enabled: bool = False
+    email_code: str = "000000"
+    state_dir: str = ".gatewayd-dev"
+
+
+DEFAULT_ROUTES: Mapping[str, Route] = types.MappingProxyType(
+    {
+        "user.profile.get": Route("GET", "profile"),
+        "user.profile.update": Route("PATCH", "profile"),
+        "user.notes.create": Route("POST", "notes"),
+        "user.notes.list": Route("GET", "notes"),
+        "user.sessions.revoke": Route("POST", "sessions/revoke"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    backend: BackendConfig = BackendConfig()
+    keys: KeysConfig = KeysConfig()
+    security: SecurityConfig = SecurityConfig()
+    stores: StoresConfig = StoresConfig()
+    limits: LimitsConfig = LimitsConfig()
+    public: PublicConfig = PublicConfig()
+    dev: DevConfig = DevConfig()
+    routes: Mapping[str, Route] = field(default_factory=lambda: DEFAULT_ROUTES)
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with sections replaced; ``replace(server={"listen": "tcp:0"})`` merges keys."""
+        changes: dict[str, Any] = {}
+        for name, value in sections.items():
+            current = getattr(self, name)
+            if isinstance(value, Mapping) and dataclasses.is_dataclass(current):
+                value = dataclasses.replace(current, **value)  # type: ignore[type-var]
+            changes[name] = value
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(key: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_convert(f"{key}[{i}]", item, v) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return _build(key, hint, value)
+    raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - a bug in this module
+
+
+def _build(prefix: str, cls: Any, table: Any) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{prefix}: expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in table.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in known:
+            raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(known))})")
+        kwargs[name] = _convert(key, hints[name], value)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{prefix}: {e}") from None
+
+
+def _routes(table: Any) -> Mapping[str, Route]:
+    if not isinstance(table, Mapping):
+        raise ConfigError("routes: expected a table of message_type = {method, path}")
+    routes = {}
+    for message_type, spec in table.items():
+        route = _build(f"routes.{message_type}", Route, spec)
+        if route.method.upper() not in {"GET", "POST", "PUT", "PATCH", "DELETE"}:
+            raise ConfigError(f"routes.{message_type}.method: unsupported HTTP method {route.method!r}")
+        if route.path.startswith("/") or ".." in route.path.split("/"):
+            raise ConfigError(f"routes.{message_type}.path: must be relative to /api/v1/user/")
+        routes[message_type] = Route(route.method.upper(), route.path)
+    return types.MappingProxyType(routes)
+
+
+def _validate(config: Config) -> Config:
+    if config.stores.kind not in {"memory", "redis"}:
+        raise ConfigError(f"stores.kind: expected 'memory' or 'redis', got {config.stores.kind!r}")
+    if config.server.max_concurrent_streams < 1:
+        raise ConfigError("server.max_concurrent_streams: must be at least 1")
+    if config.server.max_message_bytes < 1024:
+        raise ConfigError("server.max_message_bytes: must be at least 1024")
+    if bool(config.server.tls_certificate) != bool(config.server.tls_private_key):
+        raise ConfigError("server.tls_certificate and server.tls_private_key: set both or neither")
+    for name in ("ip", "session", "user", "message_type"):
+        budget = getattr(config.limits, name)
+        if budget.rate <= 0 or budget.burst < 1:
+            raise ConfigError(f"limits.{name}: rate must be > 0 and burst >= 1")
+    return config
+
+
+def from_mapping(data: Mapping[str, Any]) -> Config:
+    """Build a validated ``Config`` from parsed TOML."""
+    data = dict(data)
+    routes = _routes(data.pop("routes")) if "routes" in data else DEFAULT_ROUTES
+    config = _build("", Config, {k: v for k, v in data.items()})
+    return _validate(dataclasses.replace(config, routes=routes))
+
+
+def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    sections = {f.name for f in dataclasses.fields(Config)} - {"routes"}
+    for name, raw in environ.items():
+        if not name.startswith("GATEWAYD_"):
+            continue
+        rest = name[len("GATEWAYD_") :].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            continue
+        key = rest[len(section) + 1 :]
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        data.setdefault(section, {})[key] = value
+    return data
+
+
+def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or only defaults when ``None``), apply environment overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"{path}: {e.strerror or e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    data = _env_overrides(data, os.environ if environ is None else environ)
+    return from_mapping(data)

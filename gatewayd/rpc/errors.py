@@ -1,0 +1,28 @@
+"""The one exception every layer uses to end a call with a status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gatewayd.rpc.codes import Code
+
+
+class RpcError(Exception):
+    """End the call with ``code`` and a short, safe ``message``.
+
+    ``metadata`` is sent with the status: as trailers over gRPC and gRPC-Web,
+    as response headers and error ``metadata`` over Connect (for example
+    ``{"retry-after": "3"}``). Keys are lowercase ASCII.
+    """
+
+    def __init__(self, code: Code, message: str = "", metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.metadata: Mapping[str, str] = metadata or {}
+
+    def __repr__(self) -> str:
+        return f"RpcError({self.code.name}, {self.message!r})"
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"

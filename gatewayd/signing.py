@@ -1,0 +1,205 @@
+"""Signing inputs of PROTOCOL.md section 2, key ids, and the gateway's keys.
+
+``frame(p1, ..., pn)`` prefixes each part with its length as a 4-byte
+big-endian integer; strings are UTF-8, integers decimal ASCII, hashes raw.
+Everything here is pure and shared by the gateway, the client and the tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+REQUEST_CONTEXT = b"gatewayd/v1/request"
+RESPONSE_CONTEXT = b"gatewayd/v1/response"
+EVENT_CONTEXT = b"gatewayd/v1/event"
+
+_LENGTH = struct.Struct(">I")
+
+
+def frame(*parts: bytes) -> bytes:
+    """Length-prefix and concatenate ``parts``."""
+    return b"".join(_LENGTH.pack(len(p)) + p for p in parts)
+
+
+def _int(value: int) -> bytes:
+    return str(int(value)).encode()
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+EMPTY_SHA256 = sha256(b"")
+
+
+def request_signing_input(
+    protocol_version: int,
+    device_session_id: str,
+    request_id: str,
+    timestamp_ms: int,
+    message_type: str,
+    payload_hash: bytes,
+) -> bytes:
+    """The bytes a device signs for one request."""
+    return frame(
+        REQUEST_CONTEXT,
+        _int(protocol_version),
+        device_session_id.encode(),
+        request_id.encode(),
+        _int(timestamp_ms),
+        message_type.encode(),
+        payload_hash,
+    )
+
+
+def response_signing_input(
+    protocol_version: int,
+    device_session_id: str,
+    request_id: str,
+    timestamp_ms: int,
+    result_code: str,
+    payload_hash: bytes,
+    key_id: str,
+) -> bytes:
+    """The bytes the gateway signs for one response (the caller's session id included)."""
+    return frame(
+        RESPONSE_CONTEXT,
+        _int(protocol_version),
+        device_session_id.encode(),
+        request_id.encode(),
+        _int(timestamp_ms),
+        result_code.encode(),
+        payload_hash,
+        key_id.encode(),
+    )
+
+
+def event_signing_input(
+    event_type: str, event_id: str, timestamp_ms: int, payload_hash: bytes, key_id: str
+) -> bytes:
+    """The bytes the gateway signs once per event."""
+    return frame(
+        EVENT_CONTEXT,
+        event_type.encode(),
+        event_id.encode(),
+        _int(timestamp_ms),
+        payload_hash,
+        key_id.encode(),
+    )
+
+
+def key_id_for(public_key: bytes) -> str:
+    """Lowercase hex of the first 8 bytes of SHA-256 of the raw 32-byte public key."""
+    return hashlib.sha256(public_key).digest()[:8].hex()
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``public_key``."""
+    try:
+        VerifyKey(public_key).verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class PublishedKey:
+    """A gateway public key clients may verify against."""
+
+    key_id: str
+    public_key: bytes
+
+    def as_json(self) -> dict[str, str]:
+        return {"key_id": self.key_id, "public_key": base64.b64encode(self.public_key).decode()}
+
+
+class KeyFileError(Exception):
+    """A key file is missing, unreadable or malformed; the message names the file."""
+
+
+class GatewayKey:
+    """The Ed25519 key that signs responses and events."""
+
+    def __init__(self, signing_key: SigningKey) -> None:
+        self._signing_key = signing_key
+        self.public_key = bytes(signing_key.verify_key)
+        self.key_id = key_id_for(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte detached signature of ``message``."""
+        return self._signing_key.sign(message).signature
+
+    @classmethod
+    def generate(cls) -> GatewayKey:
+        return cls(SigningKey.generate())
+
+    @classmethod
+    def load(cls, path: Path) -> GatewayKey:
+        """Read a key file: the base64 32-byte Ed25519 seed on one line."""
+        try:
+            text = path.read_text().strip()
+        except OSError as e:
+            raise KeyFileError(f"signing key {path}: {e.strerror or e}") from None
+        try:
+            seed = base64.b64decode(text, validate=True)
+        except ValueError:
+            raise KeyFileError(f"signing key {path}: not base64") from None
+        if len(seed) != 32:
+            raise KeyFileError(f"signing key {path}: expected a 32-byte seed, found {len(seed)} bytes")
+        return cls(SigningKey(seed))
+
+    def save(self, path: Path) -> None:
+        """Write the seed to ``path`` with mode 0600 (never readable by others, even briefly)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(base64.b64encode(bytes(self._signing_key)).decode() + "\n")
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> GatewayKey:
+        """Dev mode: the key in ``path``, generated there first if absent."""
+        if not path.exists():
+            key = cls.generate()
+            key.save(path)
+            return key
+        return cls.load(path)
+
+    def published(self) -> PublishedKey:
+        return PublishedKey(self.key_id, self.public_key)
+
+
+def load_public_key(path: Path) -> PublishedKey:
+    """Read a published (verify-only) key file: the base64 32-byte public key."""
+    try:
+        raw = base64.b64decode(path.read_text().strip(), validate=True)
+    except OSError as e:
+        raise KeyFileError(f"public key {path}: {e.strerror or e}") from None
+    except ValueError:
+        raise KeyFileError(f"public key {path}: not base64") from None
+    if len(raw) != 32:
+        raise KeyFileError(f"public key {path}: expected 32 bytes, found {len(raw)}")
+    return PublishedKey(key_id_for(raw), raw)
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The key that signs now, and every key published for verification (rotation)."""
+
+    signer: GatewayKey
+    published: tuple[PublishedKey, ...]
+
+    @classmethod
+    def of(cls, signer: GatewayKey, extra: tuple[PublishedKey, ...] = ()) -> Keyring:
+        keys = [signer.published()] + [k for k in extra if k.key_id != signer.key_id]
+        return cls(signer, tuple(keys))
+
+    def as_json(self) -> dict[str, list[dict[str, str]]]:
+        return {"keys": [k.as_json() for k in self.published]}
