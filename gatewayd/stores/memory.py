@@ -1,0 +1,140 @@
+"""In-process stores: replay reservations and GCRA rate budgets in dicts.
+
+For ``--dev`` and single-instance deployments; several gateways must share
+Redis instead. Every call is O(1) and answers synchronously with an already
+fired Deferred.
+
+Memory is bounded. Both stores keep ``key -> deadline`` (a replay
+reservation's expiry; a bucket's theoretical arrival time, after which the
+bucket is full and the key means nothing). Every call sweeps two entries
+from the front of the dict's insertion order: an expired one is dropped, a
+live one goes to the back. The sweep thus cycles through all entries at twice
+the rate at which new keys can arrive, so expired ones leave within a cycle,
+whatever their mix of lifetimes. When a store is at its maximum, a new key
+first sweeps harder (a bounded number of entries); if nothing has expired:
+
+- the replay store fails closed (``StoreUnavailable``): forgetting a live
+  reservation would let a replay through;
+- the rate limiter evicts the entry at the front of the sweep order (the one
+  left untouched by the sweep for longest, not strictly the soonest to
+  expire): that only forgives one key's debt, where failing closed would deny
+  every new key.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from gatewayd.config import Budget
+from gatewayd.stores.base import ALLOWED, RateDecision, StoreUnavailable, check_cost
+
+#: Entries examined per call by the amortised sweep.
+_SWEEP_STEP = 2
+#: Entries examined, at most, to find room for a new key in a full store.
+_ROOM_SEARCH = 32
+#: Float slack (seconds) so rounding never denies a request that is exactly due.
+_EPSILON = 1e-9
+
+
+class _Clock(Protocol):
+    """What these stores need of an ``IReactorTime`` (zope interfaces confuse mypy)."""
+
+    def seconds(self) -> float: ...
+
+
+class _Deadlines:
+    """``key -> deadline`` with the amortised sweep described in the module docstring."""
+
+    __slots__ = ("entries", "max_entries")
+
+    def __init__(self, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.entries: dict[str, float] = {}
+        self.max_entries = max_entries
+
+    def sweep(self, now: float, steps: int) -> bool:
+        """Examine up to ``steps`` entries from the front; True when one was dropped."""
+        entries = self.entries
+        dropped = False
+        while steps and entries:
+            steps -= 1
+            key = next(iter(entries))
+            deadline = entries.pop(key)
+            if deadline > now:
+                entries[key] = deadline
+            else:
+                dropped = True
+        return dropped
+
+    def make_room(self, now: float, evict: bool) -> bool:
+        """Free one slot in a full map; False when none could be freed without evicting."""
+        if self.sweep(now, min(_ROOM_SEARCH, len(self.entries))):
+            return True
+        if evict:
+            del self.entries[next(iter(self.entries))]
+            return True
+        return False
+
+
+class MemoryReplayStore:
+    """``ReplayStore`` in one process; fails closed when ``max_entries`` live reservations exist."""
+
+    def __init__(self, clock: IReactorTime, max_entries: int = 1_000_000) -> None:
+        self._clock: _Clock = clock
+        self._deadlines = _Deadlines(max_entries)
+
+    def __len__(self) -> int:
+        """Entries held now, expired ones not yet swept included."""
+        return len(self._deadlines.entries)
+
+    def reserve(self, key: str, ttl_s: float) -> Deferred[bool]:
+        now = self._clock.seconds()
+        deadlines = self._deadlines
+        deadlines.sweep(now, _SWEEP_STEP)
+        entries = deadlines.entries
+        deadline = entries.get(key)
+        if deadline is not None:
+            if deadline > now:
+                return defer.succeed(False)
+        elif len(entries) >= deadlines.max_entries and not deadlines.make_room(now, evict=False):
+            return defer.fail(StoreUnavailable("replay store is full of live reservations"))
+        entries[key] = now + ttl_s
+        return defer.succeed(True)
+
+
+class MemoryRateLimiter:
+    """``RateLimiter`` in one process; evicts when ``max_keys`` buckets are not full."""
+
+    def __init__(self, clock: IReactorTime, max_keys: int = 1_000_000) -> None:
+        self._clock: _Clock = clock
+        self._deadlines = _Deadlines(max_keys)
+
+    def __len__(self) -> int:
+        """Buckets held now, full ones not yet swept included."""
+        return len(self._deadlines.entries)
+
+    def consume(self, key: str, budget: Budget, cost: int = 1) -> Deferred[RateDecision]:
+        if cost != 1:
+            check_cost(budget, cost)
+        now = self._clock.seconds()
+        deadlines = self._deadlines
+        deadlines.sweep(now, _SWEEP_STEP)
+        entries = deadlines.entries
+        interval = 1.0 / budget.rate
+        tat = entries.get(key)
+        known = tat is not None
+        if tat is None or tat < now:
+            tat = now
+        new_tat = tat + cost * interval
+        wait = new_tat - budget.burst * interval - now
+        if wait > _EPSILON:
+            return defer.succeed(RateDecision(False, wait))
+        if not known and len(entries) >= deadlines.max_entries:
+            deadlines.make_room(now, evict=True)
+        entries[key] = new_tat
+        return defer.succeed(ALLOWED)

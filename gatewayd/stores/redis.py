@@ -1,0 +1,250 @@
+"""Redis stores: replay reservations and GCRA rate budgets shared by every gateway host.
+
+One txredisapi connection pool serves both stores and reconnects in the
+background. Calls never wait for a connection: with none up they errback
+``StoreUnavailable`` at once (fail closed, promptly), and every command has a
+reply timeout (``timeout_s``) after which it errbacks ``StoreUnavailable`` and
+txredisapi drops that connection to make a fresh one. Every failure of Redis
+(lost connection, timeout, an error reply such as OOM or READONLY) becomes
+``StoreUnavailable``.
+
+- replay: ``SET <prefix>replay:<key> 1 NX PX <ttl_ms>``.
+- rate: one Lua script (EVALSHA, EVAL after NOSCRIPT) computing GCRA on
+  Redis' own clock (``TIME``), so hosts with skewed clocks agree; the key
+  expires when the bucket is full again. Times are integer microseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import txredisapi
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.python.failure import Failure
+
+from gatewayd.config import Budget, StoresConfig
+from gatewayd.stores.base import ALLOWED, RateDecision, Stores, StoreUnavailable, check_cost
+
+# KEYS[1]: the bucket. ARGV: emission interval (µs), burst, cost.
+# Returns {1, 0} when allowed, {0, retry_after_µs} when not.
+GCRA_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval * cost
+local wait = new_tat - interval * burst - now
+if wait > 0 then
+  return {0, math.ceil(wait)}
+end
+new_tat = math.ceil(new_tat)
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
+           'PX', string.format('%.0f', math.ceil((new_tat - now) / 1000)))
+return {1, 0}
+"""
+GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
+
+
+def _unavailable(failure: Failure) -> Failure:
+    """Any failure of Redis, as the one exception callers handle."""
+    if failure.check(StoreUnavailable):
+        return failure
+    return Failure(StoreUnavailable(f"redis: {failure.getErrorMessage()}"))
+
+
+class _KeepTryingFactory(txredisapi.RedisFactory):
+    """A RedisFactory that never gives up reconnecting.
+
+    txredisapi stops reconnecting for good when AUTH or SELECT fails on a new
+    connection, and a timeout counts as failing: one slow moment of Redis
+    during a reconnect would leave the gateway without a store until
+    restarted. Here the connection is dropped and tried again with backoff.
+    ``disconnect()`` (our ``close``) still stops everything.
+    """
+
+    def stopTrying(self) -> Deferred[None]:
+        return defer.succeed(None)
+
+
+class RedisPool:
+    """``pool_size`` connections to one Redis, kept up in the background.
+
+    Reconnects back off from ``reconnect_initial_s`` to ``reconnect_max_s``
+    (txredisapi's own defaults, 1 s to 10 s, are long for a gateway that fails
+    closed meanwhile).
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        *,
+        db: int = 0,
+        password: str | None = None,
+        username: str | None = None,
+        pool_size: int = 2,
+        timeout_s: float = 1.0,
+        reconnect_initial_s: float = 0.1,
+        reconnect_max_s: float = 2.0,
+        name: str = "redis",
+    ) -> None:
+        factory = _KeepTryingFactory(
+            name,
+            db or None,  # no SELECT for the default database: one less step that can fail
+            pool_size,
+            isLazy=True,
+            password=password,
+            username=username,
+            replyTimeout=timeout_s,
+        )
+        factory.initialDelay = reconnect_initial_s
+        factory.maxDelay = reconnect_max_s
+        # A lazy pool's "all connected" Deferred has no listener; a failed
+        # connection would errback it and log an unhandled error.
+        factory.deferred.addErrback(lambda _: None)
+        self._factory = factory
+        self._next = 0
+        factory.startConnecting(endpoint)
+
+    @classmethod
+    def from_url(cls, url: str, reactor: IReactorTime, **kwargs: Any) -> RedisPool:
+        """Connect to ``redis://[user:password@]host[:port][/db]`` (``rediss://`` for TLS)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"unsupported Redis URL {url!r} (expected redis://host:port/db)")
+        host = parts.hostname
+        port = parts.port or 6379
+        path = parts.path.strip("/")
+        db = int(path) if path else 0
+        timeout_s = kwargs.get("timeout_s", 1.0)
+        endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=timeout_s)
+        if parts.scheme == "rediss":
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        return cls(
+            endpoint,
+            db=db,
+            password=unquote(parts.password) if parts.password else None,
+            username=unquote(parts.username) if parts.username else None,
+            name=f"{host}:{port}",
+            **kwargs,
+        )
+
+    def connection(self) -> Any:
+        """A live connection (round robin), or None when none is up."""
+        pool = self._factory.pool
+        for _ in range(len(pool)):
+            self._next = (self._next + 1) % len(pool)
+            conn = pool[self._next]
+            if conn.connected:
+                return conn
+        return None
+
+    def execute(self, *args: Any) -> Deferred[Any]:
+        """Run one command; errbacks ``StoreUnavailable`` on any failure."""
+        conn = self.connection()
+        if conn is None:
+            return defer.fail(StoreUnavailable("redis: not connected"))
+        try:
+            d = conn.execute_command(*args)
+        except Exception as e:  # txredisapi raises "Not connected" synchronously
+            return defer.fail(StoreUnavailable(f"redis: {e}"))
+        return d.addErrback(_unavailable)
+
+    def evalsha(self, sha: str, script: str, keys: tuple[str, ...], args: tuple[Any, ...]) -> Deferred[Any]:
+        """Run a script by hash, sending its text once when Redis does not know it."""
+        conn = self.connection()
+        if conn is None:
+            return defer.fail(StoreUnavailable("redis: not connected"))
+        argv = (len(keys), *keys, *args)
+
+        def noscript(failure: Failure) -> Any:
+            failure.trap(txredisapi.ResponseError)
+            if not str(failure.value).startswith("NOSCRIPT"):
+                return failure
+            return conn.execute_command("EVAL", script, *argv)
+
+        try:
+            d = conn.execute_command("EVALSHA", sha, *argv)
+        except Exception as e:
+            return defer.fail(StoreUnavailable(f"redis: {e}"))
+        return d.addErrback(noscript).addErrback(_unavailable)
+
+    def ping(self) -> Deferred[bool]:
+        """True when a connection is up and answers PING in time; never errbacks."""
+        d = self.execute("PING")
+        return d.addCallbacks(lambda reply: reply == "PONG", lambda _: False)
+
+    def close(self) -> Deferred[None]:
+        """Stop reconnecting and close every connection; fires once they are closed."""
+        d: Deferred[Any] = self._factory.disconnect()
+        return d.addCallback(lambda _: None)
+
+
+class RedisReplayStore:
+    """``ReplayStore`` shared through Redis: ``SET NX PX`` under ``<prefix>replay:``."""
+
+    def __init__(self, pool: RedisPool, key_prefix: str = "") -> None:
+        self._pool = pool
+        self._prefix = key_prefix + "replay:"
+
+    def reserve(self, key: str, ttl_s: float) -> Deferred[bool]:
+        ttl_ms = max(1, math.ceil(ttl_s * 1000))
+        d = self._pool.execute("SET", self._prefix + key, "1", "NX", "PX", ttl_ms)
+        return d.addCallback(_is_ok)
+
+
+def _is_ok(reply: Any) -> bool:
+    return reply == "OK"
+
+
+class RedisRateLimiter:
+    """``RateLimiter`` shared through Redis: the GCRA script under ``<prefix>rate:``."""
+
+    def __init__(self, pool: RedisPool, key_prefix: str = "") -> None:
+        self._pool = pool
+        self._prefix = key_prefix + "rate:"
+
+    def consume(self, key: str, budget: Budget, cost: int = 1) -> Deferred[RateDecision]:
+        if cost != 1:
+            check_cost(budget, cost)
+        interval_us = 1_000_000 / budget.rate
+        d = self._pool.evalsha(
+            GCRA_SHA, GCRA_SCRIPT, (self._prefix + key,), (interval_us, budget.burst, cost)
+        )
+        return d.addCallback(_decision)
+
+
+def _decision(reply: Any) -> RateDecision:
+    allowed, retry_after_us = reply
+    if allowed:
+        return ALLOWED
+    return RateDecision(False, retry_after_us / 1_000_000)
+
+
+class RedisStores(Stores):
+    """Both Redis stores over one pool; ``ping`` is a PING, ``close`` closes the pool."""
+
+    def __init__(self, pool: RedisPool, key_prefix: str = "") -> None:
+        super().__init__(RedisReplayStore(pool, key_prefix), RedisRateLimiter(pool, key_prefix))
+        self.pool = pool
+
+    @classmethod
+    def from_config(cls, config: StoresConfig, reactor: IReactorTime, **pool_options: Any) -> RedisStores:
+        """Stores for ``config.redis_url``, with ``config.timeout_s`` per command and for connecting."""
+        pool = RedisPool.from_url(config.redis_url, reactor, timeout_s=config.timeout_s, **pool_options)
+        return cls(pool, config.key_prefix)
+
+    def ping(self) -> Deferred[bool]:
+        return self.pool.ping()
+
+    def close(self) -> Deferred[None]:
+        return self.pool.close()
