@@ -1,0 +1,68 @@
+"""What the verification stages share: the request being verified and what they learn about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+
+from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandResponse, RequestEnvelope
+from gatewayd.backend.rest import Session
+from gatewayd.rpc.call import Call
+from gatewayd.rpc.codes import Code
+from gatewayd.rpc.errors import RpcError
+
+SUBSCRIBE_MESSAGE_TYPE = "gateway.subscribe"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """One request on its way through the stages.
+
+    ``envelope`` is ``None`` when the request carried none (the envelope stage
+    rejects that). ``payload`` is ``b""`` for SubscribeEvents. Stages fill in
+    ``session`` (session stage) and ``response`` (route stage).
+    """
+
+    call: Call
+    envelope: RequestEnvelope | None
+    payload: bytes
+    signature: bytes
+    subscription: bool = False
+    session: Session | None = None
+    response: ExecuteCommandResponse | None = None
+
+    @property
+    def env(self) -> RequestEnvelope:
+        """The envelope, for stages that run after the envelope stage accepted it."""
+        if self.envelope is None:
+            raise RpcError(Code.INTERNAL, "stage order: no envelope")
+        return self.envelope
+
+    @property
+    def caller(self) -> Session:
+        """The caller's session, for stages that run after the session stage accepted it."""
+        if self.session is None:
+            raise RpcError(Code.INTERNAL, "stage order: no session")
+        return self.session
+
+
+class Stage(Protocol):
+    """One verification step: accept by returning (``None`` or a Deferred firing ``None``),
+    reject by raising ``RpcError`` (or errbacking with one)."""
+
+    name: str
+
+    def check(self, ctx: RequestContext) -> Deferred[None] | None: ...
+
+
+class Clock(Protocol):
+    """The part of ``IReactorTime`` the stages use (a reactor or ``task.Clock``)."""
+
+    def seconds(self) -> float: ...
+
+
+def now_ms(clock: Clock) -> int:
+    """The clock's time in whole Unix milliseconds."""
+    return int(clock.seconds() * 1000)

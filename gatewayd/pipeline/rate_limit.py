@@ -1,0 +1,81 @@
+"""Stage 6: the caller's rate budgets (IP, session, user, message_type per user)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Container
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.python.failure import Failure
+
+from gatewayd.config import LimitsConfig
+from gatewayd.pipeline.context import RequestContext
+from gatewayd.rpc.codes import Code
+from gatewayd.rpc.errors import RpcError
+from gatewayd.stores.base import RateDecision, RateLimiter, StoreUnavailable
+
+#: The one budget key all message types without a route share, so a client inventing
+#: types cannot mint fresh per-type budgets (they are UNIMPLEMENTED one stage later anyway).
+UNROUTED = "~unrouted"
+
+
+def peer_host(peer: str) -> str:
+    """The address part of ``peer``: ``1.2.3.4:5678`` -> ``1.2.3.4``, ``[::1]:80`` -> ``::1``.
+
+    A bare address (IPv4 or IPv6) is returned as it is: the IP budget must not
+    be per source port.
+    """
+    if peer.startswith("["):
+        end = peer.find("]")
+        return peer[1:end] if end > 0 else peer
+    if peer.count(":") == 1:
+        return peer.partition(":")[0]
+    return peer
+
+
+class RateLimitStage:
+    """Spends one unit of each budget; any denial -> RESOURCE_EXHAUSTED with ``retry-after``.
+
+    The four budgets are asked at once (one round trip of latency with Redis);
+    a request denied by one budget may still have spent the others, which only
+    ever errs on the side of refusing. A store failure -> UNAVAILABLE: never
+    skip a budget (fail closed).
+    """
+
+    name = "rate_limit"
+
+    def __init__(self, limiter: RateLimiter, limits: LimitsConfig, routed_types: Container[str]) -> None:
+        self._limiter = limiter
+        self._limits = limits
+        self._routed_types = routed_types
+
+    def check(self, ctx: RequestContext) -> Deferred[None] | None:
+        env = ctx.env
+        user_id = ctx.caller.user_id
+        limits = self._limits
+        message_type = env.message_type if env.message_type in self._routed_types else UNROUTED
+        consume = self._limiter.consume
+        decisions: list[Deferred[Any]] = [
+            consume(f"ip:{peer_host(ctx.call.peer)}", limits.ip),
+            consume(f"session:{env.device_session_id}", limits.session),
+            consume(f"user:{user_id}", limits.user),
+            consume(f"type:{user_id}:{message_type}", limits.message_type),
+        ]
+        d: Deferred[Any] = gatherResults(decisions, consumeErrors=True)
+        return d.addCallbacks(self._decided, self._failed)
+
+    @staticmethod
+    def _decided(decisions: list[RateDecision]) -> None:
+        denied = [d.retry_after_s for d in decisions if not d.allowed]
+        if denied:
+            retry_after = max(1, math.ceil(max(denied)))
+            raise RpcError(Code.RESOURCE_EXHAUSTED, "rate limit exceeded", {"retry-after": str(retry_after)})
+
+    @staticmethod
+    def _failed(failure: Failure) -> Failure:
+        # gatherResults wraps the first failure in FirstError.
+        inner = getattr(failure.value, "subFailure", failure)
+        if inner.check(StoreUnavailable):
+            raise RpcError(Code.UNAVAILABLE, "rate limit store unavailable")
+        return inner

@@ -1,0 +1,45 @@
+"""Stage 2: the device session is known to the backend and active."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from gatewayd.backend.rest import BackendUnavailable, Session
+from gatewayd.pipeline.context import RequestContext
+from gatewayd.rpc.codes import Code
+from gatewayd.rpc.errors import RpcError
+
+
+class SessionSource(Protocol):
+    """Where sessions come from (a ``SessionCache``)."""
+
+    def get(self, device_session_id: str) -> Deferred[Session | None]: ...
+
+
+class SessionStage:
+    """Looks the session up; unknown or not active -> UNAUTHENTICATED, backend down -> UNAVAILABLE."""
+
+    name = "session"
+
+    def __init__(self, sessions: SessionSource) -> None:
+        self._sessions = sessions
+
+    def check(self, ctx: RequestContext) -> Deferred[None] | None:
+        d: Deferred[Any] = self._sessions.get(ctx.env.device_session_id)
+        return d.addCallbacks(self._found, self._failed, callbackArgs=(ctx,))
+
+    @staticmethod
+    def _found(session: Session | None, ctx: RequestContext) -> None:
+        # One message for both cases: do not tell a prober which session ids exist.
+        if session is None or not session.active:
+            raise RpcError(Code.UNAUTHENTICATED, "unknown or inactive session")
+        ctx.session = session
+
+    @staticmethod
+    def _failed(failure: Failure) -> Failure:
+        if failure.check(BackendUnavailable):
+            raise RpcError(Code.UNAVAILABLE, "session backend unavailable")
+        return failure

@@ -1,0 +1,82 @@
+"""Signed answers: ExecuteCommandResponse for callers, GatewayEvent for streams."""
+
+from __future__ import annotations
+
+from gatewayd._proto.gateway.v1.gateway_pb2 import (
+    ExecuteCommandResponse,
+    GatewayEvent,
+    ResponseEnvelope,
+)
+from gatewayd.pipeline.context import Clock, now_ms
+from gatewayd.signing import GatewayKey, event_signing_input, response_signing_input, sha256
+
+RESPONSE_PROTOCOL_VERSION = 1
+
+
+class ResponseSigner:
+    """Builds and signs ExecuteCommandResponses with the gateway's current key."""
+
+    def __init__(self, key: GatewayKey, clock: Clock) -> None:
+        self._key = key
+        self._clock = clock
+
+    @property
+    def key_id(self) -> str:
+        return self._key.key_id
+
+    def sign(
+        self, device_session_id: str, request_id: str, result_code: str, payload: bytes
+    ) -> ExecuteCommandResponse:
+        """The response to ``request_id``, stamped with the gateway's time; signed over the
+        response signing input with the caller's ``device_session_id``."""
+        payload_hash = sha256(payload)
+        timestamp = now_ms(self._clock)
+        key_id = self._key.key_id
+        signature = self._key.sign(
+            response_signing_input(
+                RESPONSE_PROTOCOL_VERSION, device_session_id, request_id, timestamp, result_code,
+                payload_hash, key_id,
+            )
+        )
+        return ExecuteCommandResponse(
+            envelope=ResponseEnvelope(
+                protocol_version=RESPONSE_PROTOCOL_VERSION,
+                request_id=request_id,
+                timestamp_ms=timestamp,
+                result_code=result_code,
+                payload_hash=payload_hash,
+                key_id=key_id,
+            ),
+            payload_bytes=payload,
+            signature=signature,
+        )
+
+
+class EventSigner:
+    """Builds and signs GatewayEvents, once per event (the result is fanned out as is)."""
+
+    def __init__(self, key: GatewayKey, clock: Clock) -> None:
+        self._key = key
+        self._clock = clock
+
+    @property
+    def key_id(self) -> str:
+        return self._key.key_id
+
+    def sign(
+        self, event_type: str, event_id: str, payload: bytes, timestamp_ms: int | None = None
+    ) -> GatewayEvent:
+        """The signed event; ``timestamp_ms`` defaults to the gateway's clock."""
+        payload_hash = sha256(payload)
+        timestamp = now_ms(self._clock) if timestamp_ms is None else timestamp_ms
+        key_id = self._key.key_id
+        signature = self._key.sign(event_signing_input(event_type, event_id, timestamp, payload_hash, key_id))
+        return GatewayEvent(
+            event_type=event_type,
+            event_id=event_id,
+            timestamp_ms=timestamp,
+            payload_bytes=payload,
+            payload_hash=payload_hash,
+            key_id=key_id,
+            signature=signature,
+        )
