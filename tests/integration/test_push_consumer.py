@@ -1,4 +1,4 @@
-"""PushConsumer against an independent SubscribePush server (grpcio's grpc.aio, tests/peers/push_server.py)."""
+"""PushConsumer against an independent SubscribePush server (grpc.aio, tests/peers/push_server.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
-from twisted.internet.endpoints import clientFromString
 
 from gatewayd._proto.push.v1 import push_pb2
 from gatewayd.backend.push_consumer import PushConsumer
@@ -146,7 +145,8 @@ async def test_delivers_in_order_reconnects_after_stream_end_and_server_restart(
 
     # Events arrive in order, both kinds, fields intact.
     peer.send(cmd="event", **client_event("e1"))
-    peer.send(cmd="event", session_invalidation={"user_id": "u1", "device_session_id": "s1", "reason": "revoked"})
+    invalidation = {"user_id": "u1", "device_session_id": "s1", "reason": "revoked"}
+    peer.send(cmd="event", session_invalidation=invalidation)
     peer.send(cmd="event", **client_event("e3"))
     await sink.wait(3)
     first, second, third = sink.events

@@ -29,7 +29,7 @@ import grpc
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from gatewayd._proto.push.v1 import push_pb2  # noqa: E402
+from gatewayd._proto.push.v1 import push_pb2
 
 _END = object()
 
