@@ -27,7 +27,8 @@ _START_TIMEOUT_S = 10.0
 _POLL_INTERVAL_S = 0.005
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -52,7 +53,7 @@ class RedisServer:
         self._executable = found
         self._dir = tempfile.mkdtemp(prefix="gatewayd-redis-")
         self._process: subprocess.Popen[bytes] | None = None
-        self.port = _free_port()
+        self.port = free_port()
 
     @property
     def url(self) -> str:
@@ -68,7 +69,7 @@ class RedisServer:
             return
         for attempt in range(3):
             if attempt:
-                self.port = _free_port()  # someone took ours between probing and binding
+                self.port = free_port()  # someone took ours between probing and binding
             if self._spawn():
                 return
         raise RuntimeError(f"redis-server did not start; see {self._dir}/redis.log")
