@@ -1,0 +1,548 @@
+"""The HTTP/2 server connection: h2's state machine with thin Twisted glue.
+
+One ``H2ServerConnection`` per connection, one ``H2Stream`` per request
+stream. Twisted's own HTTP/2 cannot send trailers, so this one is ours. It
+promises:
+
+- response bodies respect the peer's flow-control windows (queued per stream
+  and counted, never dropped) and our receive windows are reopened as data
+  arrives (request bodies are bounded by the handlers);
+- a stream the peer resets, or a connection that is lost, reaches the
+  handler as ``aborted()`` and leaves nothing behind in ``streams``;
+- abuse ends the connection with GOAWAY: rapid reset (most recent streams
+  reset before they were answered), SETTINGS and PING floods, protocol
+  errors, oversized header blocks; other connections are unaffected;
+- ``shutdown()`` drains gracefully the way gRPC does: GOAWAY(2^31-1), PING,
+  then GOAWAY(last stream id) once the PING is answered (or after a bound),
+  and the connection closes when its streams have finished.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gatewayd.transport.exchange import ExchangeHandler, HeaderList, HttpApplication
+
+log = Logger()
+
+_MAX_STREAM_ID = 2**31 - 1
+_SHUTDOWN_PING = b"gwdrain!"
+
+
+class H2Limits:
+    """Connection limits, with defaults; built from ``ServerConfig``."""
+
+    def __init__(
+        self,
+        max_concurrent_streams: int = 100,
+        max_header_list_bytes: int = 16 * 1024,
+        idle_timeout_s: float = 300.0,
+        keepalive_interval_s: float = 0.0,
+        keepalive_timeout_s: float = 20.0,
+        initial_window_size: int = 1024 * 1024,
+        rapid_reset_window: int = 200,
+        control_frame_burst: int = 200,
+        control_frame_rate: float = 20.0,
+        shutdown_ping_timeout_s: float = 2.0,
+    ) -> None:
+        self.max_concurrent_streams = max_concurrent_streams
+        self.max_header_list_bytes = max_header_list_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.keepalive_interval_s = keepalive_interval_s
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.initial_window_size = initial_window_size
+        self.rapid_reset_window = rapid_reset_window
+        self.control_frame_burst = control_frame_burst
+        self.control_frame_rate = control_frame_rate
+        self.shutdown_ping_timeout_s = shutdown_ping_timeout_s
+
+
+class _Bucket:
+    """A token bucket on the reactor clock, for control-frame floods."""
+
+    __slots__ = ("_burst", "_clock", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, clock: IReactorTime, rate: float, burst: int) -> None:
+        self._clock, self._rate, self._burst = clock, rate, float(burst)
+        self._tokens = float(burst)
+        self._stamp = clock.seconds()
+
+    def take(self) -> bool:
+        now = self._clock.seconds()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+class H2Stream:
+    """One request stream: the ``Exchange`` a handler answers through."""
+
+    __slots__ = (
+        "_drain_callback",
+        "_end_queued",
+        "_queue",
+        "_queued_bytes",
+        "_trailers",
+        "answered",
+        "conn",
+        "handler",
+        "headers",
+        "method",
+        "path",
+        "peer",
+        "stream_id",
+    )
+
+    http2 = True
+
+    def __init__(self, conn: H2ServerConnection, stream_id: int, method: str, path: str,
+                 headers: dict[str, str], peer: str) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.peer = peer
+        self.handler: ExchangeHandler | None = None
+        self.answered = False
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._end_queued = False
+        self._trailers: HeaderList | None = None
+        self._drain_callback: Callable[[], None] | None = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.streams.get(self.stream_id) is not self
+
+    def send_headers(self, status: int, headers: HeaderList, end_stream: bool = False) -> None:
+        if self.closed:
+            return
+        self.answered = True
+        self.conn.h2.send_headers(self.stream_id, [(b":status", b"%d" % status), *headers], end_stream)
+        if end_stream:
+            self.conn._stream_done(self)
+        self.conn._flush()
+
+    def send_data(self, data: bytes, end_stream: bool = False) -> None:
+        if self.closed:
+            return
+        if data:
+            self._queue.append(data)
+            self._queued_bytes += len(data)
+        self._end_queued = end_stream
+        self._push()
+        self.conn._flush()
+
+    def send_trailers(self, trailers: HeaderList) -> None:
+        if self.closed:
+            return
+        self._trailers = trailers
+        self._end_queued = True
+        self._push()
+        self.conn._flush()
+
+    def reset(self, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        if self.closed:
+            return
+        try:
+            self.conn.h2.reset_stream(self.stream_id, error_code)
+        except h2.exceptions.ProtocolError:
+            pass
+        self.conn._stream_done(self)
+        self.conn._flush()
+
+    def on_drain(self, callback: Callable[[], None] | None) -> None:
+        self._drain_callback = callback
+
+    def _push(self) -> None:
+        """Send as much queued data as the windows allow; finish when all is out."""
+        h2conn = self.conn.h2
+        sid = self.stream_id
+        queue = self._queue
+        if queue and not self.conn.paused:
+            window = h2conn.local_flow_control_window(sid)
+            max_frame = h2conn.max_outbound_frame_size
+            while queue and window > 0:
+                chunk = queue[0]
+                size = min(len(chunk), window, max_frame)
+                if size == len(chunk):
+                    queue.popleft()
+                else:
+                    queue[0] = chunk[size:]
+                    chunk = chunk[:size]
+                self._queued_bytes -= size
+                window -= size
+                last = not queue and self._end_queued and self._trailers is None
+                h2conn.send_data(sid, chunk, end_stream=last)
+                if last:
+                    self.conn._stream_done(self)
+                    return
+        if queue:
+            return
+        if self._end_queued:
+            if self._trailers is not None:
+                h2conn.send_headers(sid, self._trailers, end_stream=True)
+            else:
+                h2conn.end_stream(sid)
+            self.conn._stream_done(self)
+        elif self._drain_callback is not None:
+            self._drain_callback()
+
+
+class H2ServerConnection(Protocol):
+    """An HTTP/2 server connection serving an ``HttpApplication``.
+
+    ``web_fallback(stream, body_handler)`` serves requests the application
+    does not claim (the public REST surface through twisted.web).
+    """
+
+    def __init__(
+        self,
+        app: HttpApplication,
+        clock: IReactorTime,
+        limits: H2Limits,
+        web_fallback: Callable[[H2Stream], ExchangeHandler],
+    ) -> None:
+        self.app = app
+        self.clock = clock
+        self.limits = limits
+        self.web_fallback = web_fallback
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.streams: dict[int, H2Stream] = {}
+        self.paused = False
+        self.peer = ""
+        self.last_stream_id = 0
+        self.closing = False
+        self._opened_window = 0
+        self._premature_resets = 0
+        self._settings_bucket = _Bucket(clock, limits.control_frame_rate, limits.control_frame_burst)
+        self._ping_bucket = _Bucket(clock, limits.control_frame_rate, limits.control_frame_burst)
+        self._idle_call: IDelayedCall | None = None
+        self._keepalive_call: IDelayedCall | None = None
+        self._keepalive_timeout: IDelayedCall | None = None
+        self._shutdown_ping_call: IDelayedCall | None = None
+        self._shutdown_phase = 0
+        self._closed_d: defer.Deferred[None] = defer.Deferred()
+        self._lost = False
+        self.on_close: Callable[[H2ServerConnection], None] | None = None
+
+    # -- connection lifecycle ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[attr-defined]
+        self.peer = getattr(peer, "host", str(peer))
+        self.h2.initiate_connection()
+        self.h2.update_settings(
+            {
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.limits.max_concurrent_streams,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_header_list_bytes,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.limits.initial_window_size,
+            }
+        )
+        # Enforce our header limit from the first frame, not only once the peer ACKs.
+        self.h2.decoder.max_header_list_size = self.limits.max_header_list_bytes
+        self.h2.local_settings.acknowledge()
+        # A connection-level receive window as large as the per-stream one.
+        self.h2.increment_flow_control_window(self.limits.initial_window_size)
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._flush()
+        self._arm_idle()
+        if self.limits.keepalive_interval_s > 0:
+            self._keepalive_call = self.clock.callLater(self.limits.keepalive_interval_s, self._send_keepalive)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._lost:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self._protocol_error(e)
+            return
+        for event in events:
+            self._dispatch(event)
+            if self._lost:
+                return
+        self._flush()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._lost = True
+        for call in (self._idle_call, self._keepalive_call, self._keepalive_timeout, self._shutdown_ping_call):
+            if call is not None and call.active():
+                call.cancel()
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            if stream.handler is not None:
+                stream.handler.aborted()
+        if self.on_close is not None:
+            self.on_close(self)
+        if not self._closed_d.called:
+            self._closed_d.callback(None)
+
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self._lost:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def _go_away(self, error_code: int, reason: str) -> None:
+        if self._lost:
+            return
+        log.info("closing HTTP/2 connection from {peer}: {reason}", peer=self.peer, reason=reason)
+        try:
+            self.h2.close_connection(error_code=error_code, last_stream_id=self.last_stream_id)
+        except h2.exceptions.ProtocolError:
+            pass
+        self._flush()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._lost = True
+        # Handlers of unfinished streams learn now; connectionLost finds nothing more.
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            if stream.handler is not None:
+                stream.handler.aborted()
+
+    def _protocol_error(self, error: h2.exceptions.ProtocolError) -> None:
+        code = getattr(error, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self._go_away(code, f"protocol error: {type(error).__name__}")
+
+    # -- IPushProducer: the socket's backpressure -----------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        for stream in list(self.streams.values()):
+            stream._push()
+        self._flush()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    # -- events -----------------------------------------------------------------
+
+    def _dispatch(self, event: Any) -> None:
+        kind = type(event)
+        if kind is h2.events.RequestReceived:
+            self._request_received(event)
+        elif kind is h2.events.DataReceived:
+            self._data_received(event)
+        elif kind is h2.events.StreamEnded:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.handler is not None:
+                stream.handler.body_complete()
+        elif kind is h2.events.WindowUpdated:
+            self._window_updated(event.stream_id)
+        elif kind is h2.events.StreamReset:
+            self._stream_reset(event.stream_id)
+        elif kind is h2.events.RemoteSettingsChanged:
+            if not self._settings_bucket.take():
+                self._go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "SETTINGS flood")
+                return
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                self._window_updated(0)
+        elif kind is h2.events.PingReceived:
+            if not self._ping_bucket.take():
+                self._go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "PING flood")
+        elif kind is h2.events.PingAckReceived:
+            self._ping_acked(event.ping_data)
+        elif kind is h2.events.ConnectionTerminated:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _request_received(self, event: h2.events.RequestReceived) -> None:
+        sid = event.stream_id
+        self.last_stream_id = max(self.last_stream_id, sid)
+        self._arm_idle(cancel_only=True)
+        if self.closing or len(self.streams) >= self.limits.max_concurrent_streams:
+            # Running handlers count against the limit, not only streams h2 sees open.
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        self._count_opened()
+        method = path = ""
+        headers: dict[str, str] = {}
+        for name, value in event.headers:
+            n = name.decode("ascii", "replace")
+            v = value.decode("latin-1")
+            if n[0] == ":":
+                if n == ":method":
+                    method = v
+                elif n == ":path":
+                    path = v
+                elif n == ":authority":
+                    headers["host"] = v
+            elif n in headers:
+                headers[n] = headers[n] + ", " + v
+            else:
+                headers[n] = v
+        stream = H2Stream(self, sid, method, path, headers, self.peer)
+        self.streams[sid] = stream
+        handler = self.app.handler_for(stream)
+        stream.handler = handler if handler is not None else self.web_fallback(stream)
+        # END_STREAM arrives as its own StreamEnded event.
+
+    def _data_received(self, event: h2.events.DataReceived) -> None:
+        sid = event.stream_id
+        if event.flow_controlled_length:
+            # Request bodies are bounded by their handlers, so reopen at once.
+            self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+        stream = self.streams.get(sid)
+        if stream is not None and stream.handler is not None and event.data:
+            stream.handler.body_received(event.data)
+
+    def _window_updated(self, stream_id: int) -> None:
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream._push()
+        else:
+            for stream in list(self.streams.values()):
+                stream._push()
+
+    def _stream_reset(self, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        if not stream.answered:
+            self._premature_resets += 1
+            if self._rapid_reset_detected():
+                self._go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset")
+        if stream.handler is not None:
+            stream.handler.aborted()
+        self._stream_closed()
+
+    # -- rapid reset (CVE-2023-44487) ---------------------------------------------
+
+    def _count_opened(self) -> None:
+        self._opened_window += 1
+        if self._opened_window >= 2 * self.limits.rapid_reset_window:
+            # Age the counts: the decision looks at roughly the last window of streams.
+            self._opened_window //= 2
+            self._premature_resets //= 2
+
+    def _rapid_reset_detected(self) -> bool:
+        return (
+            self._premature_resets >= self.limits.rapid_reset_window // 2
+            and self._premature_resets * 2 >= self._opened_window
+        )
+
+    # -- stream bookkeeping -------------------------------------------------------
+
+    def _stream_done(self, stream: H2Stream) -> None:
+        """The response has ended (or was reset by us): forget the stream."""
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+            self._stream_closed()
+
+    def _stream_closed(self) -> None:
+        if not self.streams:
+            if self.closing and self._shutdown_phase >= 2:
+                self._finish_shutdown()
+            else:
+                self._arm_idle()
+
+    def _arm_idle(self, cancel_only: bool = False) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        if not cancel_only and self.limits.idle_timeout_s > 0 and not self._lost:
+            self._idle_call = self.clock.callLater(self.limits.idle_timeout_s, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        self._idle_call = None
+        if not self.streams:
+            self._go_away(h2.errors.ErrorCodes.NO_ERROR, "idle timeout")
+
+    # -- keepalive ----------------------------------------------------------------
+
+    def _send_keepalive(self) -> None:
+        self._keepalive_call = None
+        if self._lost:
+            return
+        self.h2.ping(b"gwkalive")
+        self._flush()
+        self._keepalive_timeout = self.clock.callLater(
+            self.limits.keepalive_timeout_s,
+            lambda: self._go_away(h2.errors.ErrorCodes.NO_ERROR, "keepalive timeout"),
+        )
+
+    def _ping_acked(self, data: bytes) -> None:
+        if data == b"gwkalive":
+            if self._keepalive_timeout is not None and self._keepalive_timeout.active():
+                self._keepalive_timeout.cancel()
+            self._keepalive_timeout = None
+            self._keepalive_call = self.clock.callLater(self.limits.keepalive_interval_s, self._send_keepalive)
+        elif data == _SHUTDOWN_PING:
+            self._shutdown_second_goaway()
+
+    # -- graceful shutdown --------------------------------------------------------
+
+    def shutdown(self) -> defer.Deferred[None]:
+        """Stop taking streams, let the open ones finish, close; fires when closed."""
+        if self._lost:
+            return defer.succeed(None)
+        if not self.closing:
+            self.closing = True
+            self._shutdown_phase = 1
+            self._write_goaway(_MAX_STREAM_ID)
+            self.h2.ping(_SHUTDOWN_PING)
+            self._flush()
+            self._shutdown_ping_call = self.clock.callLater(
+                self.limits.shutdown_ping_timeout_s, self._shutdown_second_goaway
+            )
+        d: defer.Deferred[None] = defer.Deferred()
+        self._closed_d.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def _shutdown_second_goaway(self) -> None:
+        if self._shutdown_phase != 1 or self._lost:
+            return
+        self._shutdown_phase = 2
+        if self._shutdown_ping_call is not None and self._shutdown_ping_call.active():
+            self._shutdown_ping_call.cancel()
+        self._shutdown_ping_call = None
+        self._write_goaway(self.last_stream_id)
+        if not self.streams:
+            self._finish_shutdown()
+
+    def _write_goaway(self, last_stream_id: int) -> None:
+        # h2's close_connection() moves its state machine to CLOSED, after which
+        # open streams could not finish; a graceful GOAWAY is written by hand.
+        self._flush()
+        frame = GoAwayFrame(stream_id=0)
+        frame.last_stream_id = last_stream_id
+        frame.error_code = h2.errors.ErrorCodes.NO_ERROR
+        self.transport.write(frame.serialize())  # type: ignore[union-attr]
+
+    def _finish_shutdown(self) -> None:
+        self._flush()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        """Drop the connection now (the drain time ran out)."""
+        if not self._lost:
+            self.transport.abortConnection()  # type: ignore[union-attr]

@@ -1,0 +1,195 @@
+"""HTTP/1.1 through twisted.web, bridged to the same ``HttpApplication`` as HTTP/2.
+
+RPC requests (gRPC-Web, Connect) are answered through an ``Http1Exchange``;
+everything else is served by the site's resource tree (the public REST
+surface). Limits: request headers (431 when over), request bodies (413).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from twisted.web import http, server
+from twisted.web.resource import IResource
+
+from gatewayd.transport.exchange import HeaderList, HttpApplication
+
+_STATUS_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_STATUS_413 = 413
+
+
+def _joined_headers(request: server.Request) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        headers[name.decode("latin-1").lower()] = ", ".join(v.decode("latin-1") for v in values)
+    return headers
+
+
+class Http1Exchange:
+    """An ``Exchange`` over a twisted.web request.
+
+    Backpressure: the exchange registers as the request's streaming producer;
+    while the socket is full, bytes written are counted in ``buffered_bytes``.
+    """
+
+    http2 = False
+
+    def __init__(self, request: server.Request, headers: Mapping[str, str]) -> None:
+        self.request = request
+        self.method = request.method.decode("latin-1")
+        self.path = request.path.decode("latin-1")
+        self.headers = headers
+        address = request.getClientAddress()
+        self.peer = getattr(address, "host", str(address))
+        self._paused = False
+        self._buffered = 0
+        self._drain: Callable[[], None] | None = None
+        self._finished = False
+        self._producing = False
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._buffered
+
+    def send_headers(self, status: int, headers: HeaderList, end_stream: bool = False) -> None:
+        if self._finished:
+            return
+        request = self.request
+        request.setResponseCode(status)
+        raw = request.responseHeaders
+        for name, value in headers:
+            raw.addRawHeader(name, value)
+        if end_stream:
+            if not raw.hasHeader(b"content-length"):
+                raw.setRawHeaders(b"content-length", [b"0"])
+            self._finish()
+        elif not self._producing:
+            self._producing = True
+            request.registerProducer(self, True)
+
+    def send_data(self, data: bytes, end_stream: bool = False) -> None:
+        if self._finished:
+            return
+        if data:
+            if self._paused:
+                self._buffered += len(data)
+            self.request.write(data)
+        if end_stream:
+            self._finish()
+
+    def send_trailers(self, trailers: HeaderList) -> None:
+        self._finish()
+
+    def reset(self) -> None:
+        if not self._finished:
+            self._finished = True
+            transport = self.request.channel.transport if self.request.channel else None
+            if transport is not None:
+                transport.abortConnection()
+
+    def on_drain(self, callback: Callable[[], None] | None) -> None:
+        self._drain = callback
+
+    def _finish(self) -> None:
+        self._finished = True
+        if self._producing:
+            self.request.unregisterProducer()
+        if not self.request.finished and not self.request._disconnected:
+            self.request.finish()
+
+    # IPushProducer, driven by the HTTP channel's transport.
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._buffered = 0
+        if self._drain is not None:
+            self._drain()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+
+class GatewayRequest(server.Request):
+    """A twisted.web request that hands RPCs to the application and bounds its body."""
+
+    app: HttpApplication
+    max_body_bytes: int
+    resolve_peer_headers: bool = False
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self._body_size = 0
+        self._too_large = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body_bytes:
+            self._too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._too_large:
+            return
+        self._body_size += len(data)
+        if self._body_size > self.max_body_bytes:
+            self._too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+    def process(self) -> None:
+        self.site = self.channel.site
+        if self._too_large:
+            body = b"request body too large\n"
+            self.setResponseCode(_STATUS_413)
+            self.setHeader(b"content-type", b"text/plain")
+            self.setHeader(b"content-length", b"%d" % len(body))
+            self.setHeader(b"connection", b"close")
+            self.write(body)
+            self.finish()
+            return
+        headers = _joined_headers(self)
+        exchange = Http1Exchange(self, headers)
+        handler = self.app.handler_for(exchange)
+        if handler is None:
+            super().process()
+            return
+        self.notifyFinish().addErrback(lambda _: handler.aborted())
+        self.content.seek(0)
+        body = self.content.read()
+        if body:
+            handler.body_received(body)
+        handler.body_complete()
+
+
+class GatewayHTTPChannel(http.HTTPChannel):
+    """HTTP/1.1 channel answering 431 when request headers are over the limit."""
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self.transport.write(_STATUS_431)  # type: ignore[union-attr]
+            self.loseConnection()
+            return
+        super().lineReceived(line)
+
+
+class GatewaySite(server.Site):
+    """The twisted.web site for HTTP/1.1 (and for non-RPC requests over HTTP/2)."""
+
+    protocol = GatewayHTTPChannel
+
+    def __init__(self, resource: IResource, app: HttpApplication, max_body_bytes: int,
+                 max_header_bytes: int, timeout: float = 300.0) -> None:
+        request_factory = type("BoundGatewayRequest", (GatewayRequest,),
+                               {"app": app, "max_body_bytes": max_body_bytes})
+        super().__init__(resource, requestFactory=request_factory, timeout=timeout)
+        self.max_header_bytes = max_header_bytes
+        self.noisy = False
+
+    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+        channel = super().buildProtocol(addr)
+        channel.totalHeadersSize = self.max_header_bytes
+        return channel

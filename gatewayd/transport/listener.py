@@ -1,0 +1,90 @@
+"""One port for everything: tell HTTP/2 from HTTP/1.1 and hand the connection over.
+
+Cleartext: a connection that starts with the HTTP/2 preface is HTTP/2 (h2c
+prior knowledge); anything else is HTTP/1.1. TLS: ALPN ``h2`` selects HTTP/2,
+``http/1.1`` or none selects HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+from gatewayd.transport.exchange import HttpApplication
+from gatewayd.transport.h2server import H2Limits, H2ServerConnection
+from gatewayd.transport.h2web import web_fallback_for
+from gatewayd.transport.http1 import GatewaySite
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class SniffingProtocol(Protocol):
+    """Decides on the first bytes, then forwards everything to the chosen protocol."""
+
+    def __init__(self, factory: GatewayFactory) -> None:
+        self.factory = factory
+        self.inner: Protocol | None = None
+        self._buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.dataReceived(data)
+            return
+        alpn = getattr(self.transport, "negotiatedProtocol", None)
+        if alpn is not None:
+            self._choose(alpn == b"h2", data)
+            return
+        self._buffer += data
+        prefix = self._buffer[: len(H2_PREFACE)]
+        if not H2_PREFACE.startswith(prefix):
+            self._choose(False, self._buffer)
+        elif len(self._buffer) >= len(H2_PREFACE):
+            self._choose(True, self._buffer)
+
+    def _choose(self, http2: bool, data: bytes) -> None:
+        self._buffer = b""
+        inner = self.factory.build_h2() if http2 else self.factory.build_http1(self.transport)
+        self.inner = inner
+        inner.makeConnection(self.transport)
+        # The transport delivers to us; forwarding costs one call per read.
+        inner.dataReceived(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+        self.factory.connections.discard(self)
+
+
+class GatewayFactory(Factory):
+    """Builds a ``SniffingProtocol`` per connection and keeps track of them for shutdown."""
+
+    def __init__(self, app: HttpApplication, site: GatewaySite, clock: IReactorTime, limits: H2Limits) -> None:
+        self.app = app
+        self.site = site
+        self.clock = clock
+        self.limits = limits
+        self.connections: set[SniffingProtocol] = set()
+        self.h2_connections: set[H2ServerConnection] = set()
+        self.accepting = True
+        self._web_fallback = web_fallback_for(site)
+        self.on_h2_connection: Callable[[H2ServerConnection], None] | None = None
+
+    def buildProtocol(self, addr: object) -> Protocol | None:
+        if not self.accepting:
+            return None
+        protocol = SniffingProtocol(self)
+        self.connections.add(protocol)
+        return protocol
+
+    def build_h2(self) -> H2ServerConnection:
+        conn = H2ServerConnection(self.app, self.clock, self.limits, self._web_fallback)
+        self.h2_connections.add(conn)
+        conn.on_close = self.h2_connections.discard
+        return conn
+
+    def build_http1(self, transport: object) -> Protocol:
+        channel = self.site.buildProtocol(getattr(transport, "getPeer", lambda: None)())
+        return channel  # type: ignore[return-value]
