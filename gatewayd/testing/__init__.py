@@ -1,1 +1,1 @@
-"""gatewayd.testing."""
+"""Fixtures and helpers for protocol-level test harnesses (usable outside this repository's tests)."""
