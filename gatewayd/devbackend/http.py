@@ -208,6 +208,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# Built once: json.loads with keyword arguments builds a new decoder per call.
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+
+
 def parse_object(body: bytes, fields: dict[str, type], required: tuple[str, ...] = ()) -> dict[str, Any]:
     """Parse ``body`` as one strict JSON object with only ``fields`` (name → type), ``required`` present.
 
@@ -215,9 +219,7 @@ def parse_object(body: bytes, fields: dict[str, type], required: tuple[str, ...]
     types (``true`` is not an int). Raises ``ApiError`` 400 otherwise.
     """
     try:
-        value = json.loads(
-            body.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_no_duplicates
-        )
+        value = _decoder.decode(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise invalid_argument("body is not valid JSON") from None
     if not isinstance(value, dict):

@@ -47,6 +47,7 @@ MAX_DISPLAY_NAME_CHARS = 100
 MAX_NOTE_CHARS = 4096
 
 _log = Logger()
+_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(slots=True)
@@ -54,7 +55,7 @@ class User:
     user_id: str
     email: str
     display_name: str = ""
-    notes: list[dict[str, str]] = field(default_factory=list)
+    notes: deque[dict[str, str]] = field(default_factory=deque)
 
     def profile(self) -> dict[str, str]:
         return {"user_id": self.user_id, "email": self.email, "display_name": self.display_name}
@@ -98,7 +99,9 @@ class DevBackend:
 
     With ``debug`` on, every request to a user route is recorded in
     ``received`` (the newest ``received_limit``), and the debug routes are
-    served (see ``gatewayd.devbackend.http``).
+    served (see ``gatewayd.devbackend.http``). Each user keeps their newest
+    ``max_notes_per_user`` notes (older ones are dropped, so a benchmark that
+    creates notes for minutes does not make ``notes.list`` answers unbounded).
 
     Revocation publishes one ``SessionInvalidation`` per call that revoked
     anything: for an explicit ``device_session_id`` it names that session; for
@@ -115,6 +118,7 @@ class DevBackend:
         challenge_ttl_s: float = 600.0,
         max_code_attempts: int = 5,
         received_limit: int = 10_000,
+        max_notes_per_user: int = 1_000,
         bus: PushBus | None = None,
     ) -> None:
         if fixed_code is not None and not re.fullmatch(r"[0-9]{6}", fixed_code):
@@ -125,6 +129,7 @@ class DevBackend:
         self.debug = debug
         self.challenge_ttl_s = challenge_ttl_s
         self.max_code_attempts = max_code_attempts
+        self.max_notes_per_user = max_notes_per_user
         self.bus = bus if bus is not None else PushBus()
         self.received: deque[dict[str, Any]] = deque(maxlen=received_limit)
         self._users: dict[str, User] = {}
@@ -175,7 +180,7 @@ class DevBackend:
         del self._challenges[challenge_id]
         user = self._users_by_email.get(challenge.email)
         if user is None:
-            user = User("usr_" + self._token(8), challenge.email)
+            user = User("usr_" + self._token(8), challenge.email, notes=deque(maxlen=self.max_notes_per_user))
             self._users[user.user_id] = user
             self._users_by_email[user.email] = user
             _log.info("dev backend: new user {user_id} for {email}", user_id=user.user_id, email=user.email)
@@ -277,7 +282,7 @@ class DevBackend:
                     device_session_id="",
                     event_type=event_type,
                     event_id=f"{self._event_prefix}_{self._event_counter}",
-                    payload_bytes=json.dumps(payload, separators=(",", ":")).encode(),
+                    payload_bytes=_compact_json(payload).encode(),
                     timestamp_ms=int(self.clock.seconds() * 1000),
                 )
             )
@@ -305,10 +310,14 @@ def _canonical_public_key(value: str) -> str:
 
 
 def make_http_site(backend: DevBackend) -> Site:
-    """A ``Site`` serving every route of ``backend`` (no access log: it would cost more than the work)."""
+    """A ``Site`` serving every route of ``backend``.
+
+    No access log (it would cost more than the work) and no form parsing
+    (every body is JSON; twisted.web's content-type parse is a large share of a POST's cost).
+    """
     from gatewayd.devbackend.http import DevBackendResource
 
-    return _QuietSite(DevBackendResource(backend))
+    return _QuietSite(DevBackendResource(backend), parsePOSTFormSubmission=False)
 
 
 class _QuietSite(Site):
