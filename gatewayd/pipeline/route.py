@@ -31,13 +31,17 @@ _RESULT_CODES = {
 
 
 def result_code_for_status(status: int) -> str:
-    """``ok`` for 2xx, the table's code, else ``internal`` (5xx) or ``invalid_argument`` (others)."""
+    """``ok`` for 2xx, the table's code, other 4xx ``invalid_argument``, anything else ``internal``.
+
+    The protocol names 5xx as ``internal``; 1xx and 3xx (a backend that redirects)
+    are the backend misbehaving too, so they are ``internal`` as well.
+    """
     if 200 <= status < 300:
         return "ok"
     code = _RESULT_CODES.get(status)
     if code is not None:
         return code
-    return "internal" if status >= 500 else "invalid_argument"
+    return "invalid_argument" if 400 <= status < 500 else "internal"
 
 
 class RouteCaller(Protocol):
