@@ -8,6 +8,20 @@ txredisapi drops that connection to make a fresh one. Every failure of Redis
 (lost connection, timeout, an error reply such as OOM or READONLY) becomes
 ``StoreUnavailable``.
 
+What the timeouts mean, as txredisapi implements them:
+
+- A command that timed out or lost its connection may still have been
+  applied (Redis may have read it before freezing or dying). A replay
+  reservation reported as unavailable can thus exist afterwards: a client
+  that retries the same request_id may get ALREADY_EXISTS. Failing closed
+  makes that the safe side.
+- One reply timeout aborts its whole connection and fails every command in
+  flight on it, since replies come in order and one missing means the
+  connection is no good.
+- The timer starts when the command is written; if the reactor is blocked
+  for longer than ``timeout_s`` (a long synchronous burst), replies waiting in
+  the socket count as late.
+
 - replay: ``SET <prefix>replay:<key> 1 NX PX <ttl_ms>``.
 - rate: one Lua script (EVALSHA, EVAL after NOSCRIPT) computing GCRA on
   Redis' own clock (``TIME``), so hosts with skewed clocks agree; the key

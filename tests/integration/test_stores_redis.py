@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import succeed
 from twisted.internet.task import deferLater
 
 from gatewayd.config import Budget, StoresConfig
@@ -191,3 +192,32 @@ async def test_database_number_from_the_url(redis_server: RedisServer) -> None: 
     finally:
         await db3.close()
         await db0.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconnect_keeps_trying_when_select_times_out(redis_server: RedisServer) -> None:  # noqa: F811
+    # txredisapi stops reconnecting for good when SELECT fails on a new connection, a timeout included;
+    # our factory must keep trying, so the store comes back once Redis answers again.
+    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+    stores = RedisStores.from_config(
+        StoresConfig(kind="redis", redis_url=url, timeout_s=0.2), reactor, pool_size=1
+    )
+    factory = stores.pool._factory
+    built = []
+    build = factory.buildProtocol
+    factory.buildProtocol = lambda addr: built.append(addr) or build(addr)
+    try:
+        await ready(stores)
+        redis_server.pause()
+        try:
+            await unavailable_within(stores.replay.reserve("k", 30.0), 1.0)
+            # connections made to the frozen server: the second one comes only if the first one's
+            # SELECT timing out did not stop the reconnecting
+            await poll(lambda: succeed(len(built) >= 3), within_s=5.0)
+        finally:
+            redis_server.resume()
+        await poll(stores.ping)
+        assert await stores.replay.reserve("k2", 30.0) is True
+        assert await stores.pool.execute("DBSIZE") >= 1
+    finally:
+        await stores.close()
