@@ -82,6 +82,13 @@ class PushConsumer:
     backend sends nothing until it has an event), backoff and stopped.
     ``on_event`` runs synchronously, in order; an exception in it is logged
     and does not end the call.
+
+    With ``keepalive_interval_s`` set, the connection is PINGed that often
+    while the call is open, and dropped (then redialed) when an ACK takes
+    over ``keepalive_timeout_s``: this finds a backend host that vanished
+    without closing its sockets. gRPC servers GOAWAY clients that ping more
+    often than their policy allows (grpc-core: every 5 minutes without
+    data), so keep it at least that long for them.
     """
 
     def __init__(
@@ -99,13 +106,17 @@ class PushConsumer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         authority: str | None = None,
         on_state: Callable[[State], None] | None = None,
+        scheme: str = "http",
+        keepalive_interval_s: float | None = None,
+        keepalive_timeout_s: float = 20.0,
     ) -> None:
         self._reactor = reactor
         if IStreamClientEndpoint.providedBy(connect):
             endpoint = connect
 
             def connect() -> Deferred[H2ClientConnection]:
-                return connect_h2(endpoint, authority, reactor=reactor, max_message_bytes=max_message_bytes)
+                return connect_h2(endpoint, authority, reactor=reactor, scheme=scheme,
+                                  max_message_bytes=max_message_bytes)
 
         self._connect: Callable[[], Deferred[H2ClientConnection]] = connect
         self._request = push_pb2.SubscribePushRequest(gateway_id=gateway_id).SerializeToString()
@@ -114,6 +125,9 @@ class PushConsumer:
         self._metadata = list(metadata)
         self._healthy_after_s = healthy_after_s
         self._on_state = on_state
+        self._keepalive_interval_s = keepalive_interval_s
+        self._keepalive_timeout_s = keepalive_timeout_s
+        self._keepalive: Any = None  # IDelayedCall
         self.backoff = Backoff(backoff_initial_s, backoff_max_s, random)
 
         self._state: State = "idle"
@@ -206,6 +220,7 @@ class PushConsumer:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        self._cancel_keepalive()
         if self._pending_connect is not None:
             self._pending_connect.cancel()
         if self._call is not None:
@@ -239,6 +254,7 @@ class PushConsumer:
         self._call = call
         self._set_state("connected")
         call.addBoth(self._call_ended, connection)
+        self._schedule_keepalive()
 
     def _connect_failed(self, failure: Failure) -> None:
         self._pending_connect = None
@@ -248,13 +264,17 @@ class PushConsumer:
 
     def _call_ended(self, result: tuple[int, str] | Failure, connection: H2ClientConnection) -> None:
         self._call = None
+        self._cancel_keepalive()
         if self._state == "stopped":
             return  # stop() cancelled the call and closes the connection
         if isinstance(result, Failure):
             reason = f"call failed: {result.getErrorMessage()}"
         else:
             code, message = result
-            name = Code(code).name if code in Code._value2member_map_ else str(code)
+            try:
+                name = Code(code).name
+            except ValueError:
+                name = str(code)
             reason = f"call ended: {name} {message}"
         lasted = self._reactor.seconds() - self._call_started
         if self._delivered_this_call or lasted >= self._healthy_after_s:
@@ -275,6 +295,36 @@ class PushConsumer:
         delay = self.backoff.next_delay()
         self._set_state("backoff", reason, delay)
         self._retry = self._reactor.callLater(delay, self._attempt)
+
+    # --- keepalive ----------------------------------------------------------------------
+
+    def _schedule_keepalive(self) -> None:
+        if self._keepalive_interval_s is not None and self._state == "connected":
+            self._keepalive = self._reactor.callLater(self._keepalive_interval_s, self._send_keepalive)
+
+    def _cancel_keepalive(self) -> None:
+        if self._keepalive is not None and self._keepalive.active():
+            self._keepalive.cancel()
+        self._keepalive = None
+
+    def _send_keepalive(self) -> None:
+        self._keepalive = None
+        connection = self._connection
+        if connection is None:
+            return
+        ping = connection.ping().addTimeout(self._keepalive_timeout_s, self._reactor)
+
+        def answered(rtt: float) -> None:
+            if connection is self._connection:
+                self._schedule_keepalive()
+
+        def unanswered(failure: Failure) -> None:
+            if connection is self._connection and self._state == "connected":
+                log.warn("push consumer keepalive failed ({error}); dropping the connection",
+                         error=failure.getErrorMessage())
+                connection.abort()  # the call errbacks, and we redial
+
+        ping.addCallbacks(answered, unanswered)
 
     # --- events ------------------------------------------------------------------------
 

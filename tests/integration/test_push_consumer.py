@@ -105,8 +105,8 @@ def client_event(event_id: str, user: str = "u1") -> dict[str, Any]:
 
 def consumer_calls(consumer: PushConsumer, connection: H2ClientConnection | None) -> list[Any]:
     """Delayed calls on the reactor that belong to the consumer or its connection."""
-    owners = {id(consumer), id(connection)}
-    return [c for c in reactor.getDelayedCalls() if id(getattr(c.func, "__self__", None)) in owners]
+    owners = [consumer] if connection is None else [consumer, connection]
+    return [c for c in reactor.getDelayedCalls() if any(getattr(c.func, "__self__", None) is o for o in owners)]
 
 
 @pytest.fixture
@@ -205,6 +205,9 @@ async def test_malformed_message_is_skipped_and_the_call_goes_on(peers: Any) -> 
     assert consumer.malformed_messages == 1
     assert [e.client_event.event_id for e in sink.events] == ["after"]
     assert peer.count("subscribed") == 1  # same call, no reconnect
+    assert consumer.connection is not None
+    rtt = await bounded(consumer.connection.ping())  # grpc-core answers our PING
+    assert 0.0 <= rtt < TIMEOUT
     await bounded(consumer.stop())
     await peer.wait_line("unsubscribed", 1)
 

@@ -304,6 +304,8 @@ class FakeConnection:
         self.request = b""
         self.closed = False
         self.cancelled = False
+        self.pings: list[defer.Deferred[float]] = []
+        self.aborted = False
 
     def server_streaming(self, path: str, request: bytes, metadata: Any, on_message: Any) -> Any:
         assert path == PATH
@@ -314,6 +316,15 @@ class FakeConnection:
     def close(self) -> defer.Deferred[None]:
         self.closed = True
         return defer.succeed(None)
+
+    def ping(self) -> defer.Deferred[float]:
+        self.pings.append(defer.Deferred())
+        return self.pings[-1]
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self.call is not None and not self.call.called:
+            self.call.errback(ConnectionClosedError("aborted"))
 
 
 class Dialer:
@@ -416,4 +427,27 @@ def test_consumer_stop_cancels_the_open_call_and_closes_the_connection() -> None
     assert conn.cancelled
     assert conn.closed
     assert states == ["connecting", "connected", "stopped"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_consumer_keepalive_pings_and_drops_a_connection_whose_ack_is_late() -> None:
+    clock, dialer = Clock(), Dialer()
+    consumer = PushConsumer(clock, dialer, "gw", lambda e: None, 1.0, 8.0, random=lambda: 1.0,
+                            keepalive_interval_s=30.0, keepalive_timeout_s=5.0)
+    consumer.start()
+    conn = FakeConnection()
+    dialer.attempts[0].callback(conn)
+    clock.advance(29.9)
+    assert conn.pings == []
+    clock.advance(0.1)
+    assert len(conn.pings) == 1
+    conn.pings[0].callback(0.01)  # answered: the next ping is due one interval later
+    clock.advance(30.0)
+    assert len(conn.pings) == 2
+    clock.advance(4.9)
+    assert not conn.aborted
+    clock.advance(0.1)  # no ACK within the timeout
+    assert conn.aborted
+    assert consumer.state == "backoff"
+    result_of(consumer.stop())
     assert clock.getDelayedCalls() == []
