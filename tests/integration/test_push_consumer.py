@@ -106,7 +106,8 @@ def client_event(event_id: str, user: str = "u1") -> dict[str, Any]:
 def consumer_calls(consumer: PushConsumer, connection: H2ClientConnection | None) -> list[Any]:
     """Delayed calls on the reactor that belong to the consumer or its connection."""
     owners = [consumer] if connection is None else [consumer, connection]
-    return [c for c in reactor.getDelayedCalls() if any(getattr(c.func, "__self__", None) is o for o in owners)]
+    return [call for call in reactor.getDelayedCalls()
+            if any(getattr(call.func, "__self__", None) is owner for owner in owners)]
 
 
 @pytest.fixture
