@@ -3,7 +3,7 @@
 ``DevBackend`` holds everything in memory (users, sessions, email challenges,
 notes) and publishes push events on its ``PushBus``. ``make_http_site`` serves
 it over HTTP; ``push_methods(backend.bus)`` is its gRPC push method table;
-``DevBackendService`` listens on both ports.
+``gatewayd.devbackend.listeners`` puts both on ports.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import importlib
 import json
 import os
 import re
@@ -20,16 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.web.server import Site
 
 from gatewayd._proto.push.v1 import push_pb2
 from gatewayd.devbackend.errors import ApiError, invalid_argument, not_found
-from gatewayd.devbackend.push import PushBus, push_methods
+from gatewayd.devbackend.push import PushBus
 
 RandomBytes = Callable[[int], bytes]
 """``random_bytes(n)`` returns ``n`` unpredictable bytes (``os.urandom`` in production)."""
@@ -325,55 +320,3 @@ class _QuietSite(Site):
 
     def log(self, request: Any) -> None:
         pass
-
-
-def serve_push(reactor: Any, endpoint: str, backend: DevBackend) -> Deferred[IListeningPort]:
-    """Listen on ``endpoint`` with the gRPC server serving ``push_methods(backend.bus)``.
-
-    NOT WIRED YET: it needs the gateway's HTTP/2 server (``gatewayd.transport.server``),
-    which is being written separately. Until then this raises ``NotImplementedError``.
-    """
-    try:
-        importlib.import_module("gatewayd.transport.server")
-    except ImportError:
-        raise NotImplementedError(
-            "gatewayd.transport.server is missing: the dev backend cannot serve push.v1.Push yet"
-        ) from None
-    methods = push_methods(backend.bus)  # noqa: F841 -- to be handed to the transport server
-    raise NotImplementedError("serve_push: wire push_methods() into gatewayd.transport.server")
-
-
-class DevBackendService(Service):
-    """Runs a ``DevBackend`` on an HTTP endpoint and a push (gRPC) endpoint.
-
-    ``http_port`` and ``push_port`` are the listening ports once started
-    (``push_port`` stays ``None`` while ``serve_push`` is not wired).
-    """
-
-    def __init__(self, reactor: Any, backend: DevBackend, http_endpoint: str, push_endpoint: str) -> None:
-        self.reactor = reactor
-        self.backend = backend
-        self.http_endpoint = http_endpoint
-        self.push_endpoint = push_endpoint
-        # Typed Any: mypy without the zope plugin cannot call methods declared on an Interface.
-        self.http_port: Any = None
-        self.push_port: Any = None
-
-    @inlineCallbacks
-    def startService(self) -> Any:
-        Service.startService(self)
-        site = make_http_site(self.backend)
-        self.http_port = yield serverFromString(self.reactor, self.http_endpoint).listen(site)
-        _log.info("dev backend HTTP on {endpoint}", endpoint=self.http_endpoint)
-        try:
-            self.push_port = yield serve_push(self.reactor, self.push_endpoint, self.backend)
-        except NotImplementedError as e:
-            _log.error("dev backend push port NOT served: {reason}", reason=str(e))
-
-    @inlineCallbacks
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        for port in (self.push_port, self.http_port):
-            if port is not None:
-                yield port.stopListening()
-        self.push_port = self.http_port = None

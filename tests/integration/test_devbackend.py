@@ -15,13 +15,14 @@ import treq
 from google.protobuf.message import Message
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 
 from gatewayd._proto.push.v1 import push_pb2
+from gatewayd.devbackend.listeners import DevBackendService, serve_push
 from gatewayd.devbackend.push import SUBSCRIBE_PUSH_PATH, PushBus, SubscribePushHandler, push_methods
-from gatewayd.devbackend.service import DevBackend, DevBackendService, make_http_site
+from gatewayd.devbackend.service import DevBackend, make_http_site
 from gatewayd.rpc.call import Call, Encoded
 
 ID_CHARSET = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -512,6 +513,44 @@ def test_bus_survives_a_failing_subscriber() -> None:
     assert len(got) == 1
 
 
+async def poll(predicate: Any, what: str, timeout_s: float = 5.0) -> None:
+    """Wait (bounded) until ``predicate()`` is true, yielding to the reactor in between."""
+    deadline = reactor.seconds() + timeout_s
+    while not predicate():
+        assert reactor.seconds() < deadline, f"timed out waiting for {what}"
+        await deferLater(reactor, 0.005, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_push_port_delivers_events_to_the_gateway_push_consumer(h: Harness) -> None:
+    from gatewayd.backend.push_consumer import PushConsumer
+
+    server = await serve_push(reactor, "tcp:0:interface=127.0.0.1", h.backend)
+    got: list[push_pb2.PushEvent] = []
+    consumer = PushConsumer.from_endpoint_string(
+        reactor, f"tcp:host=127.0.0.1:port={server.port_number}", "gw-test", got.append
+    )
+    try:
+        consumer.start()
+        await consumer.when_connected()
+        await poll(lambda: h.backend.bus.subscriber_count == 2, "the SubscribePush call to subscribe")
+
+        who = await h.login("wire@push.io")
+        await h.user("POST", "notes", who, {"text": "over the wire"})
+        await h.user("POST", "sessions/revoke", who, {"device_session_id": who["device_session_id"]})
+        await poll(lambda: len(got) == 2, "two events")
+        assert got == h.events
+        assert json.loads(got[0].client_event.payload_bytes)["text"] == "over the wire"
+        assert got[1].session_invalidation.device_session_id == who["device_session_id"]
+
+        # The consumer cancelling its call (RST_STREAM) cancels the handler, which unsubscribes.
+        await consumer.stop()
+        await poll(lambda: h.backend.bus.subscriber_count == 1, "the cancelled call to unsubscribe")
+    finally:
+        await consumer.stop()
+        await server.stop()
+
+
 # -- service and plugin ---------------------------------------------------------------------------
 
 
@@ -536,11 +575,11 @@ async def test_plugin_service_serves_http() -> None:
         )
         assert response.code == 200
         assert "challenge_id" in await response.json()
-        assert service.push_port is None  # serve_push is not wired until gatewayd.transport.server exists
+        assert service.push_server is not None and service.push_server.port_number > 0
     finally:
         await pool.closeCachedConnections()
         await service.stopService()
-    assert service.http_port is None
+    assert service.http_port is None and service.push_server is None
 
     bad = DevBackendOptions()
     with pytest.raises(Exception, match="six digits"):

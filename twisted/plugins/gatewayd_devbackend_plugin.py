@@ -39,7 +39,8 @@ class DevBackendServiceMaker:
         # Imported here so listing twist plugins stays cheap and never fails on our imports.
         from twisted.internet import reactor
 
-        from gatewayd.devbackend.service import DevBackend, DevBackendService
+        from gatewayd.devbackend.listeners import DevBackendService
+        from gatewayd.devbackend.service import DevBackend
 
         backend = DevBackend(
             reactor,
