@@ -27,10 +27,12 @@ from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from gatewayd.config import Route
@@ -89,9 +91,62 @@ class _BytesProducer:
         pass
 
 
+# Characters RFC 3986 allows unescaped in a path segment besides the unreserved ones
+# (session and request ids use ":"); everything else, "/" included, is percent-quoted.
+_SEGMENT_SAFE = ":@!$&'()*+,;="
+
+
+class _BodyReader(Protocol):
+    """Collect a response body up to a limit; cancelling stops the transfer (closes the connection)."""
+
+    def __init__(self, status: int, limit: int) -> None:
+        self._status = status
+        self._limit = limit
+        self._size = 0
+        self._chunks: list[bytes] = []
+        self.done: Deferred[BackendAnswer] = Deferred(self._cancel)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self._chunks.clear()
+            self.done.errback(BackendUnavailable("backend answer too large"))
+            self._stop()
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        # PotentialDataLoss: a body delimited by the connection's end, complete as far as HTTP can tell.
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(BackendAnswer(self._status, b"".join(self._chunks)))
+        else:
+            self.done.errback(reason)
+
+    def _cancel(self, _: Deferred[BackendAnswer]) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+class _Discard(Protocol):
+    def connectionMade(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+def _quote_segment(segment: str) -> str:
+    return quote(segment, safe=_SEGMENT_SAFE)
+
+
 def _quote_segments(path: str) -> str:
     """Percent-quote each segment of a relative path, keeping the slashes."""
-    return "/".join(quote(segment, safe="") for segment in path.split("/"))
+    return "/".join(_quote_segment(segment) for segment in path.split("/"))
 
 
 def _decode_key(value: str) -> bytes:
@@ -120,12 +175,21 @@ def parse_session(body: bytes) -> Session:
 class BackendClient:
     """HTTP calls to the backend of PROTOCOL.md section 5 over a persistent connection pool."""
 
-    def __init__(self, reactor: Any, base_url: str, timeout_s: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        base_url: str,
+        timeout_s: float,
+        max_connections: int,
+        max_body_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"backend base_url must be an http(s) URL, got {base_url!r}")
         self._reactor: IReactorTime = reactor
         self._timeout_s = timeout_s
+        # A bigger answer could not be sent back anyway (the default message limit is 4 MiB).
+        self._max_body_bytes = max_body_bytes
         self._base = base_url.rstrip("/")
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = max_connections
@@ -140,7 +204,7 @@ class BackendClient:
 
     def get_session(self, device_session_id: str) -> Deferred[Session | None]:
         """The session, ``None`` when the backend answers 404; ``BackendUnavailable`` otherwise."""
-        url = (self._base + SESSIONS_PATH + quote(device_session_id, safe="")).encode("ascii")
+        url = (self._base + SESSIONS_PATH + _quote_segment(device_session_id)).encode("ascii")
         d = self._request(b"GET", url, self._get_headers, None)
         return d.addCallback(self._session_answer)
 
@@ -192,10 +256,14 @@ class BackendClient:
         d.addErrback(self._unavailable)
         return d
 
-    @staticmethod
-    def _read(response: IResponse) -> Deferred[BackendAnswer]:
-        status = response.code
-        return readBody(response).addCallback(lambda body: BackendAnswer(status, body))
+    def _read(self, response: Any) -> Deferred[BackendAnswer]:  # an IResponse
+        length = response.length
+        if isinstance(length, int) and length > self._max_body_bytes:
+            response.deliverBody(_Discard())
+            raise BackendUnavailable("backend answer too large")
+        reader = _BodyReader(response.code, self._max_body_bytes)
+        response.deliverBody(reader)
+        return reader.done
 
     @staticmethod
     def _unavailable(failure: Failure) -> Failure:
