@@ -10,7 +10,9 @@ Routes (PROTOCOL.md sections 4-6, plus the debug surface when enabled):
 - ``GET|PATCH /api/v1/user/profile``, ``GET|POST /api/v1/user/notes``,
   ``POST /api/v1/user/sessions/revoke`` (need X-User-Id, X-Device-Session-Id, X-Request-Id)
 - debug: ``GET|POST /api/v1/user/debug/status/{code}`` answers with that status;
-  ``GET|DELETE /api/v1/internal/debug/received`` lists or clears the user-route log.
+  ``GET|DELETE /api/v1/internal/debug/received`` lists or clears the log of every request
+  under ``/api/v1/user/``: ``[{"method", "path", "user_id", "device_session_id",
+  "request_id", "body"}]`` (headers absent: null; body as UTF-8 text).
 
 Every answer is JSON; errors are ``{"error": {"code", "message"}}``.
 """
@@ -79,6 +81,9 @@ class DevBackendResource(Resource):
                 by_method = self._session_routes
             elif path.startswith(DEBUG_STATUS_PREFIX) and self._debug_status_routes:
                 by_method = self._debug_status_routes
+        if self._backend.debug and path.startswith(USER_PREFIX):
+            # Every request under /api/v1/user/, routed or not: tests prove a rejected call never got here.
+            self._record(request)
         try:
             if by_method is None:
                 raise not_found("no such route")
@@ -131,30 +136,33 @@ class DevBackendResource(Resource):
     # -- user routes --------------------------------------------------------------
 
     def _user_route(self, handler: UserHandler) -> Handler:
-        """Wrap a user route: record it (debug), require the gateway's headers."""
-        backend = self._backend
+        """Wrap a user route: require the gateway's headers, hand it the body."""
 
         def route(request: Request) -> Answer:
             body = _read(request)
             user_id = _header(request, b"x-user-id")
             device_session_id = _header(request, b"x-device-session-id")
             request_id = _header(request, b"x-request-id")
-            if backend.debug:
-                backend.record(
-                    {
-                        "method": request.method.decode("ascii", "replace"),
-                        "path": request.path.decode("utf-8", "replace"),
-                        "user_id": user_id,
-                        "device_session_id": device_session_id,
-                        "request_id": request_id,
-                        "body": body.decode("utf-8", "replace"),
-                    }
-                )
             if not user_id or not device_session_id or not request_id:
                 raise invalid_argument("X-User-Id, X-Device-Session-Id and X-Request-Id are required")
             return handler(request, user_id, body)
 
         return route
+
+    def _record(self, request: Request) -> None:
+        body = _read(request)
+        if request.content is not None:
+            request.content.seek(0)  # the route reads it again
+        self._backend.record(
+            {
+                "method": request.method.decode("ascii", "replace"),
+                "path": request.path.decode("utf-8", "replace"),
+                "user_id": _header(request, b"x-user-id"),
+                "device_session_id": _header(request, b"x-device-session-id"),
+                "request_id": _header(request, b"x-request-id"),
+                "body": body.decode("utf-8", "replace"),
+            }
+        )
 
     def _get_profile(self, request: Request, user_id: str, body: bytes) -> Answer:
         return 200, self._backend.profile(user_id)

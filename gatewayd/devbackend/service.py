@@ -92,8 +92,8 @@ class DevBackend:
     when set, is accepted for any live challenge alongside the issued code.
     Every issued code is logged: that is how a developer reads it.
 
-    With ``debug`` on, every request to a user route is recorded in
-    ``received`` (the newest ``received_limit``), and the debug routes are
+    With ``debug`` on, every request under ``/api/v1/user/`` (routed or not)
+    is recorded in ``received`` (the newest ``received_limit``), and the debug routes are
     served (see ``gatewayd.devbackend.http``). Each user keeps their newest
     ``max_notes_per_user`` notes (older ones are dropped, so a benchmark that
     creates notes for minutes does not make ``notes.list`` answers unbounded).
@@ -242,7 +242,7 @@ class DevBackend:
         return revoked
 
     def record(self, entry: dict[str, Any]) -> None:
-        """Remember one user-route request (debug mode only)."""
+        """Remember one request under /api/v1/user/ (debug mode only)."""
         if self.debug:
             self.received.append(entry)
 

@@ -393,6 +393,7 @@ async def test_received_log_records_user_routes_and_clears(h: Harness) -> None:
     who = await h.login("l@g.io")
     await h.user("POST", "notes", who, {"text": "hi"}, request_id="req-1")
     await h.request("GET", "/api/v1/user/profile", None, {"X-Request-Id": "req-2"})
+    await h.user("PUT", "no/such/route", who, b"raw", request_id="req-3")
     await h.request("GET", "/api/v1/internal/sessions/" + who["device_session_id"])
 
     status, received = await h.request("GET", "/api/v1/internal/debug/received")
@@ -413,6 +414,14 @@ async def test_received_log_records_user_routes_and_clears(h: Harness) -> None:
             "device_session_id": None,
             "request_id": "req-2",
             "body": "",
+        },
+        {
+            "method": "PUT",
+            "path": "/api/v1/user/no/such/route",
+            "user_id": who["user_id"],
+            "device_session_id": who["device_session_id"],
+            "request_id": "req-3",
+            "body": "raw",
         },
     ]
     status, _ = await h.request("DELETE", "/api/v1/internal/debug/received")
