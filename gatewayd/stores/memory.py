@@ -7,8 +7,8 @@ fired Deferred.
 Memory is bounded. Both stores keep ``key -> deadline`` (a replay
 reservation's expiry; a bucket's theoretical arrival time, after which the
 bucket is full and the key means nothing). Every call sweeps two entries
-from the front of the dict's insertion order: an expired one is dropped, a
-live one goes to the back. The sweep thus cycles through all entries at twice
+from the front of a queue of the keys: an expired one is dropped, a live one
+goes to the back. The sweep thus cycles through all entries at twice
 the rate at which new keys can arrive, so expired ones leave within a cycle,
 whatever their mix of lifetimes. When a store is at its maximum, a new key
 first sweeps harder (a bounded number of entries); if nothing has expired:
@@ -23,6 +23,7 @@ first sweeps harder (a bounded number of entries); if nothing has expired:
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Protocol
 
 from twisted.internet import defer
@@ -47,36 +48,47 @@ class _Clock(Protocol):
 
 
 class _Deadlines:
-    """``key -> deadline`` with the amortised sweep described in the module docstring."""
+    """``key -> deadline`` with the amortised sweep described in the module docstring.
 
-    __slots__ = ("entries", "max_entries")
+    The sweep order is a deque holding each key once: popping the front of a
+    dict instead would make ``next(iter(dict))`` walk over the holes left by
+    earlier pops, O(n) per call until the dict is resized.
+    """
+
+    __slots__ = ("entries", "max_entries", "order")
 
     def __init__(self, max_entries: int) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.entries: dict[str, float] = {}
+        self.order: deque[str] = deque()
         self.max_entries = max_entries
+
+    def add(self, key: str, deadline: float) -> None:
+        """Insert a key that is not in ``entries`` (existing keys are updated in ``entries``)."""
+        self.entries[key] = deadline
+        self.order.append(key)
 
     def sweep(self, now: float, steps: int) -> bool:
         """Examine up to ``steps`` entries from the front; True when one was dropped."""
-        entries = self.entries
+        entries, order = self.entries, self.order
         dropped = False
-        while steps and entries:
+        while steps and order:
             steps -= 1
-            key = next(iter(entries))
-            deadline = entries.pop(key)
-            if deadline > now:
-                entries[key] = deadline
+            key = order.popleft()
+            if entries[key] > now:
+                order.append(key)
             else:
+                del entries[key]
                 dropped = True
         return dropped
 
     def make_room(self, now: float, evict: bool) -> bool:
         """Free one slot in a full map; False when none could be freed without evicting."""
-        if self.sweep(now, min(_ROOM_SEARCH, len(self.entries))):
+        if self.sweep(now, min(_ROOM_SEARCH, len(self.order))):
             return True
         if evict:
-            del self.entries[next(iter(self.entries))]
+            del self.entries[self.order.popleft()]
             return True
         return False
 
@@ -101,9 +113,11 @@ class MemoryReplayStore:
         if deadline is not None:
             if deadline > now:
                 return defer.succeed(False)
-        elif len(entries) >= deadlines.max_entries and not deadlines.make_room(now, evict=False):
+            entries[key] = now + ttl_s
+            return defer.succeed(True)
+        if len(entries) >= deadlines.max_entries and not deadlines.make_room(now, evict=False):
             return defer.fail(StoreUnavailable("replay store is full of live reservations"))
-        entries[key] = now + ttl_s
+        deadlines.add(key, now + ttl_s)
         return defer.succeed(True)
 
 
@@ -134,7 +148,10 @@ class MemoryRateLimiter:
         wait = new_tat - budget.burst * interval - now
         if wait > _EPSILON:
             return defer.succeed(RateDecision(False, wait))
-        if not known and len(entries) >= deadlines.max_entries:
-            deadlines.make_room(now, evict=True)
-        entries[key] = new_tat
+        if known:
+            entries[key] = new_tat
+        else:
+            if len(entries) >= deadlines.max_entries:
+                deadlines.make_room(now, evict=True)
+            deadlines.add(key, new_tat)
         return defer.succeed(ALLOWED)
