@@ -26,7 +26,7 @@ class HealthService:
 
     def __init__(self, services: Iterable[str] = ("",)) -> None:
         self._status: dict[str, int] = {name: SERVING for name in services}
-        self._watchers: dict[str, set[ServerStream]] = {}
+        self._watchers: dict[str, dict[ServerStream, defer.Deferred[None]]] = {}
 
     def set(self, service: str, status: int) -> None:
         if self._status.get(service) == status:
@@ -39,7 +39,9 @@ class HealthService:
         for service in list(self._status):
             self.set(service, status)
 
-    def check(self, call: Call, request: health_pb2.HealthCheckRequest) -> defer.Deferred[health_pb2.HealthCheckResponse]:
+    def check(
+        self, call: Call, request: health_pb2.HealthCheckRequest
+    ) -> defer.Deferred[health_pb2.HealthCheckResponse]:
         status = self._status.get(request.service)
         if status is None:
             return defer.fail(RpcError(Code.NOT_FOUND, f"unknown service {request.service!r}"))
@@ -47,21 +49,25 @@ class HealthService:
 
     def watch(self, call: Call, request: health_pb2.HealthCheckRequest, stream: ServerStream) -> defer.Deferred[None]:
         service = request.service
-        stream.send(health_pb2.HealthCheckResponse(status=self._status.get(service, SERVICE_UNKNOWN)))  # type: ignore[arg-type]
-        watchers = self._watchers.setdefault(service, set())
-        watchers.add(stream)
+        status = self._status.get(service, SERVICE_UNKNOWN)
+        stream.send(health_pb2.HealthCheckResponse(status=status))  # type: ignore[arg-type]
+        watchers = self._watchers.setdefault(service, {})
 
         def unwatch(_: object) -> None:
-            watchers.discard(stream)
+            watchers.pop(stream, None)
             if not watchers:
                 self._watchers.pop(service, None)
 
-        # Never fires on its own: the client cancels, or the deadline or shutdown ends it.
-        return defer.Deferred(canceller=unwatch)
+        # Fires only when the client cancels, the deadline passes, or shutdown ends it.
+        done: defer.Deferred[None] = defer.Deferred(canceller=unwatch)
+        watchers[stream] = done
+        return done
 
     def close_watches(self, error: RpcError) -> None:
         """End every Watch with ``error`` (graceful shutdown)."""
-        del error  # Watches end through the stream shutdown in the service.
+        for service in list(self._watchers):
+            for done in list(self._watchers.pop(service).values()):
+                done.errback(error)
 
     def watcher_count(self) -> int:
         return sum(len(w) for w in self._watchers.values())

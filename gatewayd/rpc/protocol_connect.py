@@ -25,7 +25,7 @@ class ConnectUnary(WireProtocol):
     name = "connect"
     framed = False
 
-    def __init__(self, headers: dict[str, str], content_type: str) -> None:  # type: ignore[override]
+    def __init__(self, headers: dict[str, str], content_type: str) -> None:
         super().__init__(headers, content_type)
         self.json = content_type == "application/json"
         self.response_gzip = compression.accepts_gzip(headers.get("accept-encoding"))
@@ -56,7 +56,7 @@ class ConnectUnary(WireProtocol):
 class ConnectStreaming(WireProtocol):
     name = "connect-stream"
 
-    def __init__(self, headers: dict[str, str], content_type: str) -> None:  # type: ignore[override]
+    def __init__(self, headers: dict[str, str], content_type: str) -> None:
         super().__init__(headers, content_type)
         self.json = content_type == "application/connect+json"
         self.response_gzip = compression.accepts_gzip(headers.get("connect-accept-encoding"))

@@ -26,7 +26,7 @@ def status_pairs(error: RpcError | None) -> HeaderList:
 class Grpc(WireProtocol):
     name = "grpc"
 
-    def __init__(self, headers: dict[str, str], content_type: str) -> None:  # type: ignore[override]
+    def __init__(self, headers: dict[str, str], content_type: str) -> None:
         super().__init__(headers, content_type)
         self.response_gzip = compression.accepts_gzip(headers.get("grpc-accept-encoding"))
 

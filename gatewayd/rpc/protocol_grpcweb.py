@@ -21,7 +21,7 @@ def _trailer_frame(error: RpcError | None) -> bytes:
 class GrpcWeb(WireProtocol):
     name = "grpc-web"
 
-    def __init__(self, headers: dict[str, str], content_type: str) -> None:  # type: ignore[override]
+    def __init__(self, headers: dict[str, str], content_type: str) -> None:
         super().__init__(headers, content_type)
         self.response_gzip = compression.accepts_gzip(headers.get("grpc-accept-encoding"))
 

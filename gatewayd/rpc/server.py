@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf.json_format import ParseError, ParseDict
+from google.protobuf.json_format import ParseDict, ParseError
 from google.protobuf.message import DecodeError, Message
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -72,7 +72,7 @@ class RpcApplication:
         if protocol_cls is Grpc and not exchange.http2:
             return _Refusal(exchange, 0, b"", grpc_over_http1=True)
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        return ServerCall(self, exchange, protocol_cls(headers, content_type))  # type: ignore[arg-type]
+        return ServerCall(self, exchange, protocol_cls(headers, content_type))
 
     def notify(self, call: Call, code: Code, started: float) -> None:
         if self.observers:
@@ -223,15 +223,17 @@ class ServerCall:
         if timeout is not None:
             self._deadline_call = clock.callLater(timeout, self._deadline_expired)
         try:
+            result: Any
             if method.stream is not None:
                 self.streaming = True
                 result = method.stream(call, request, self)
             else:
-                result = method.unary(call, request)  # type: ignore[misc]
+                assert method.unary is not None
+                result = method.unary(call, request)
         except Exception:
             self._handler_failed(Failure())
             return
-        d = result if isinstance(result, defer.Deferred) else defer.ensureDeferred(result)  # type: ignore[arg-type]
+        d = result if isinstance(result, defer.Deferred) else defer.ensureDeferred(result)
         if self.finished:
             # The stream ended (overflow) while the handler was starting.
             d.cancel()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from twisted.internet import defer, endpoints, reactor as default_reactor
+from twisted.internet import defer, endpoints
+from twisted.internet import reactor as default_reactor
 from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import IResource
 
@@ -34,17 +36,18 @@ class RunningServer:
         return f"127.0.0.1:{self.port}"
 
     @defer.inlineCallbacks
-    def stop(self):  # type: ignore[no-untyped-def]
+    def stop(self) -> Any:
         """Stop listening and close every connection."""
         yield self.listening.stopListening()
         for protocol in list(self.factory.connections):
-            if protocol.transport is not None:
-                protocol.transport.abortConnection()
+            transport: Any = protocol.transport
+            if transport is not None:
+                transport.abortConnection()
 
 
 @defer.inlineCallbacks
 def serve(methods: list[Method] | MethodTable, config: ServerConfig | None = None,
-          web_resource: IResource | None = None, cors: CorsPolicy | None = None, reactor=None):  # type: ignore[no-untyped-def]
+          web_resource: IResource | None = None, cors: CorsPolicy | None = None, reactor: Any = None) -> Any:
     """Listen on a free loopback port; fires with a ``RunningServer``."""
     reactor = reactor or default_reactor
     if isinstance(methods, MethodTable):

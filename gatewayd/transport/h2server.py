@@ -20,7 +20,7 @@ promises:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import h2.config
@@ -114,7 +114,7 @@ class H2Stream:
     http2 = True
 
     def __init__(self, conn: H2ServerConnection, stream_id: int, method: str, path: str,
-                 headers: dict[str, str], peer: str) -> None:
+                 headers: Mapping[str, str], peer: str) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.method = method
@@ -253,7 +253,8 @@ class H2ServerConnection(Protocol):
     # -- connection lifecycle ---------------------------------------------------
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[attr-defined]
+        transport: Any = self.transport
+        peer = transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         self.h2.initiate_connection()
         self.h2.update_settings(
@@ -268,7 +269,7 @@ class H2ServerConnection(Protocol):
         self.h2.local_settings.acknowledge()
         # A connection-level receive window as large as the per-stream one.
         self.h2.increment_flow_control_window(self.limits.initial_window_size)
-        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        transport.registerProducer(self, True)
         self._flush()
         self._arm_idle()
         if self.limits.keepalive_interval_s > 0:
@@ -515,7 +516,12 @@ class H2ServerConnection(Protocol):
                 self.limits.shutdown_ping_timeout_s, self._shutdown_second_goaway
             )
         d: defer.Deferred[None] = defer.Deferred()
-        self._closed_d.addBoth(lambda r: (d.callback(None), r)[1])
+
+        def closed(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._closed_d.addBoth(closed)
         return d
 
     def _shutdown_second_goaway(self) -> None:

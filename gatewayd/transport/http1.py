@@ -8,6 +8,7 @@ surface). Limits: request headers (431 when over), request bodies (413).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from twisted.web import http, server
 from twisted.web.resource import IResource
@@ -83,7 +84,7 @@ class Http1Exchange:
     def reset(self) -> None:
         if not self._finished:
             self._finished = True
-            transport = self.request.channel.transport if self.request.channel else None
+            transport: Any = self.request.channel.transport if self.request.channel else None
             if transport is not None:
                 transport.abortConnection()
 
@@ -118,7 +119,7 @@ class GatewayRequest(server.Request):
     max_body_bytes: int
     resolve_peer_headers: bool = False
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._body_size = 0
         self._too_large = False
@@ -135,13 +136,14 @@ class GatewayRequest(server.Request):
         self._body_size += len(data)
         if self._body_size > self.max_body_bytes:
             self._too_large = True
-            self.content.seek(0)
-            self.content.truncate()
+            content: Any = self.content
+            content.seek(0)
+            content.truncate()
             return
         super().handleContentChunk(data)
 
     def process(self) -> None:
-        self.site = self.channel.site
+        self.site = self.channel.site  # type: ignore[attr-defined]
         if self._too_large:
             body = b"request body too large\n"
             self.setResponseCode(_STATUS_413)
@@ -158,8 +160,9 @@ class GatewayRequest(server.Request):
             super().process()
             return
         self.notifyFinish().addErrback(lambda _: handler.aborted())
-        self.content.seek(0)
-        body = self.content.read()
+        content: Any = self.content
+        content.seek(0)
+        body = content.read()
         if body:
             handler.body_received(body)
         handler.body_complete()
@@ -179,7 +182,7 @@ class GatewayHTTPChannel(http.HTTPChannel):
 class GatewaySite(server.Site):
     """The twisted.web site for HTTP/1.1 (and for non-RPC requests over HTTP/2)."""
 
-    protocol = GatewayHTTPChannel
+    protocol = GatewayHTTPChannel  # type: ignore[assignment]
 
     def __init__(self, resource: IResource, app: HttpApplication, max_body_bytes: int,
                  max_header_bytes: int, timeout: float = 300.0) -> None:
@@ -189,7 +192,7 @@ class GatewaySite(server.Site):
         self.max_header_bytes = max_header_bytes
         self.noisy = False
 
-    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+    def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         channel.totalHeadersSize = self.max_header_bytes
         return channel

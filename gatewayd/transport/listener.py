@@ -54,7 +54,7 @@ class SniffingProtocol(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self.inner is not None:
-            self.inner.connectionLost(reason)
+            self.inner.connectionLost(reason)  # type: ignore[arg-type]
         self.factory.connections.discard(self)
 
 
@@ -87,4 +87,4 @@ class GatewayFactory(Factory):
 
     def build_http1(self, transport: object) -> Protocol:
         channel = self.site.buildProtocol(getattr(transport, "getPeer", lambda: None)())
-        return channel  # type: ignore[return-value]
+        return channel

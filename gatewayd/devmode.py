@@ -1,0 +1,52 @@
+"""``--dev``: the reference backend in-process, reached over loopback like a remote one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from gatewayd.config import Config
+
+log = Logger()
+
+DEV_LISTEN = "tcp:8080:interface=127.0.0.1"
+
+
+def dev_config(config: Config, state_dir: str | None) -> Config:
+    """Dev defaults on top of ``config``: memory stores, loopback listener, dev CORS, fixed email code."""
+    listen = config.server.listen if config.server.listen != "tcp:8080" else DEV_LISTEN
+    return config.replace(
+        dev={"enabled": True, **({"state_dir": state_dir} if state_dir else {})},
+        stores={"kind": "memory"},
+        server={"listen": listen},
+    )
+
+
+@defer.inlineCallbacks
+def start_dev_backend(config: Config) -> Any:
+    """Start the reference backend on free loopback ports; fire with the config pointing at it."""
+    from twisted.internet import reactor
+
+    from gatewayd.devbackend.listeners import DevBackendService
+    from gatewayd.devbackend.service import DevBackend
+
+    backend = DevBackend(reactor, fixed_code=config.dev.email_code, debug=True)
+    service = DevBackendService(reactor, backend, "tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1")
+    yield service.startService()
+    # Stopped after the gateway: the gateway's own shutdown still reaches it.
+    reactor.addSystemEventTrigger("after", "shutdown", service.stopService)
+    http_port = service.http_port.getHost().port
+    push_port = service.push_server.port_number  # type: ignore[union-attr]
+    log.info(
+        "dev mode: reference backend on 127.0.0.1:{http} (REST) and 127.0.0.1:{push} (push); "
+        "email code {code} is accepted for any address",
+        http=http_port, push=push_port, code=config.dev.email_code,
+    )
+    return config.replace(
+        backend={
+            "base_url": f"http://127.0.0.1:{http_port}",
+            "push_endpoint": f"tcp:host=127.0.0.1:port={push_port}",
+        }
+    )

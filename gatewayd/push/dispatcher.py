@@ -1,0 +1,72 @@
+"""Turn backend push events into hub actions: publish client events, revoke sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from gatewayd._proto.push.v1 import push_pb2
+from gatewayd.pipeline.signer import EventSigner
+from gatewayd.push.hub import Hub
+from gatewayd.rpc.call import Encoded
+from gatewayd.rpc.codes import Code
+from gatewayd.rpc.errors import RpcError
+
+log = Logger()
+
+_REVOKED = RpcError(Code.FAILED_PRECONDITION, "session invalidated")
+
+
+class Dispatcher:
+    """The push consumer's ``on_event``.
+
+    A ClientEvent is signed once and its one ``Encoded`` form fanned out. A
+    SessionInvalidation drops the session cache entries first (so the next
+    ExecuteCommand with that session is UNAUTHENTICATED at once), then ends
+    the streams with FAILED_PRECONDITION.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        signer: EventSigner,
+        invalidate_session: Callable[[str], None],
+        invalidate_user: Callable[[str], None],
+    ) -> None:
+        self.hub = hub
+        self.signer = signer
+        self.invalidate_session = invalidate_session
+        self.invalidate_user = invalidate_user
+        self.events_in = 0
+        self.invalidations = 0
+
+    def __call__(self, event: push_pb2.PushEvent) -> None:
+        kind = event.WhichOneof("kind")
+        if kind == "client_event":
+            self.publish(event.client_event)
+        elif kind == "session_invalidation":
+            self.invalidate(event.session_invalidation)
+
+    def publish(self, event: push_pb2.ClientEvent) -> int:
+        self.events_in += 1
+        if not event.user_id or not event.event_type:
+            log.warn("push event without user_id or event_type dropped")
+            return 0
+        signed = self.signer.sign(
+            event.event_type, event.event_id, event.payload_bytes, event.timestamp_ms or None
+        )
+        return self.hub.publish(event.user_id, event.device_session_id, Encoded(signed))
+
+    def invalidate(self, invalidation: push_pb2.SessionInvalidation) -> int:
+        self.invalidations += 1
+        if invalidation.device_session_id:
+            self.invalidate_session(invalidation.device_session_id)
+        elif invalidation.user_id:
+            self.invalidate_user(invalidation.user_id)
+        else:
+            return 0
+        if not invalidation.user_id:
+            # The hub indexes by user; an invalidation naming only a session is found by scanning.
+            return self.hub.end_session(invalidation.device_session_id, _REVOKED)
+        return self.hub.end(invalidation.user_id, invalidation.device_session_id, _REVOKED)

@@ -1,0 +1,56 @@
+"""SubscribeEvents: verify (stages 1-6), register with the hub, then greet with the server time."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.internet import defer
+
+from gatewayd._proto.gateway.v1.gateway_pb2 import SubscribeEventsRequest
+from gatewayd.pipeline.pipeline import Pipeline
+from gatewayd.pipeline.signer import EventSigner
+from gatewayd.push.hub import Hub
+from gatewayd.rpc.call import Call, Encoded, ServerStream
+from gatewayd.rpc.codes import Code
+from gatewayd.rpc.errors import RpcError
+
+SERVER_TIME_EVENT = "gateway.server_time"
+
+
+class SubscribeEvents:
+    """The StreamHandler of ``/gateway.v1.Gateway/SubscribeEvents``.
+
+    Registration happens before ``gateway.server_time`` is sent, so every
+    event published after the client has received it reaches the stream.
+    Cancelling the returned Deferred (client gone, deadline) unregisters.
+    """
+
+    def __init__(self, pipeline: Pipeline, hub: Hub, signer: EventSigner, clock: Any) -> None:
+        self.pipeline = pipeline
+        self.hub = hub
+        self.signer = signer
+        self.clock = clock
+        self._prefix = "st_" + os.urandom(6).hex() + "_"
+        self._counter = 0
+
+    def __call__(self, call: Call, request: SubscribeEventsRequest, stream: ServerStream) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._run(call, request, stream))
+
+    async def _run(self, call: Call, request: SubscribeEventsRequest, stream: ServerStream) -> None:
+        caller = await self.pipeline.verify_subscription(call, request)
+        if self.hub.closed:
+            raise RpcError(Code.UNAVAILABLE, "gateway is shutting down")
+        sub = self.hub.register(caller.user_id, caller.device_session_id, stream)
+        try:
+            stream.send(Encoded(self._server_time()))
+            await sub.done
+        finally:
+            self.hub.unregister(sub)
+
+    def _server_time(self) -> Any:
+        self._counter += 1
+        now_ms = int(self.clock.seconds() * 1000)
+        payload = json.dumps({"server_time_ms": now_ms}, separators=(",", ":")).encode()
+        return self.signer.sign(SERVER_TIME_EVENT, f"{self._prefix}{self._counter}", payload, now_ms)

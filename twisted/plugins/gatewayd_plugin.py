@@ -1,0 +1,56 @@
+"""``twist gatewayd``: the gateway (``--config FILE`` for production, ``--dev`` to try it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IServiceMaker, Service
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+
+class GatewayOptions(usage.Options):
+    """Command-line options of ``twist gatewayd``."""
+
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (see conf/gatewayd.toml)."],
+        ["listen", "l", None, "Endpoint string to listen on (overrides server.listen), e.g. tcp:8080."],
+        ["state-dir", None, None, "Dev mode: folder for the generated gateway key (default ./.gatewayd-dev)."],
+    ]
+    optFlags = [
+        ["dev", None, "Run with the in-process reference backend, in-memory stores and a generated key."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["dev"] and not self["config"]:
+            raise usage.UsageError("give --config FILE (production) or --dev (local development)")
+
+
+@implementer(IServiceMaker, IPlugin)
+class GatewayServiceMaker:
+    tapname = "gatewayd"
+    description = "gatewayd: gRPC, gRPC-Web and Connect on one port, verified and signed"
+    options = GatewayOptions
+
+    def makeService(self, options: Any) -> Service:
+        from pathlib import Path
+
+        from twisted.internet import reactor
+
+        from gatewayd import config as config_module
+        from gatewayd.devmode import dev_config, start_dev_backend
+        from gatewayd.service import GatewayService
+
+        try:
+            config = config_module.load(Path(options["config"]) if options["config"] else None)
+        except config_module.ConfigError as e:
+            raise SystemExit(f"gatewayd: configuration error: {e}") from None
+        if options["dev"]:
+            config = dev_config(config, options["state-dir"])
+        if options["listen"]:
+            config = config.replace(server={"listen": options["listen"]})
+        return GatewayService(config, reactor, before_start=start_dev_backend if options["dev"] else None)
+
+
+serviceMaker = GatewayServiceMaker()
