@@ -28,7 +28,7 @@ from gatewayd.rpc.call import Call
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 from gatewayd.signing import EMPTY_SHA256, GatewayKey, request_signing_input, sha256
-from gatewayd.stores.base import Stores, StoreUnavailable
+from gatewayd.stores.base import RateDecision, Stores, StoreUnavailable
 from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore
 
 START = 1_764_230_000.0
@@ -510,3 +510,51 @@ def test_subscription_replay_is_already_exists(rig: Rig) -> None:
     request = rig.device.subscribe()
     result_of(rig.pipeline.verify_subscription(rig.call(), request))
     assert error_of(rig.pipeline.verify_subscription(rig.call(), request)).code == Code.ALREADY_EXISTS
+
+
+class SlowRate:
+    """A rate limiter answering later, as Redis does; ``deny`` names keys to deny, ``fail`` to fail."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, Deferred[Any]]] = []
+        self.deny: set[str] = set()
+        self.fail: Exception | None = None
+
+    def consume(self, key: str, budget: Budget, cost: int = 1) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((key, d))
+        return d
+
+    def answer_all(self) -> None:
+        for key, d in self.pending:
+            if self.fail is not None and key.startswith("user:"):
+                d.errback(self.fail)
+            else:
+                d.callback(RateDecision(key not in self.deny, 2.5 if key in self.deny else 0.0))
+        self.pending.clear()
+
+
+@pytest.mark.parametrize(
+    ("deny", "fail", "expected"),
+    [
+        (set(), None, None),
+        ({"session:ds_1"}, None, Code.RESOURCE_EXHAUSTED),
+        (set(), StoreUnavailable("timeout"), Code.UNAVAILABLE),
+        ({"session:ds_1"}, StoreUnavailable("timeout"), Code.UNAVAILABLE),
+    ],
+)
+def test_rate_limits_answered_later(rig: Rig, deny: set[str], fail: Exception | None, expected: Code | None) -> None:
+    slow = SlowRate()
+    slow.deny, slow.fail = deny, fail
+    rig.pipeline.stages[6]._limiter = slow  # type: ignore[attr-defined]
+    d = rig.pipeline.execute_command(rig.call(), rig.device.command())
+    assert not d.called and len(slow.pending) == 4 and rig.backend.calls == []
+    slow.answer_all()
+    if expected is None:
+        assert result_of(d).envelope.result_code == "ok"
+    else:
+        error = error_of(d)
+        assert error.code == expected
+        if expected == Code.RESOURCE_EXHAUSTED:
+            assert error.metadata == {"retry-after": "3"}
+        assert rig.backend.calls == []
