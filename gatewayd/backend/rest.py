@@ -130,14 +130,17 @@ class _BodyReader(Protocol):
         self._stop()
 
     def _stop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+        # deliverBody's transport is a producer proxy: stopProducing closes the connection.
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
 
 
 class _Discard(Protocol):
     def connectionMade(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
 
 
 def _quote_segment(segment: str) -> str:
@@ -249,12 +252,35 @@ class BackendClient:
     def _request(
         self, method: bytes, url: bytes, headers: Headers, body: _BytesProducer | None
     ) -> Deferred[BackendAnswer]:
-        d: Deferred[Any] = self._agent.request(method, url, headers, cast(IBodyProducer | None, body))
-        d.addCallback(self._read)
+        inner: Deferred[Any] = self._agent.request(method, url, headers, cast(IBodyProducer | None, body))
+        inner.addCallback(self._read)
         # One timeout for connect + request + body; on expiry the connection is aborted.
-        d.addTimeout(self._timeout_s, self._reactor)
-        d.addErrback(self._unavailable)
-        return d
+        inner.addTimeout(self._timeout_s, self._reactor)
+        # The caller's cancellation surfaces from Agent in several shapes (ConnectingCancelledError,
+        # ResponseNeverReceived, ...), as does a timeout; only this flag tells them apart.
+        cancelled = False
+
+        def cancel(_: Deferred[BackendAnswer]) -> None:
+            nonlocal cancelled
+            cancelled = True
+            inner.cancel()
+
+        outer: Deferred[BackendAnswer] = Deferred(cancel)
+
+        def settle(result: Any) -> None:
+            if outer.called:
+                return
+            if not isinstance(result, Failure):
+                outer.callback(result)
+            elif cancelled:
+                outer.errback(Failure(CancelledError()))
+            elif result.check(BackendUnavailable):
+                outer.errback(result)
+            else:
+                outer.errback(BackendUnavailable(f"backend unavailable: {type(result.value).__name__}"))
+
+        inner.addBoth(settle)
+        return outer
 
     def _read(self, response: Any) -> Deferred[BackendAnswer]:  # an IResponse
         length = response.length
@@ -264,13 +290,6 @@ class BackendClient:
         reader = _BodyReader(response.code, self._max_body_bytes)
         response.deliverBody(reader)
         return reader.done
-
-    @staticmethod
-    def _unavailable(failure: Failure) -> Failure:
-        # A caller's own cancellation stays a cancellation; everything else is "unavailable".
-        if failure.check(CancelledError, BackendUnavailable):
-            return failure
-        raise BackendUnavailable(f"backend unavailable: {type(failure.value).__name__}")
 
     @staticmethod
     def _session_answer(answer: BackendAnswer) -> Session | None:

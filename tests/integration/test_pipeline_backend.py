@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.web.client import HTTPConnectionPool
@@ -281,3 +282,30 @@ async def test_answers_over_the_body_limit_are_unavailable() -> None:
         await small.close()
         await large.close()
         await server.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelling_a_call_stays_a_cancellation_and_closes_the_connection() -> None:
+    lost: Deferred[None] = Deferred()
+    opened: Deferred[None] = Deferred()
+
+    class Silent(Protocol):
+        def connectionMade(self) -> None:
+            opened.callback(None)
+
+        def connectionLost(self, reason: Any = None) -> None:
+            lost.callback(None)
+
+    silent = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+    client = BackendClient(reactor, f"http://127.0.0.1:{silent.getHost().port}", timeout_s=5.0,
+                           max_connections=2)
+    try:
+        call = client.call_route(Route("POST", "notes"), b"{}", "u", "s", "r")
+        await opened
+        call.cancel()
+        with pytest.raises(CancelledError):
+            await call
+        await lost  # the server saw the connection go (bounded by the test timeout)
+    finally:
+        await client.close()
+        await silent.stopListening()
