@@ -1,0 +1,162 @@
+"""Run third-party clients as child processes without blocking the reactor.
+
+``NodeClient`` runs ``node/client.mjs`` (connect-es) with a JSON plan and
+collects the JSON lines it prints as they arrive, so a test can wait for a
+stream's first message, act on the server, then wait for more. ``run_tool``
+runs a short command (``buf curl``) to completion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer, error, protocol, reactor
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.failure import Failure
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NODE_SCRIPT = ROOT / "tests" / "interop" / "node" / "client.mjs"
+NODE_MODULES = ROOT / "node_modules" / "@connectrpc" / "connect-node"
+BUF = ROOT / ".venv" / "bin" / "buf"
+PROTO_DIR = ROOT / "proto"
+
+Event = dict[str, Any]
+
+
+def node_available() -> bool:
+    return shutil.which("node") is not None and NODE_MODULES.is_dir()
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Clients must reach 127.0.0.1 directly, whatever the machine's proxy settings.
+    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        env.pop(key, None)
+    env["NO_PROXY"] = env["no_proxy"] = "*"
+    return env
+
+
+class _Waiter:
+    def __init__(self, predicate: Callable[[Event], bool]) -> None:
+        self.predicate = predicate
+        self.deferred: defer.Deferred[Event] = defer.Deferred()
+
+
+class NodeClient(protocol.ProcessProtocol):
+    """One ``node client.mjs PLAN`` process; ``events`` holds every JSON line it printed."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        self.plan = plan
+        self.events: list[Event] = []
+        self.stderr = b""
+        self._partial = b""
+        self._waiters: list[_Waiter] = []
+        self.ended: defer.Deferred[int] = defer.Deferred()
+        self.exit_code: int | None = None
+
+    # -- starting and talking ---------------------------------------------------------
+
+    @classmethod
+    def start(cls, plan: dict[str, Any], timeout: float = 20.0) -> NodeClient:
+        """Spawn the client; it is killed if still running after ``timeout`` seconds."""
+        client = cls(plan)
+        reactor.spawnProcess(  # type: ignore[attr-defined]
+            client, "node", ["node", str(NODE_SCRIPT), json.dumps(plan)], env=_child_env(), path=str(ROOT)
+        )
+        killer = reactor.callLater(timeout, client._kill)  # type: ignore[attr-defined]
+        client.ended.addBoth(lambda result: (killer.active() and killer.cancel(), result)[1])
+        return client
+
+    def _kill(self) -> None:
+        if self.transport is not None:
+            try:
+                self.transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+
+    def send_line(self, line: str = "go") -> None:
+        """Answer a ``pause`` step."""
+        assert self.transport is not None
+        self.transport.write(line.encode() + b"\n")
+
+    def wait_for(self, predicate: Callable[[Event], bool]) -> defer.Deferred[Event]:
+        """Fires with the first event (already seen or later) matching ``predicate``;
+        fails if the process ends without printing one."""
+        for event in self.events:
+            if predicate(event):
+                return defer.succeed(event)
+        if self.exit_code is not None:
+            return defer.fail(AssertionError(self._describe("no matching event")))
+        waiter = _Waiter(predicate)
+        self._waiters.append(waiter)
+        return waiter.deferred
+
+    def wait_event(self, step_id: str, event: str) -> defer.Deferred[Event]:
+        return self.wait_for(lambda e: e.get("id") == step_id and e.get("event") == event)
+
+    @defer.inlineCallbacks
+    def result(self):  # type: ignore[no-untyped-def]
+        """Wait for the process to exit 0; fires with ``{step_id: {"messages": [...], "end": {...}}}``."""
+        code = yield self.ended
+        if code != 0:
+            raise AssertionError(self._describe(f"node exited with {code}"))
+        return self.by_step()
+
+    def by_step(self) -> dict[str, dict[str, Any]]:
+        steps: dict[str, dict[str, Any]] = {}
+        for event in self.events:
+            step_id = event.get("id")
+            if step_id is None:
+                continue
+            step = steps.setdefault(step_id, {"messages": [], "headers": None, "end": None})
+            if event["event"] == "message":
+                step["messages"].append(event["message"])
+            elif event["event"] == "headers":
+                step["headers"] = event["headers"]
+            elif event["event"] == "end":
+                step["end"] = event
+        return steps
+
+    def _describe(self, what: str) -> str:
+        return f"{what}; events={self.events!r}; stderr={self.stderr.decode(errors='replace')[-2000:]}"
+
+    # -- ProcessProtocol ----------------------------------------------------------------
+
+    def outReceived(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            self.events.append(event)
+            for waiter in list(self._waiters):
+                if waiter.predicate(event):
+                    self._waiters.remove(waiter)
+                    waiter.deferred.callback(event)
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+
+    def processEnded(self, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.exit_code = -1 if code is None else code
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.deferred.errback(AssertionError(self._describe("process ended before the event")))
+        self.ended.callback(self.exit_code)
+
+
+def run_node(plan: dict[str, Any], timeout: float = 20.0) -> defer.Deferred[dict[str, dict[str, Any]]]:
+    """Run a plan to completion; fires with the per-step results (see ``NodeClient.result``)."""
+    return NodeClient.start(plan, timeout).result()  # type: ignore[no-any-return]
+
+
+def run_tool(argv: Sequence[str]) -> defer.Deferred[tuple[bytes, bytes, int]]:
+    """Run a command to completion off the reactor's back: (stdout, stderr, exit code)."""
+    return getProcessOutputAndValue(argv[0], list(argv[1:]), env=_child_env(), path=str(ROOT))
