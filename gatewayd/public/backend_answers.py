@@ -42,11 +42,15 @@ _STOCK_MESSAGES = {
     "not_found": "unknown or expired challenge",
     "resource_exhausted": "too many attempts; retry later",
 }
-_SAFE_MESSAGE = re.compile(r"[ -~]{1,%d}" % MAX_MESSAGE_CHARS)
+_SAFE_MESSAGE = re.compile(rf"[ -~]{{1,{MAX_MESSAGE_CHARS}}}")
 # Text that smells of internals (tracebacks, source paths, exception reprs) never leaves.
 _INTERNALS = re.compile(r"Traceback|File \"|Error\(|Exception|\.py\b|0x[0-9a-fA-F]{6,}|\bat line\b")
 
-UNAVAILABLE = PublicError(503, "unavailable", "backend unavailable; retry later")
+
+
+def unavailable() -> PublicError:
+    """The answer when the backend cannot be reached, or answered what it must not."""
+    return PublicError(503, "unavailable", "backend unavailable; retry later")
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
@@ -61,12 +65,12 @@ def success_body(kind: RequestKind, body: bytes) -> bytes:
     """The contract's fields of a 2xx answer, re-encoded; ``PublicError(503)`` if they are not there."""
     data = _json_object(body)
     if data is None:
-        raise UNAVAILABLE
+        raise unavailable()
     out = {}
     for name in SUCCESS_FIELDS[kind]:
         value = data.get(name)
         if not isinstance(value, str) or not 0 < len(value) <= MAX_FIELD_CHARS:
-            raise UNAVAILABLE
+            raise unavailable()
         out[name] = value
     return json.dumps(out, separators=(",", ":")).encode()
 
@@ -96,4 +100,4 @@ def answer_error(status: int, body: bytes, retry_after: str | None = None) -> Pu
     """The ``PublicError`` a non-2xx backend answer becomes: its 4xx sanitized, anything else 503."""
     if 400 <= status <= 499:
         return client_error(status, body, retry_after)
-    return UNAVAILABLE
+    return unavailable()

@@ -1,0 +1,297 @@
+"""Test harness for the public surface: the reference backend on a real port, the gateway's own
+listener serving ``PublicApp``, and two raw clients (HTTP/1.1 bytes, and HTTP/2 prior knowledge
+on the sans-I/O ``h2`` library), so tests speak to it exactly as clients do.
+
+The backend's Site is wrapped in ``RecordingResource``, which logs every
+request the backend receives over the wire: "the backend received nothing"
+is asserted on that log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+from twisted.internet import defer, reactor as default_reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from gatewayd.backend.rest import BackendClient
+from gatewayd.config import PublicConfig, ServerConfig
+from gatewayd.devbackend.service import DevBackend
+from gatewayd.public.app import PublicApp, ReadinessCheck
+from gatewayd.signing import GatewayKey, Keyring
+from gatewayd.stores.base import RateLimiter
+from gatewayd.stores.memory import MemoryRateLimiter
+from gatewayd.testing.server import RunningServer, serve
+from gatewayd.transport.cors import CorsPolicy
+
+DEV_CODE = "000000"
+
+
+@dataclass
+class Answer:
+    """An HTTP answer: status, lowercase headers (repeats joined by ", "), body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class RecordingResource(Resource):
+    """Serves ``inner`` and records ``(method, path)`` of every request that reached it."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource) -> None:
+        super().__init__()
+        self.inner = inner
+        self.received: list[tuple[str, str]] = []
+
+    def render(self, request: Request) -> Any:
+        self.received.append((request.method.decode(), request.path.decode("latin-1")))
+        return self.inner.render(request)
+
+
+# -- raw HTTP/1.1 ----------------------------------------------------------------------------
+
+
+class _ReadAll(Protocol):
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._chunks: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self._data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.done.callback(b"".join(self._chunks))
+
+
+def parse_http1(raw: bytes) -> Answer:
+    """Parse one HTTP/1.1 response (Content-Length or chunked body; else read to close)."""
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        key = name.decode("latin-1").strip().lower()
+        text = value.decode("latin-1").strip()
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while True:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            body, rest = body + rest[:size], rest[size + 2 :]
+    elif "content-length" in headers:
+        body = rest[: int(headers["content-length"])]
+    else:
+        body = rest
+    return Answer(status, headers, body)
+
+
+async def http1_raw(port: int, data: bytes, reactor: Any = None) -> Answer:
+    """Send raw request bytes (they should ask ``Connection: close``), parse the one answer."""
+    protocol = _ReadAll(data)
+    await connectProtocol(TCP4ClientEndpoint(reactor or default_reactor, "127.0.0.1", port), protocol)
+    return parse_http1(await protocol.done)
+
+
+async def http1(
+    port: int, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes = b""
+) -> Answer:
+    """One HTTP/1.1 request on a fresh connection (closed after the answer)."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return await http1_raw(port, data)
+
+
+# -- raw HTTP/2 (h2c, prior knowledge) -----------------------------------------------------
+
+
+class _H2Request(Protocol):
+    def __init__(self, headers: list[tuple[str, str]], body: bytes) -> None:
+        self._conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self._headers = headers
+        self._body = body
+        self._status = 0
+        self._response_headers: dict[str, str] = {}
+        self._data: list[bytes] = []
+        self.done: Deferred[Answer] = Deferred()
+
+    def connectionMade(self) -> None:
+        conn = self._conn
+        conn.initiate_connection()
+        stream_id = conn.get_next_available_stream_id()
+        conn.send_headers(stream_id, self._headers, end_stream=not self._body)
+        if self._body:
+            conn.send_data(stream_id, self._body, end_stream=True)
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        data = self._conn.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        for event in self._conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                for name, value in event.headers:
+                    key, text = _text(name), _text(value)
+                    if key == ":status":
+                        self._status = int(text)
+                    else:
+                        old = self._response_headers.get(key)
+                        self._response_headers[key] = f"{old}, {text}" if old else text
+            elif isinstance(event, h2.events.DataReceived):
+                self._data.append(event.data)
+                self._conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                if not self.done.called:
+                    self.done.callback(Answer(self._status, self._response_headers, b"".join(self._data)))
+                self._conn.close_connection()
+                self._flush()
+                assert self.transport is not None
+                self.transport.loseConnection()
+                return
+        self._flush()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+async def h2c(
+    port: int, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes = b""
+) -> Answer:
+    """One request over a fresh HTTP/2 prior-knowledge connection."""
+    pseudo = [(":method", method), (":scheme", "http"), (":authority", f"127.0.0.1:{port}"), (":path", path)]
+    extra = [(name.lower(), value) for name, value in (headers or {}).items()]
+    if body:
+        extra.append(("content-length", str(len(body))))
+    protocol = _H2Request(pseudo + extra, body)
+    await connectProtocol(TCP4ClientEndpoint(default_reactor, "127.0.0.1", port), protocol)
+    return await protocol.done
+
+
+# -- the whole setup -----------------------------------------------------------------------------
+
+
+def public_key_b64(seed: bytes | None = None) -> str:
+    """A base64 Ed25519 public key (random unless ``seed``)."""
+    import base64
+
+    from nacl.signing import SigningKey
+
+    key = SigningKey(seed or os.urandom(32))
+    return base64.b64encode(bytes(key.verify_key)).decode()
+
+
+@dataclass
+class PublicHarness:
+    """A reference backend on a loopback port and ``PublicApp`` behind gatewayd's own listener."""
+
+    backend: DevBackend
+    recorder: RecordingResource
+    backend_port: Any
+    client: BackendClient
+    app: PublicApp
+    server: RunningServer
+    keyring: Keyring
+    extra: list[Any] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def backend_received(self) -> list[tuple[str, str]]:
+        return self.recorder.received
+
+    @classmethod
+    async def start(
+        cls,
+        *,
+        config: PublicConfig | None = None,
+        rate: RateLimiter | None = None,
+        trusted_proxies: Iterable[str] = (),
+        cors: CorsPolicy | None = None,
+        readiness: Mapping[str, ReadinessCheck] | None = None,
+        readiness_timeout_s: float = 1.0,
+        backend_site: Site | None = None,
+        backend_timeout_s: float = 5.0,
+    ) -> PublicHarness:
+        from gatewayd.devbackend.http import DevBackendResource
+
+        backend = DevBackend(default_reactor, fixed_code=DEV_CODE, debug=True)
+        recorder = RecordingResource(DevBackendResource(backend))
+        site = backend_site or Site(recorder)
+        site.noisy = False
+        backend_port = default_reactor.listenTCP(0, site, interface="127.0.0.1")
+        base_url = f"http://127.0.0.1:{backend_port.getHost().port}"
+        client = BackendClient(default_reactor, base_url, timeout_s=backend_timeout_s, max_connections=8)
+        keyring = Keyring.of(GatewayKey.generate())
+        app = PublicApp(
+            backend=client,
+            rate=rate if rate is not None else MemoryRateLimiter(default_reactor),
+            keyring=keyring,
+            clock=default_reactor,
+            config=config,
+            cors=cors,
+            trusted_proxies=trusted_proxies,
+            readiness=readiness,
+            readiness_timeout_s=readiness_timeout_s,
+        )
+        server_config = ServerConfig(trusted_proxies=tuple(trusted_proxies))
+        server = await serve(methods=[], config=server_config, web_resource=app.resource(), cors=cors)
+        return cls(backend, recorder, backend_port, client, app, server, keyring)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.client.close()
+        await defer.maybeDeferred(self.backend_port.stopListening)
+
+    async def login(self, email: str, *, over_h2: bool = False, headers: Mapping[str, str] | None = None,
+                    key: str | None = None) -> tuple[Answer, Answer]:
+        """send-email-code then confirm-email-code with the dev code; both answers."""
+        request = h2c if over_h2 else http1
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        sent = await request(self.port, "POST", "/api/v1/public/auth/send-email-code", all_headers,
+                             json.dumps({"email": email}).encode())
+        if sent.status != 200:
+            return sent, sent
+        body = {"challenge_id": sent.json()["challenge_id"], "code": DEV_CODE,
+                "client_public_key": key or public_key_b64()}
+        confirmed = await request(self.port, "POST", "/api/v1/public/auth/confirm-email-code", all_headers,
+                                  json.dumps(body).encode())
+        return sent, confirmed
