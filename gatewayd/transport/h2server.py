@@ -230,7 +230,14 @@ class H2ServerConnection(Protocol):
         self.clock = clock
         self.limits = limits
         self.web_fallback = web_fallback
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            # We build response headers ourselves (lowercase, no connection headers);
+            # re-validating them costs more than the rest of a unary call.
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.h2 = h2.connection.H2Connection(config=config)
         self.streams: dict[int, H2Stream] = {}
         self.paused = False
