@@ -160,3 +160,65 @@ def run_node(plan: dict[str, Any], timeout: float = 20.0) -> defer.Deferred[dict
 def run_tool(argv: Sequence[str]) -> defer.Deferred[tuple[bytes, bytes, int]]:
     """Run a command to completion off the reactor's back: (stdout, stderr, exit code)."""
     return getProcessOutputAndValue(argv[0], list(argv[1:]), env=_child_env(), path=str(ROOT))
+
+
+class ToolProcess(protocol.ProcessProtocol):
+    """A long-running command (``buf curl`` on a stream) whose output a test waits on."""
+
+    def __init__(self) -> None:
+        self.stdout = b""
+        self.stderr = b""
+        self._waiters: list[tuple[bytes, int, defer.Deferred[None]]] = []
+        self.ended: defer.Deferred[int] = defer.Deferred()
+        self.exit_code: int | None = None
+
+    @classmethod
+    def start(cls, argv: Sequence[str], timeout: float = 20.0) -> ToolProcess:
+        """Spawn ``argv``; it is killed if still running after ``timeout`` seconds."""
+        tool = cls()
+        reactor.spawnProcess(tool, argv[0], list(argv), env=_child_env(), path=str(ROOT))  # type: ignore[attr-defined]
+        killer = reactor.callLater(timeout, tool.signal, "KILL")  # type: ignore[attr-defined]
+        tool.ended.addBoth(lambda result: (killer.active() and killer.cancel(), result)[1])
+        return tool
+
+    def signal(self, name: str) -> None:
+        if self.transport is not None:
+            try:
+                self.transport.signalProcess(name)
+            except error.ProcessExitedAlready:
+                pass
+
+    def wait_output(self, needle: bytes, count: int = 1) -> defer.Deferred[None]:
+        """Fires once stdout holds ``needle`` at least ``count`` times."""
+        if self.stdout.count(needle) >= count:
+            return defer.succeed(None)
+        if self.exit_code is not None:
+            return defer.fail(AssertionError(self._describe(f"ended without {needle!r}")))
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append((needle, count, d))
+        return d
+
+    def _describe(self, what: str) -> str:
+        return f"{what}; stdout={self.stdout!r}; stderr={self.stderr[-2000:]!r}"
+
+    def _check(self) -> None:
+        for waiter in list(self._waiters):
+            needle, count, d = waiter
+            if self.stdout.count(needle) >= count:
+                self._waiters.remove(waiter)
+                d.callback(None)
+
+    def outReceived(self, data: bytes) -> None:
+        self.stdout += data
+        self._check()
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+
+    def processEnded(self, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.exit_code = -1 if code is None else code
+        waiters, self._waiters = self._waiters, []
+        for needle, _count, d in waiters:
+            d.errback(AssertionError(self._describe(f"ended without {needle!r}")))
+        self.ended.callback(self.exit_code)

@@ -24,9 +24,10 @@ Request = health_pb2.HealthCheckRequest
 Response = health_pb2.HealthCheckResponse
 
 
-def _check(target: str, service: str) -> tuple[grpc.StatusCode, int | None, str]:
+def _check(target: str, service: str, gzip: bool = False) -> tuple[grpc.StatusCode, int | None, str]:
     """One Check: (code, status or None, details)."""
-    with grpc.insecure_channel(target) as channel:
+    compression = grpc.Compression.Gzip if gzip else None
+    with grpc.insecure_channel(target, compression=compression) as channel:
         check = channel.unary_unary(
             CHECK, request_serializer=Request.SerializeToString, response_deserializer=Response.FromString
         )
@@ -82,6 +83,12 @@ async def test_check_serving_for_each_known_service(health_server: HealthServer)
     target = health_server.server.target
     results = await defer.gatherResults([_in_thread(_check, target, s) for s in ("", "gateway.v1.Gateway")])
     assert results == [(grpc.StatusCode.OK, SERVING, "")] * 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_with_gzip_requests(health_server: HealthServer) -> None:
+    result = await _in_thread(_check, health_server.server.target, "gateway.v1.Gateway", True)
+    assert result == (grpc.StatusCode.OK, SERVING, "")
 
 
 @pytest_twisted.ensureDeferred

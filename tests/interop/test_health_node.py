@@ -150,3 +150,35 @@ async def test_unknown_method_is_unimplemented(health_server: HealthServer) -> N
     results = await run_node({"baseUrl": health_server.url, "steps": steps})
     for step in steps:
         assert results[step["id"]]["end"]["code"] == Code.UNIMPLEMENTED, results
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_on_a_shared_connection_resets_only_that_stream(health_server: HealthServer) -> None:
+    # Three Watches multiplexed on one HTTP/2 connection; one is cancelled after its first message.
+    group = [
+        _step(step_id, "grpc", "2", True, WATCH, request={}, cancelAfter=n, connection="shared")
+        for step_id, n in (("early", 1), ("late1", 2), ("late2", 2))
+    ]
+    client = NodeClient.start({"baseUrl": health_server.url, "steps": [{"group": group}, {"pause": "cancelled"}]})
+    try:
+        await client.wait_event("early", "end")
+        for step_id in ("late1", "late2"):
+            await client.wait_event(step_id, "message")
+
+        def two_left() -> bool:
+            return health_server.health.watcher_count() == 2 and [len(s) for s in health_server.h2_streams()] == [2]
+
+        await poll(two_left, health_server.state)
+        assert len(health_server.server.app.active) == 2
+        health_server.health.set("", NOT_SERVING)
+        await client.wait_event("cancelled", "paused")
+        results = client.by_step()
+        assert results["early"]["messages"] == [{"status": "SERVING"}]
+        for step_id in ("late1", "late2"):
+            assert results[step_id]["messages"] == [{"status": "SERVING"}, {"status": "NOT_SERVING"}], results
+        await poll(health_server.idle, health_server.state)
+        assert len(health_server.server.factory.h2_connections) == 1
+    finally:
+        if client.exit_code is None:
+            client.send_line()
+    assert await client.ended == 0

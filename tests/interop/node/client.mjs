@@ -15,7 +15,9 @@
 //      "timeoutMs": 500,              // connect-es deadline (client and header)
 //      "headers": {"grpc-timeout": "300m"},                 // extra request headers
 //      "gzip": false,                 // compress the request, accept gzip
-//      "cancelAfter": 2},             // abort a stream after N messages
+//      "cancelAfter": 2,              // abort a stream after N messages
+//      "connection": "c1"},           // steps naming the same connection share one transport
+//                                     // (one HTTP/2 session); otherwise each step has its own
 //     {"pause": "name"},              // print {"id":"name","event":"paused"}, wait for a stdin line
 //     {"group": [step, ...]}          // run these call steps concurrently
 //   ]
@@ -106,10 +108,18 @@ function findMethod(registry, name) {
   return { service, method };
 }
 
+const sharedTransports = new Map();
+
+function transportFor(baseUrl, step) {
+  if (step.connection === undefined) return makeTransport(baseUrl, step);
+  if (!sharedTransports.has(step.connection)) sharedTransports.set(step.connection, makeTransport(baseUrl, step));
+  return sharedTransports.get(step.connection);
+}
+
 async function runStep(registry, baseUrl, step) {
   const { id } = step;
   const { service, method } = findMethod(registry, step.method);
-  const client = createClient(service, makeTransport(baseUrl, step));
+  const client = createClient(service, transportFor(baseUrl, step));
   const request = fromJson(method.input, step.request ?? {}, { registry });
   const abort = new AbortController();
   let trailers = {};
