@@ -44,9 +44,26 @@ def start_dev_backend(config: Config) -> Any:
         "email code {code} is accepted for any address",
         http=http_port, push=push_port, code=config.dev.email_code,
     )
+    reactor.callWhenRunning(_print_next_steps, config)
     return config.replace(
         backend={
             "base_url": f"http://127.0.0.1:{http_port}",
             "push_endpoint": f"tcp:host=127.0.0.1:port={push_port}",
         }
+    )
+
+
+def _print_next_steps(config: Config) -> None:
+    listen = config.server.listen
+    port = next((p for p in listen.split(":") if p.isdigit()), "8080")
+    url = f"http://127.0.0.1:{port}"
+    log.info(
+        "\n  gatewayd dev mode is up on {url} (gRPC h2c, gRPC-Web, Connect; key in {state}).\n"
+        "  Try:\n"
+        "    gatewayctl --gateway {url} login --email you@example.com --code {code}\n"
+        "    gatewayctl --gateway {url} exec user.profile.get\n"
+        "    gatewayctl --gateway {url} exec user.notes.create '{{\"text\": \"hello\"}}' --protocol grpc\n"
+        "    gatewayctl --gateway {url} subscribe\n"
+        "    curl {url}/readyz",
+        url=url, state=config.dev.state_dir, code=config.dev.email_code,
     )

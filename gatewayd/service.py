@@ -116,7 +116,16 @@ class Gateway:
     def _public_resource(self) -> IResource:
         from gatewayd.public.app import PublicApp
 
-        return PublicApp.from_gateway(self).resource()
+        return PublicApp(
+            backend=self.backend,
+            rate=self.stores.rate,
+            keyring=self.keyring,
+            clock=self.reactor,
+            config=self.config.public,
+            cors=self.cors,
+            trusted_proxies=self.config.server.trusted_proxies,
+            readiness=self.readiness(),
+        ).resource()
 
     def readiness(self) -> dict[str, Any]:
         """Named dependency checks for ``/readyz``: each a callable returning bool or a Deferred."""

@@ -61,6 +61,8 @@ class SniffingProtocol(Protocol):
 class GatewayFactory(Factory):
     """Builds a ``SniffingProtocol`` per connection and keeps track of them for shutdown."""
 
+    noisy = False
+
     def __init__(self, app: HttpApplication, site: GatewaySite, clock: IReactorTime, limits: H2Limits) -> None:
         self.app = app
         self.site = site
