@@ -18,9 +18,11 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
-from twisted.internet import defer, reactor as default_reactor
+from twisted.internet import defer
+from twisted.internet import reactor as default_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -30,6 +32,7 @@ from gatewayd.backend.rest import BackendClient
 from gatewayd.config import PublicConfig, ServerConfig
 from gatewayd.devbackend.service import DevBackend
 from gatewayd.public.app import PublicApp, ReadinessCheck
+from gatewayd.public.readiness import backend_reachable
 from gatewayd.signing import GatewayKey, Keyring
 from gatewayd.stores.base import RateLimiter
 from gatewayd.stores.memory import MemoryRateLimiter
@@ -37,6 +40,7 @@ from gatewayd.testing.server import RunningServer, serve
 from gatewayd.transport.cors import CorsPolicy
 
 DEV_CODE = "000000"
+_CONNECTION_DONE = Failure(ConnectionDone())
 
 
 @dataclass
@@ -82,7 +86,7 @@ class _ReadAll(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._chunks.append(data)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self.done.callback(b"".join(self._chunks))
 
 
@@ -182,7 +186,7 @@ class _H2Request(Protocol):
                 return
         self._flush()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         if not self.done.called:
             self.done.errback(reason)
 
@@ -250,17 +254,22 @@ class PublicHarness:
         readiness_timeout_s: float = 1.0,
         backend_site: Site | None = None,
         backend_timeout_s: float = 5.0,
+        check_backend: bool = False,
     ) -> PublicHarness:
+        """Start both; ``check_backend`` adds ``backend_reachable`` as the ``backend`` readiness check."""
         from gatewayd.devbackend.http import DevBackendResource
 
         backend = DevBackend(default_reactor, fixed_code=DEV_CODE, debug=True)
         recorder = RecordingResource(DevBackendResource(backend))
         site = backend_site or Site(recorder)
         site.noisy = False
-        backend_port = default_reactor.listenTCP(0, site, interface="127.0.0.1")
-        base_url = f"http://127.0.0.1:{backend_port.getHost().port}"
+        backend_port = default_reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[arg-type]
+        base_url = f"http://127.0.0.1:{backend_port.getHost().port}"  # type: ignore[attr-defined]
         client = BackendClient(default_reactor, base_url, timeout_s=backend_timeout_s, max_connections=8)
         keyring = Keyring.of(GatewayKey.generate())
+        checks = dict(readiness or {})
+        if check_backend:
+            checks["backend"] = backend_reachable(client)
         app = PublicApp(
             backend=client,
             rate=rate if rate is not None else MemoryRateLimiter(default_reactor),
@@ -269,7 +278,7 @@ class PublicHarness:
             config=config,
             cors=cors,
             trusted_proxies=trusted_proxies,
-            readiness=readiness,
+            readiness=checks,
             readiness_timeout_s=readiness_timeout_s,
         )
         server_config = ServerConfig(trusted_proxies=tuple(trusted_proxies))
