@@ -6,7 +6,8 @@ import ipaddress
 from collections.abc import Callable, Iterable
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.resource import IResource, NoResource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource
 
 from gatewayd.config import ServerConfig
 from gatewayd.rpc.methods import MethodTable
@@ -76,7 +77,7 @@ def build_factory(
         resolve_peer=peer_resolver(config.trusted_proxies),
     )
     site = GatewaySite(
-        web_resource or NoResource(),
+        web_resource or notFound(),
         app,
         max_body_bytes=MAX_WEB_BODY_BYTES,
         max_header_bytes=config.max_header_list_bytes,
