@@ -155,6 +155,9 @@ class ServerCall:
         except RpcError as e:
             self._fail_early(e)
             return
+        except _UnsupportedMediaType:
+            self._fail_early(_UnsupportedMediaType)
+            return
         self._run(request)
 
     def aborted(self) -> None:
