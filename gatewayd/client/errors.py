@@ -1,0 +1,51 @@
+"""What the client raises: RPC statuses, public REST errors, failed verification."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gatewayd.rpc.codes import Code
+
+
+class GatewayClientError(Exception):
+    """Base of every error the client raises."""
+
+
+class RpcCallError(GatewayClientError):
+    """The call ended with a non-OK status: ``code`` (a ``Code``), the server's ``message``,
+    and any status ``metadata`` the protocol carried (``retry-after``...; lowercase names)."""
+
+    def __init__(self, code: int, message: str = "", metadata: Mapping[str, str] | None = None) -> None:
+        try:
+            self.code: Code | int = Code(code)
+        except ValueError:
+            self.code = code
+        self.message = message
+        self.metadata: Mapping[str, str] = dict(metadata or {})
+        super().__init__(str(self))
+
+    @property
+    def code_name(self) -> str:
+        """The code's lowercase Connect spelling (``"unauthenticated"``), or its number if unknown."""
+        return self.code.connect_name if isinstance(self.code, Code) else str(self.code)
+
+    def __str__(self) -> str:
+        return f"{self.code_name}: {self.message}" if self.message else self.code_name
+
+
+class PublicApiError(GatewayClientError):
+    """The public REST surface answered with an error: HTTP ``status``, ``code`` and ``message``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"HTTP {status} {code}: {message}" if message else f"HTTP {status} {code}")
+
+
+class VerificationError(GatewayClientError):
+    """A response or event failed verification (signature, hash, key, request_id): do not trust it."""
+
+
+class NotLoggedInError(GatewayClientError):
+    """A call needs a device session, and there is none: log in first."""

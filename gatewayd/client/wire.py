@@ -1,0 +1,483 @@
+"""The three RPC protocols, client side: bytes in, bytes out, statuses as ``RpcCallError``.
+
+``RpcTransport`` is what ``GatewayClient`` needs of a protocol: a unary call
+(request message bytes → response message bytes) and a server-streaming call
+(one request message, ``on_message`` per response message). Each protocol
+follows its specification:
+
+- ``GrpcTransport``: gRPC over HTTP/2 cleartext (prior knowledge) on
+  ``gatewayd.transport.h2client``, one connection reused across calls;
+- ``GrpcWebTransport``: ``application/grpc-web+proto`` over HTTP/1.1 (treq),
+  trailers in the 0x80 frame or, for trailers-only answers, in the headers;
+- ``ConnectTransport``: Connect unary (``application/proto``, JSON errors)
+  and Connect streaming (``application/connect+proto``, end-stream message),
+  over HTTP/1.1 (treq).
+
+Promises: a non-OK status errbacks with ``RpcCallError`` carrying the code,
+message and status metadata (``retry-after``...; not available over gRPC,
+whose client connection reports only status and message); a gateway that
+cannot be reached is ``RpcCallError(UNAVAILABLE)``; cancelling a call's
+Deferred drops its stream or connection.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from gatewayd.client.errors import RpcCallError
+from gatewayd.rpc.codes import Code, code_for_http_status
+from gatewayd.rpc.errors import RpcError
+from gatewayd.rpc.framing import (
+    FLAG_COMPRESSED,
+    FLAG_CONNECT_END_STREAM,
+    FLAG_GRPC_WEB_TRAILERS,
+    FrameDecoder,
+    decode_grpc_message,
+    decode_grpc_web_trailers,
+    encode_frame,
+)
+from gatewayd.transport.h2client import ConnectionClosedError, H2ClientConnection, connect_h2
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+PROTOCOLS = ("grpc", "grpc-web", "connect")
+
+OnMessage = Callable[[bytes], None]
+
+
+class RpcTransport(Protocol):
+    """One RPC protocol to one gateway."""
+
+    def unary(self, path: str, request: bytes, timeout_s: float | None = None) -> Deferred[bytes]:
+        """Send ``request``; fire with the one response message."""
+
+    def server_streaming(self, path: str, request: bytes, on_message: OnMessage) -> Deferred[None]:
+        """Send ``request``; call ``on_message`` per response message; fire when the stream ends OK."""
+
+    def close(self) -> Deferred[None]:
+        """Drop every connection this transport holds."""
+
+
+def _metadata(pairs: Mapping[str, str]) -> dict[str, str]:
+    skip = {"grpc-status", "grpc-message", "content-type", "content-length", "date", "server"}
+    return {k: v for k, v in pairs.items() if k not in skip}
+
+
+def _one(messages: list[bytes]) -> bytes:
+    if len(messages) != 1:
+        raise RpcCallError(Code.INTERNAL, f"expected one response message, got {len(messages)}")
+    return messages[0]
+
+
+def _unreachable(failure: Failure) -> Failure:
+    """Connection-level failures become UNAVAILABLE, as a gRPC client reports them."""
+    if failure.check(RpcCallError, defer.CancelledError):
+        return failure
+    if failure.check(ConnectionClosedError):
+        raise RpcCallError(Code.UNAVAILABLE, str(failure.value))
+    if failure.check(error.ConnectError, error.ConnectionLost, error.ConnectionDone, error.DNSLookupError):
+        raise RpcCallError(Code.UNAVAILABLE, f"cannot reach the gateway: {failure.getErrorMessage()}")
+    # twisted.web wraps connection failures in lists of failures (ResponseFailed and friends).
+    reasons = getattr(failure.value, "reasons", None)
+    if reasons:
+        raise RpcCallError(Code.UNAVAILABLE, f"connection to the gateway failed: {reasons[0].getErrorMessage()}")
+    return failure
+
+
+# --- gRPC over HTTP/2 ------------------------------------------------------------------
+
+
+class GrpcTransport:
+    """gRPC on one reused HTTP/2 connection (h2c, or TLS with ALPN h2 for ``https`` URLs)."""
+
+    def __init__(self, reactor: Any, base_url: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        parts = urlsplit(base_url)
+        self._reactor = reactor
+        self._host = parts.hostname or "127.0.0.1"
+        self._tls = parts.scheme == "https"
+        self._port = parts.port or (443 if self._tls else 80)
+        self._max_message_bytes = max_message_bytes
+        self._connection: H2ClientConnection | None = None
+        self._waiters: list[Deferred[H2ClientConnection]] = []
+
+    def _connect(self) -> Deferred[H2ClientConnection]:
+        conn = self._connection
+        if conn is not None and not conn.closed:
+            return defer.succeed(conn)
+        waiter: Deferred[H2ClientConnection] = Deferred()
+        self._waiters.append(waiter)
+        if len(self._waiters) == 1:
+            endpoint: Any = HostnameEndpoint(self._reactor, self._host, self._port)
+            if self._tls:
+                from twisted.internet.ssl import optionsForClientTLS
+
+                endpoint = wrapClientTLS(optionsForClientTLS(self._host, acceptableProtocols=[b"h2"]), endpoint)
+            authority = f"{self._host}:{self._port}"
+            connect_h2(endpoint, authority, scheme="https" if self._tls else "http",
+                       max_message_bytes=self._max_message_bytes, reactor=self._reactor).addBoth(self._connected)
+        return waiter
+
+    def _connected(self, result: H2ClientConnection | Failure) -> None:
+        if not isinstance(result, Failure):
+            self._connection = result
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if waiter.called:
+                continue
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    def _call(self, path: str, request: bytes, on_message: OnMessage, metadata: list[tuple[str, str]]
+              ) -> Deferred[None]:
+        started: list[Deferred[tuple[int, str]]] = []
+
+        def send(conn: H2ClientConnection) -> Deferred[tuple[int, str]]:
+            call = conn.server_streaming(path, request, metadata, on_message)
+            started.append(call)
+            return call
+
+        def status(result: tuple[int, str]) -> None:
+            code, message = result
+            if code != 0:
+                raise RpcCallError(code, message)
+
+        def cancel(_: Deferred[None]) -> None:
+            for call in started:
+                call.cancel()
+
+        outer: Deferred[None] = Deferred(cancel)
+        d = self._connect().addCallback(send).addCallback(status).addErrback(_unreachable)
+        d.addBoth(lambda r: _settle(outer, r))
+        return outer
+
+    def unary(self, path: str, request: bytes, timeout_s: float | None = None) -> Deferred[bytes]:
+        messages: list[bytes] = []
+        metadata = [("grpc-timeout", f"{max(1, int(timeout_s * 1000))}m")] if timeout_s else []
+        return self._call(path, request, messages.append, metadata).addCallback(lambda _: _one(messages))
+
+    def server_streaming(self, path: str, request: bytes, on_message: OnMessage) -> Deferred[None]:
+        return self._call(path, request, on_message, [])
+
+    def close(self) -> Deferred[None]:
+        conn, self._connection = self._connection, None
+        if conn is None:
+            return defer.succeed(None)
+        return conn.close()
+
+
+# --- HTTP/1.1 protocols (gRPC-Web, Connect) ---------------------------------------------
+
+
+class _BodyReader(TwistedProtocol):
+    """Hands each chunk of a response body to ``on_data``; ``done`` fires when the body ends.
+
+    Cancelling ``done`` stops the body and drops the connection.
+    """
+
+    def __init__(self, on_data: Callable[[bytes], None]) -> None:
+        self._on_data = on_data
+        self.done: Deferred[None] = Deferred(self._cancel)
+        self._failed = False
+
+    def _cancel(self, _: Deferred[None]) -> None:
+        self._failed = True
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            self._on_data(data)
+        except Exception:
+            self._failed = True
+            failure = Failure()
+            if self.transport is not None:
+                self.transport.stopProducing()  # type: ignore[attr-defined]
+            if not self.done.called:
+                self.done.errback(failure)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+
+def _headers(response: IResponse) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, values in response.headers.getAllRawHeaders():
+        out[name.decode("latin-1").lower()] = ",".join(v.decode("latin-1") for v in values)
+    return out
+
+
+def _read(response: IResponse, on_data: Callable[[bytes], None]) -> Deferred[None]:
+    reader = _BodyReader(on_data)
+    response.deliverBody(reader)
+    return reader.done
+
+
+def _read_all(response: IResponse, limit: int) -> Deferred[bytes]:
+    chunks: list[bytes] = []
+    size = [0]
+
+    def collect(data: bytes) -> None:
+        size[0] += len(data)
+        if size[0] > limit:
+            raise RpcCallError(Code.RESOURCE_EXHAUSTED, f"response body over {limit} bytes")
+        chunks.append(data)
+
+    return _read(response, collect).addCallback(lambda _: b"".join(chunks))
+
+
+class _HttpTransport:
+    """What gRPC-Web and Connect share: an Agent on a persistent connection pool (its own by default)."""
+
+    def __init__(self, reactor: Any, base_url: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 pool: HTTPConnectionPool | None = None) -> None:
+        self._reactor = reactor
+        self._base = base_url.rstrip("/")
+        self._max_message_bytes = max_message_bytes
+        self._own_pool = pool is None
+        self._pool = pool if pool is not None else HTTPConnectionPool(reactor, persistent=True)
+        self._agent = Agent(reactor, pool=self._pool)
+
+    def _post(self, path: str, headers: dict[str, str], body: bytes) -> Deferred[IResponse]:
+        raw = Headers({k.encode("latin-1"): [v.encode("latin-1")] for k, v in headers.items()})
+        d: Deferred[IResponse] = self._agent.request(
+            b"POST", (self._base + path).encode("ascii"), raw, FileBodyProducer(io.BytesIO(body))
+        )
+        return d
+
+    def close(self) -> Deferred[None]:
+        if not self._own_pool:
+            return defer.succeed(None)
+        d: Deferred[None] = self._pool.closeCachedConnections()
+        return d
+
+    def _framed(self, response: IResponse, on_frame: Callable[[int, bytes], None]) -> Deferred[None]:
+        decoder = FrameDecoder(self._max_message_bytes)
+
+        def feed(data: bytes) -> None:
+            try:
+                frames = decoder.feed(data)
+            except RpcError as e:
+                raise RpcCallError(e.code, e.message) from None
+            for flags, payload in frames:
+                on_frame(flags, payload)
+
+        def ended(_: None) -> None:
+            if decoder.pending:
+                raise RpcCallError(Code.INTERNAL, "response ended inside a message")
+
+        return _read(response, feed).addCallback(ended)
+
+
+def _canceller(steps: list[Deferred[Any]]) -> Callable[[Deferred[Any]], None]:
+    """Cancelling the outer call cancels whichever step is still running."""
+
+    def cancel(_: Deferred[Any]) -> None:
+        for step in steps:
+            if not step.called:
+                step.cancel()
+
+    return cancel
+
+
+def _chain(d: Deferred[Any], canceller_target: list[Deferred[Any]]) -> Deferred[Any]:
+    """Record ``d`` so that cancelling the outer call cancels whatever step is running."""
+    canceller_target.append(d)
+    return d
+
+
+class GrpcWebTransport(_HttpTransport):
+    """gRPC-Web, binary (``application/grpc-web+proto``), over HTTP/1.1."""
+
+    CONTENT_TYPE = "application/grpc-web+proto"
+
+    def _call(self, path: str, request: bytes, on_message: OnMessage, timeout_s: float | None) -> Deferred[None]:
+        steps: list[Deferred[Any]] = []
+        headers = {"content-type": self.CONTENT_TYPE, "accept": self.CONTENT_TYPE, "x-grpc-web": "1",
+                   "x-user-agent": "gatewayd-client"}
+        if timeout_s:
+            headers["grpc-timeout"] = f"{max(1, int(timeout_s * 1000))}m"
+
+        def answered(response: IResponse) -> Deferred[None]:
+            head = _headers(response)
+            if "grpc-status" in head:  # trailers-only
+                return _chain(_read_all(response, self._max_message_bytes), steps).addCallback(
+                    lambda _: _status(head))
+            if response.code != 200:
+                return _chain(_read_all(response, self._max_message_bytes), steps).addCallback(
+                    lambda _: _http_error(response.code))
+            trailers: list[dict[str, str]] = []
+
+            def on_frame(flags: int, payload: bytes) -> None:
+                if trailers:
+                    raise RpcCallError(Code.INTERNAL, "message after the gRPC-Web trailers")
+                if flags & FLAG_GRPC_WEB_TRAILERS:
+                    try:
+                        trailers.append(decode_grpc_web_trailers(payload))
+                    except RpcError as e:
+                        raise RpcCallError(e.code, e.message) from None
+                elif flags & FLAG_COMPRESSED:
+                    raise RpcCallError(Code.INTERNAL, "compressed message, but no encoding was negotiated")
+                else:
+                    on_message(payload)
+
+            def ended(_: None) -> None:
+                if not trailers:
+                    raise RpcCallError(Code.INTERNAL, "gRPC-Web response without trailers")
+                _status(trailers[0])
+
+            return _chain(self._framed(response, on_frame), steps).addCallback(ended)
+
+        outer: Deferred[None] = Deferred(_canceller(steps))
+        d = _chain(self._post(path, headers, encode_frame(request)), steps).addCallback(answered)
+        d.addErrback(_unreachable)
+        d.addBoth(lambda r: _settle(outer, r))
+        return outer
+
+    def unary(self, path: str, request: bytes, timeout_s: float | None = None) -> Deferred[bytes]:
+        messages: list[bytes] = []
+        return self._call(path, request, messages.append, timeout_s).addCallback(lambda _: _one(messages))
+
+    def server_streaming(self, path: str, request: bytes, on_message: OnMessage) -> Deferred[None]:
+        return self._call(path, request, on_message, None)
+
+
+class ConnectTransport(_HttpTransport):
+    """Connect with binary protobuf: unary (``application/proto``), streaming (``application/connect+proto``)."""
+
+    def unary(self, path: str, request: bytes, timeout_s: float | None = None) -> Deferred[bytes]:
+        steps: list[Deferred[Any]] = []
+        headers = {"content-type": "application/proto", "connect-protocol-version": "1"}
+        if timeout_s:
+            headers["connect-timeout-ms"] = str(max(1, int(timeout_s * 1000)))
+
+        def answered(response: IResponse) -> Deferred[bytes]:
+            body = _chain(_read_all(response, self._max_message_bytes), steps)
+            if response.code == 200:
+                return body
+            head = _headers(response)
+            return body.addCallback(_connect_error, response.code, head)
+
+        outer: Deferred[bytes] = Deferred(_canceller(steps))
+        d = _chain(self._post(path, headers, request), steps).addCallback(answered)
+        d.addErrback(_unreachable)
+        d.addBoth(lambda r: _settle(outer, r))
+        return outer
+
+    def server_streaming(self, path: str, request: bytes, on_message: OnMessage) -> Deferred[None]:
+        steps: list[Deferred[Any]] = []
+        headers = {"content-type": "application/connect+proto", "connect-protocol-version": "1"}
+
+        def answered(response: IResponse) -> Deferred[None]:
+            if response.code != 200:
+                head = _headers(response)
+                return _chain(_read_all(response, self._max_message_bytes), steps).addCallback(
+                    _connect_error, response.code, head)
+            end: list[bytes] = []
+
+            def on_frame(flags: int, payload: bytes) -> None:
+                if end:
+                    raise RpcCallError(Code.INTERNAL, "message after the Connect end-stream message")
+                if flags & FLAG_CONNECT_END_STREAM:
+                    end.append(payload)
+                elif flags & FLAG_COMPRESSED:
+                    raise RpcCallError(Code.INTERNAL, "compressed message, but no encoding was negotiated")
+                else:
+                    on_message(payload)
+
+            def ended(_: None) -> None:
+                if not end:
+                    raise RpcCallError(Code.INTERNAL, "Connect stream without an end-stream message")
+                _connect_end_stream(end[0])
+
+            return _chain(self._framed(response, on_frame), steps).addCallback(ended)
+
+        outer: Deferred[None] = Deferred(_canceller(steps))
+        d = _chain(self._post(path, headers, encode_frame(request)), steps).addCallback(answered)
+        d.addErrback(_unreachable)
+        d.addBoth(lambda r: _settle(outer, r))
+        return outer
+
+
+def _settle(outer: Deferred[Any], result: Any) -> None:
+    """Pass ``result`` on to ``outer`` unless the caller already cancelled it."""
+    if outer.called:
+        return None
+    if isinstance(result, Failure):
+        outer.errback(result)
+    else:
+        outer.callback(result)
+    return None
+
+
+def _status(pairs: Mapping[str, str]) -> None:
+    raw = pairs.get("grpc-status", "")
+    try:
+        code = int(raw)
+    except ValueError:
+        raise RpcCallError(Code.UNKNOWN, f"malformed grpc-status {raw!r}") from None
+    if code != 0:
+        raise RpcCallError(code, decode_grpc_message(pairs.get("grpc-message", "")), _metadata(pairs))
+
+
+def _http_error(status: int) -> None:
+    raise RpcCallError(code_for_http_status(status), f"HTTP status {status} without gRPC status")
+
+
+def _connect_error(body: bytes, status: int, headers: Mapping[str, str]) -> Any:
+    """A Connect error body: ``{"code", "message"}``; without one, the code follows the HTTP status."""
+    try:
+        document = json.loads(body)
+        code = Code.from_connect_name(document["code"])
+        message = str(document.get("message", ""))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        code, message = code_for_http_status(status), f"HTTP status {status} without a Connect error"
+    raise RpcCallError(code, message, _metadata(headers))
+
+
+def _connect_end_stream(payload: bytes) -> None:
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        raise RpcCallError(Code.INTERNAL, "malformed Connect end-stream message") from None
+    if not isinstance(document, dict):
+        raise RpcCallError(Code.INTERNAL, "malformed Connect end-stream message")
+    err = document.get("error")
+    if not err:
+        return
+    metadata = {str(k).lower(): ",".join(map(str, v)) if isinstance(v, list) else str(v)
+                for k, v in (document.get("metadata") or {}).items()}
+    raise RpcCallError(Code.from_connect_name(str(err.get("code", ""))), str(err.get("message", "")), metadata)
+
+
+def make_transport(protocol: str, reactor: Any, base_url: str, *,
+                   max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> RpcTransport:
+    """The transport for ``protocol``: ``"grpc"``, ``"grpc-web"`` or ``"connect"``."""
+    if protocol == "grpc":
+        return GrpcTransport(reactor, base_url, max_message_bytes)
+    if protocol == "grpc-web":
+        return GrpcWebTransport(reactor, base_url, max_message_bytes)
+    if protocol == "connect":
+        return ConnectTransport(reactor, base_url, max_message_bytes)
+    raise ValueError(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")

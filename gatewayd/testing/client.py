@@ -1,0 +1,243 @@
+"""Helpers for test harnesses that drive a real gateway as a device would.
+
+- ``signed_execute_request(...)``: an ExecuteCommandRequest signed by a device
+  key, with any field overridable (stale timestamps, wrong hashes, bad
+  signatures...) so each rejection of PROTOCOL.md section 3 can be provoked.
+- ``login(...)``: a device session through the public REST surface.
+- ``start_gateway(...)``: a whole gateway in-process (reference backend on
+  its own loopback ports, ``Gateway`` on a free port, push consumer running),
+  stopped in order by ``RunningGateway.stop()``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import treq
+from twisted.internet import endpoints
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import IResource, Resource
+from twisted.web.static import Data
+
+from gatewayd._proto.gateway.v1.gateway_pb2 import (
+    ExecuteCommandRequest,
+    RequestEnvelope,
+    SubscribeEventsRequest,
+)
+from gatewayd.client.client import DeviceSession, GatewayClient
+from gatewayd.client.keys import DeviceKey
+from gatewayd.client.sign import SUBSCRIBE_MESSAGE_TYPE, new_request_id
+from gatewayd.config import Config
+from gatewayd.signing import EMPTY_SHA256, request_signing_input, sha256
+
+DEV_CODE = "000000"
+
+
+def signed_execute_request(
+    key: DeviceKey,
+    device_session_id: str,
+    message_type: str = "user.profile.get",
+    payload: bytes = b"",
+    *,
+    timestamp_ms: int | None = None,
+    clock: Any = None,
+    request_id: str | None = None,
+    protocol_version: int = 1,
+    payload_hash: bytes | None = None,
+    signature: bytes | None = None,
+) -> ExecuteCommandRequest:
+    """A request signed by ``key`` over its own envelope; every field may be overridden.
+
+    ``timestamp_ms`` defaults to ``clock``'s time (the reactor's when no clock
+    is given); ``payload_hash`` to SHA-256 of ``payload``; ``signature`` to the
+    real signature of whatever envelope results.
+    """
+    envelope = _envelope(device_session_id, message_type, payload_hash if payload_hash is not None
+                         else sha256(payload), timestamp_ms, clock, request_id, protocol_version)
+    return ExecuteCommandRequest(envelope=envelope, payload_bytes=payload,
+                                 signature=signature if signature is not None else _sign(key, envelope))
+
+
+def signed_subscribe_request(
+    key: DeviceKey,
+    device_session_id: str,
+    *,
+    message_type: str = SUBSCRIBE_MESSAGE_TYPE,
+    timestamp_ms: int | None = None,
+    clock: Any = None,
+    request_id: str | None = None,
+    protocol_version: int = 1,
+    signature: bytes | None = None,
+) -> SubscribeEventsRequest:
+    """A SubscribeEventsRequest signed by ``key``; every field may be overridden."""
+    envelope = _envelope(device_session_id, message_type, EMPTY_SHA256, timestamp_ms, clock, request_id,
+                         protocol_version)
+    return SubscribeEventsRequest(envelope=envelope,
+                                  signature=signature if signature is not None else _sign(key, envelope))
+
+
+def _envelope(device_session_id: str, message_type: str, payload_hash: bytes, timestamp_ms: int | None,
+              clock: Any, request_id: str | None, protocol_version: int) -> RequestEnvelope:
+    if timestamp_ms is None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        timestamp_ms = int(clock.seconds() * 1000)
+    return RequestEnvelope(
+        protocol_version=protocol_version,
+        device_session_id=device_session_id,
+        request_id=request_id if request_id is not None else new_request_id(),
+        timestamp_ms=timestamp_ms,
+        message_type=message_type,
+        payload_hash=payload_hash,
+    )
+
+
+def _sign(key: DeviceKey, e: RequestEnvelope) -> bytes:
+    return key.sign(request_signing_input(e.protocol_version, e.device_session_id, e.request_id,
+                                          e.timestamp_ms, e.message_type, e.payload_hash))
+
+
+async def login(public_url: str, email: str, key: DeviceKey | None = None, code: str = DEV_CODE,
+                reactor: Any = None) -> tuple[DeviceKey, DeviceSession]:
+    """A new device session for ``email`` (a fresh key unless ``key`` is given) via the public REST."""
+    client = GatewayClient(public_url, key=key, reactor=reactor)
+    try:
+        session = await client.login(email, code)
+    finally:
+        await client.close()
+    return client.key, session
+
+
+# --- an in-process gateway ---------------------------------------------------------------
+
+
+@dataclass
+class RunningGateway:
+    """A gateway on a loopback port and the reference backend it calls."""
+
+    gateway: Any  # gatewayd.service.Gateway
+    port: Any  # IListeningPort
+    backend: Any  # gatewayd.devbackend.service.DevBackend
+    backend_service: Any  # gatewayd.devbackend.listeners.DevBackendService
+    backend_url: str
+    _pool: HTTPConnectionPool
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}"
+
+    async def received(self) -> list[dict[str, Any]]:
+        """The backend's debug log of every request that reached a user route."""
+        response = await treq.get(self.backend_url + "/api/v1/internal/debug/received", pool=self._pool)
+        body = await response.content()
+        if response.code != 200:
+            raise AssertionError(f"debug/received answered {response.code}: {body!r}")
+        entries: list[dict[str, Any]] = json.loads(body)
+        return entries
+
+    async def stop_backend(self) -> None:
+        """Stop the backend's listeners and drop the gateway's kept-alive backend connections."""
+        await self.backend_service.stopService()
+        await self.gateway.backend.close()
+
+    async def stop(self) -> None:
+        """Stop in the gateway's order: listener, hub, connections, push consumer, backend, stores."""
+        from gatewayd.rpc.codes import Code
+        from gatewayd.rpc.errors import RpcError
+
+        gateway = self.gateway
+        gateway.factory.accepting = False
+        await self.port.stopListening()
+        gateway.hub.close(RpcError(Code.UNAVAILABLE, "gateway is shutting down"))
+        for protocol in list(gateway.factory.connections):
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+        await gateway.push.stop()
+        await gateway.backend.close()
+        await gateway.stores.close()
+        if self.backend_service.running:
+            await self.backend_service.stopService()
+        await self._pool.closeCachedConnections()
+
+
+def _fallback_public_resource(keys_json: bytes, backend_host: str, backend_port: int) -> IResource:
+    """Until the gateway's own public REST surface exists: keys served, auth proxied to the backend."""
+    from twisted.web.proxy import ReverseProxyResource
+
+    root = Resource()
+    api, v1, public = Resource(), Resource(), Resource()
+    root.putChild(b"api", api)
+    api.putChild(b"v1", v1)
+    v1.putChild(b"public", public)
+    public.putChild(b"gateway-keys", Data(keys_json, "application/json"))
+    public.putChild(b"auth", ReverseProxyResource(backend_host, backend_port, b"/api/v1/public/auth"))
+    return root
+
+
+def has_public_app() -> bool:
+    """Whether the gateway's public REST surface (``gatewayd.public.app``) can be built by ``Gateway``."""
+    try:
+        from gatewayd.public.app import PublicApp
+    except ImportError:
+        return False
+    return hasattr(PublicApp, "from_gateway")
+
+
+async def start_gateway(state_dir: str, reactor: Any = None, **config_sections: Any) -> RunningGateway:
+    """A gateway in dev configuration on a free loopback port, with a debug reference backend.
+
+    ``config_sections`` go to ``Config.replace`` (``limits={...}``, ``routes={...}``,
+    ``server={"max_message_bytes": ...}``...).
+    """
+    from gatewayd.devbackend.listeners import DevBackendService
+    from gatewayd.devbackend.service import DevBackend
+    from gatewayd.service import Gateway, load_keyring
+
+    if reactor is None:
+        from twisted.internet import reactor
+    backend = DevBackend(reactor, fixed_code=DEV_CODE, debug=True)
+    service = DevBackendService(reactor, backend, "tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1")
+    await service.startService()
+    http_port = service.http_port.getHost().port
+    assert service.push_server is not None
+    push_port = service.push_server.port_number
+    config = Config().replace(
+        dev={"enabled": True, "state_dir": state_dir},
+        stores={"kind": "memory"},
+        backend={"base_url": f"http://127.0.0.1:{http_port}",
+                 "push_endpoint": f"tcp:host=127.0.0.1:port={push_port}",
+                 "push_backoff_initial_s": 0.05, "push_backoff_max_s": 0.2},
+        **config_sections,
+    )
+    web_resource = None
+    if not has_public_app():
+        keys_json = json.dumps(load_keyring(config).as_json()).encode()
+        web_resource = _fallback_public_resource(keys_json, "127.0.0.1", http_port)
+    gateway = Gateway(config, reactor, web_resource=web_resource)
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = await endpoint.listen(gateway.factory)
+    gateway.push.start()
+    return RunningGateway(gateway, port, backend, service, f"http://127.0.0.1:{http_port}",
+                          HTTPConnectionPool(reactor, persistent=False))
+
+
+def routes_with(extra: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
+    """The default route table plus ``{message_type: (method, path)}``, for ``start_gateway(routes=...)``."""
+    from gatewayd.config import DEFAULT_ROUTES, Route
+
+    return {**DEFAULT_ROUTES, **{t: Route(m, p) for t, (m, p) in extra.items()}}
+
+
+__all__ = [
+    "DEV_CODE",
+    "RunningGateway",
+    "has_public_app",
+    "login",
+    "routes_with",
+    "signed_execute_request",
+    "signed_subscribe_request",
+    "start_gateway",
+]
