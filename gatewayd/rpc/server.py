@@ -195,7 +195,8 @@ class ServerCall:
         if self.proto.json:
             try:
                 ParseDict(json.loads(payload or b"{}"), request, ignore_unknown_fields=True)
-            except (ValueError, ParseError, TypeError):
+            except (ValueError, ParseError, TypeError, RecursionError):
+                # RecursionError: deeply nested JSON ("[[[[...") within the size limit.
                 raise RpcError(Code.INVALID_ARGUMENT, "malformed JSON request message") from None
         else:
             try:
