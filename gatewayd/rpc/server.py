@@ -160,6 +160,14 @@ class ServerCall:
             return
         self._run(request)
 
+    def body_too_large(self) -> None:
+        """The transport dropped a request body over its limit (HTTP/1.1): RESOURCE_EXHAUSTED."""
+        if self.finished:
+            return
+        self._fail_early(
+            RpcError(Code.RESOURCE_EXHAUSTED, f"message exceeds the limit of {self.app.max_message_bytes} bytes")
+        )
+
     def aborted(self) -> None:
         if self.finished:
             return

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
+from gatewayd.rpc.wire import rpc_path_shape
 from gatewayd.transport.exchange import HeaderList, HttpApplication
 
 _STATUS_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -112,20 +113,38 @@ class Http1Exchange:
         self._paused = True
 
 
+def rpc_body_limit(max_message_bytes: int) -> int:
+    """The largest HTTP/1.1 body buffered for an RPC carrying one message of at most
+    ``max_message_bytes``: the 5-byte frame header, base64 (gRPC-Web text), and slack
+    for line breaks. The RPC handler enforces the exact message limit itself."""
+    return (max_message_bytes + 5 + 2) // 3 * 4 + 4096
+
+
 class GatewayRequest(server.Request):
-    """A twisted.web request that hands RPCs to the application and bounds its body."""
+    """A twisted.web request that hands RPCs to the application and bounds its body.
+
+    Bodies to RPC paths (``/package.Service/Method``) are bounded by
+    ``max_rpc_body_bytes``, and one over it is answered in the RPC's own protocol
+    (RESOURCE_EXHAUSTED); other bodies by ``max_body_bytes`` (413).
+    """
 
     app: HttpApplication
     max_body_bytes: int
+    max_rpc_body_bytes: int
     resolve_peer_headers: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._body_size = 0
         self._too_large = False
+        self._body_limit = self.max_body_bytes
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.max_body_bytes:
+        # The request line is parsed by now (the channel holds it); Request.path is set only later.
+        path: bytes = getattr(self.channel, "_path", b"") or b""
+        if rpc_path_shape(path.split(b"?", 1)[0].decode("latin-1")):
+            self._body_limit = self.max_rpc_body_bytes
+        if length is not None and length > self._body_limit:
             self._too_large = True
             length = 0
         super().gotLength(length)
@@ -134,7 +153,7 @@ class GatewayRequest(server.Request):
         if self._too_large:
             return
         self._body_size += len(data)
-        if self._body_size > self.max_body_bytes:
+        if self._body_size > self._body_limit:
             self._too_large = True
             content: Any = self.content
             content.seek(0)
@@ -142,20 +161,32 @@ class GatewayRequest(server.Request):
             return
         super().handleContentChunk(data)
 
+    def _reply_413(self) -> None:
+        body = b"request body too large\n"
+        self.setResponseCode(_STATUS_413)
+        self.setHeader(b"content-type", b"text/plain")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.setHeader(b"connection", b"close")
+        self.write(body)
+        self.finish()
+
     def process(self) -> None:
         self.site = self.channel.site  # type: ignore[attr-defined]
-        if self._too_large:
-            body = b"request body too large\n"
-            self.setResponseCode(_STATUS_413)
-            self.setHeader(b"content-type", b"text/plain")
-            self.setHeader(b"content-length", b"%d" % len(body))
-            self.setHeader(b"connection", b"close")
-            self.write(body)
-            self.finish()
+        if self._too_large and self._body_limit == self.max_body_bytes:
+            self._reply_413()
             return
         headers = _joined_headers(self)
         exchange = Http1Exchange(self, headers)
         handler = self.app.handler_for(exchange)
+        if self._too_large:
+            # An RPC answers a body over its limit in its own protocol.
+            too_large = getattr(handler, "body_too_large", None)
+            if handler is None or too_large is None:
+                self._reply_413()
+                return
+            self.notifyFinish().addErrback(lambda _: handler.aborted())
+            too_large()
+            return
         if handler is None:
             super().process()
             return
@@ -185,9 +216,10 @@ class GatewaySite(server.Site):
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
 
     def __init__(self, resource: IResource, app: HttpApplication, max_body_bytes: int,
-                 max_header_bytes: int, timeout: float = 300.0) -> None:
+                 max_header_bytes: int, timeout: float = 300.0, max_rpc_body_bytes: int | None = None) -> None:
+        rpc_limit = max_rpc_body_bytes if max_rpc_body_bytes is not None else max_body_bytes
         request_factory = type("BoundGatewayRequest", (GatewayRequest,),
-                               {"app": app, "max_body_bytes": max_body_bytes})
+                               {"app": app, "max_body_bytes": max_body_bytes, "max_rpc_body_bytes": rpc_limit})
         super().__init__(resource, requestFactory=request_factory, timeout=timeout)
         self.max_header_bytes = max_header_bytes
         self.noisy = False

@@ -15,7 +15,7 @@ from gatewayd.rpc.server import RpcApplication
 from gatewayd.transport.cors import CorsPolicy
 from gatewayd.transport.exchange import Exchange
 from gatewayd.transport.h2server import H2Limits
-from gatewayd.transport.http1 import GatewaySite
+from gatewayd.transport.http1 import GatewaySite, rpc_body_limit
 from gatewayd.transport.listener import GatewayFactory
 
 # Non-RPC bodies (the public REST surface) are small; the app enforces its own, lower limit.
@@ -82,5 +82,6 @@ def build_factory(
         max_body_bytes=MAX_WEB_BODY_BYTES,
         max_header_bytes=config.max_header_list_bytes,
         timeout=config.idle_timeout_s or None,  # type: ignore[arg-type]
+        max_rpc_body_bytes=rpc_body_limit(config.max_message_bytes),
     )
     return GatewayFactory(app, site, clock, h2_limits(config)), app

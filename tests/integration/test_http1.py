@@ -37,6 +37,8 @@ from tests.integration.test_h2_server import (
 __all__ = ["harness"]
 
 GRPC_WEB = ("content-type", "application/grpc-web+proto")
+JSON = ("content-type", "application/json")
+PROTO = ("content-type", "application/proto")
 
 
 def web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
@@ -85,7 +87,7 @@ async def test_unknown_path_per_protocol(harness: Harness) -> None:
     response = await harness.http1(http1_request("POST", "/no.Such/Thing", encode_frame(b""), [GRPC_WEB]))
     assert response.status == 200 and response.body == b""
     assert response.headers["grpc-status"] == "12"
-    response = await harness.http1(http1_request("POST", "/no.Such/Thing", b"{}", [("content-type", "application/json")]))
+    response = await harness.http1(http1_request("POST", "/no.Such/Thing", b"{}", [JSON]))
     assert response.status == 404
     assert json.loads(response.body)["code"] == "unimplemented"
     response = await harness.http1(http1_request("POST", CHECK, b"x", [("content-type", "text/plain")]))
@@ -104,11 +106,11 @@ async def test_malformed_and_oversized_messages(harness: Harness) -> None:
     big = encode_frame(echo_request(b"x" * 2000))
     response = await harness.http1(http1_request("POST", ECHO, big, [GRPC_WEB]))
     assert response.headers["grpc-status"] == str(int(Code.RESOURCE_EXHAUSTED))
-    response = await harness.http1(http1_request("POST", ECHO, b"\x00" * 2000, [("content-type", "application/proto")]))
+    response = await harness.http1(http1_request("POST", ECHO, b"\x00" * 2000, [PROTO]))
     assert response.status == 429 and json.loads(response.body)["code"] == "resource_exhausted"
-    response = await harness.http1(http1_request("POST", CHECK, b'{"service":', [("content-type", "application/json")]))
+    response = await harness.http1(http1_request("POST", CHECK, b'{"service":', [JSON]))
     assert response.status == 400 and json.loads(response.body)["code"] == "invalid_argument"
-    response = await harness.http1(http1_request("POST", CHECK, b"[1, 2]", [("content-type", "application/json")]))
+    response = await harness.http1(http1_request("POST", CHECK, b"[1, 2]", [JSON]))
     assert response.status == 400 and json.loads(response.body)["code"] == "invalid_argument"
     await harness.assert_healthy()
 
@@ -116,7 +118,7 @@ async def test_malformed_and_oversized_messages(harness: Harness) -> None:
 @pytest_twisted.ensureDeferred
 async def test_deeply_nested_json_is_invalid_argument(harness: Harness) -> None:
     await harness.serve()
-    response = await harness.http1(http1_request("POST", CHECK, b"[" * 50_000, [("content-type", "application/json")]))
+    response = await harness.http1(http1_request("POST", CHECK, b"[" * 50_000, [JSON]))
     assert response.status == 400 and json.loads(response.body)["code"] == "invalid_argument"
     await harness.assert_healthy()
 
@@ -126,7 +128,7 @@ async def test_rpc_body_larger_than_web_limit_but_under_message_limit(harness: H
     # The public REST surface caps bodies at 64 KiB; RPC messages are bounded by max_message_bytes (4 MiB).
     await harness.serve()
     payload = b"p" * 200_000
-    response = await harness.http1(http1_request("POST", ECHO, echo_request(payload), [("content-type", "application/proto")]))
+    response = await harness.http1(http1_request("POST", ECHO, echo_request(payload), [PROTO]))
     assert response.status == 200, response
     assert gateway_pb2.ExecuteCommandResponse.FromString(response.body).payload_bytes == payload
     text = base64.b64encode(encode_frame(echo_request(payload)))
@@ -141,7 +143,7 @@ async def test_rpc_body_far_over_the_limit_is_resource_exhausted(harness: Harnes
     await harness.serve(ServerConfig(max_message_bytes=1000))
     response = await harness.http1(http1_request("POST", ECHO, b"\x00" * 300_000, [GRPC_WEB]))
     assert response.headers.get("grpc-status") == str(int(Code.RESOURCE_EXHAUSTED)), response
-    response = await harness.http1(http1_request("POST", ECHO, b"\x00" * 300_000, [("content-type", "application/proto")]))
+    response = await harness.http1(http1_request("POST", ECHO, b"\x00" * 300_000, [PROTO]))
     assert response.status == 429 and json.loads(response.body)["code"] == "resource_exhausted"
     await harness.assert_healthy()
 
@@ -164,7 +166,8 @@ async def test_gzip_requests(harness: Harness) -> None:
     assert gateway_pb2.ExecuteCommandResponse.FromString(gzip.decompress(response.body)).payload_bytes == payload
     stream_body = encode_frame(gzip.compress(echo_request(b'{"count": 1}')), FLAG_COMPRESSED)
     response = await harness.http1(http1_request(
-        "POST", STREAM, stream_body, [("content-type", "application/connect+proto"), ("connect-content-encoding", "gzip")]))
+        "POST", STREAM, stream_body,
+        [("content-type", "application/connect+proto"), ("connect-content-encoding", "gzip")]))
     assert [f for f, _ in FrameDecoder(1 << 20).feed(response.body)] == [0, FLAG_CONNECT_END_STREAM]
     bomb = gzip.compress(echo_request(b"\x00" * 1_000_000))
     response = await harness.http1(http1_request(
