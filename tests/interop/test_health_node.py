@@ -131,11 +131,13 @@ async def test_watch_deadline_is_enforced_by_the_server(health_server: HealthSer
 @pytest_twisted.ensureDeferred
 async def test_watch_client_timeout_ends_with_deadline_exceeded(health_server: HealthServer) -> None:
     # The ordinary way: connect-es sends the timeout header and arms its own timer too.
-    group = [_step(_name(*v), *v, WATCH, request={}, timeoutMs=300) for v in VARIANTS]
+    group = [_step(_name(*v), *v, WATCH, request={}, timeoutMs=500) for v in VARIANTS]
     results = await run_node({"baseUrl": health_server.url, "steps": [{"group": group}]})
     for step in group:
         got = results[step["id"]]
-        assert got["messages"] == [{"status": "SERVING"}], got
+        # The client's timer runs from before it connects: on a loaded machine it may win
+        # before the first message arrives.
+        assert got["messages"] in ([], [{"status": "SERVING"}]), got
         assert got["end"]["code"] == Code.DEADLINE_EXCEEDED, got
     await poll(health_server.idle, health_server.state)
 
@@ -182,3 +184,39 @@ async def test_cancel_on_a_shared_connection_resets_only_that_stream(health_serv
         if client.exit_code is None:
             client.send_line()
     assert await client.ended == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_http1_connection_is_kept_alive_across_calls(health_server: HealthServer) -> None:
+    # Node keeps HTTP/1.1 sockets alive: each response (a success, an error, a unary Connect
+    # error body) must be framed so the next request on the socket is read cleanly. A stream
+    # comes last: connect-es drops the socket of any stream that ends in an error, whatever
+    # the server does (the server keeps it open: its chunked framing ends cleanly).
+    factory = health_server.server.factory
+    built: list[object] = []
+    build = factory.buildProtocol
+
+    def counting_build(addr: object) -> object:
+        built.append(addr)
+        return build(addr)
+
+    factory.buildProtocol = counting_build  # type: ignore[method-assign]
+    steps = []
+    for transport in ("connect", "grpcweb"):
+        common = {"transport": transport, "httpVersion": "1.1", "connection": transport}
+        steps += [
+            {**common, "id": f"{transport}/ok", "method": CHECK, "request": {}},
+            {**common, "id": f"{transport}/unknown", "method": CHECK, "request": {"service": "zz"}},
+            {**common, "id": f"{transport}/again", "method": CHECK, "request": {"service": "gateway.v1.Gateway"}},
+            {**common, "id": f"{transport}/watch", "method": WATCH, "request": {},
+             "headers": _timeout_header(transport, 100)},
+        ]
+    results = await run_node({"baseUrl": health_server.url, "steps": steps})
+    codes = {step_id: got["end"]["code"] for step_id, got in results.items()}
+    for transport in ("connect", "grpcweb"):
+        assert codes[f"{transport}/ok"] == codes[f"{transport}/again"] == Code.OK, results
+        assert codes[f"{transport}/unknown"] == Code.NOT_FOUND, results
+        assert codes[f"{transport}/watch"] == Code.DEADLINE_EXCEEDED, results
+        assert results[f"{transport}/watch"]["messages"] == [{"status": "SERVING"}], results
+    assert len(built) == 2, f"expected one kept-alive connection per transport, got {len(built)}"
+    await poll(health_server.idle, health_server.state)
