@@ -25,6 +25,7 @@ from gatewayd.backend.rest import BackendClient
 from gatewayd.backend.sessions import SessionCache
 from gatewayd.config import Config
 from gatewayd.health import NOT_SERVING, HealthService
+from gatewayd.observability import instrument
 from gatewayd.pipeline.pipeline import Pipeline, gateway_methods
 from gatewayd.pipeline.signer import EventSigner, ResponseSigner
 from gatewayd.push.dispatcher import Dispatcher
@@ -112,6 +113,7 @@ class Gateway:
             backoff_initial_s=backend.push_backoff_initial_s,
             backoff_max_s=backend.push_backoff_max_s,
         )
+        self.metrics = instrument(self)  # last: metrics hooks and /metrics in front of web_resource
 
     def _public_resource(self) -> IResource:
         from gatewayd.public.app import PublicApp
