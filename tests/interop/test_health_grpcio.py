@@ -93,10 +93,11 @@ async def test_check_with_gzip_requests(health_server: HealthServer) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_check_unknown_service_is_not_found(health_server: HealthServer) -> None:
-    code, status, details = await _in_thread(_check, health_server.server.target, "no.such.Service")
+    name = "no.such.Service/ünï %"  # grpc-message is percent-encoded UTF-8 on the wire
+    code, status, details = await _in_thread(_check, health_server.server.target, name)
     assert code is grpc.StatusCode.NOT_FOUND
     assert status is None
-    assert "no.such.Service" in details
+    assert details == f"unknown service {name!r}"
 
 
 @pytest_twisted.ensureDeferred

@@ -19,6 +19,8 @@ from tests.interop._support import HealthServer, poll, require_node
 pytestmark = require_node()
 
 CHECK = "grpc.health.v1.Health/Check"
+# Non-ASCII and '%' in the name: grpc-message must be percent-encoded and decoded back intact.
+UNKNOWN = "no.such.Service/ünï %"
 WATCH = "grpc.health.v1.Health/Watch"
 
 # (transport, HTTP version, binary): every way connect-node can reach the server.
@@ -55,7 +57,7 @@ async def test_check_over_every_transport(health_server: HealthServer) -> None:
             _step(f"{base}/all", transport, http, binary, CHECK, request={}),
             _step(f"{base}/gateway", transport, http, binary, CHECK, request={"service": "gateway.v1.Gateway"}),
             _step(f"{base}/gzip", transport, http, binary, CHECK, request={"service": ""}, gzip=True),
-            _step(f"{base}/unknown", transport, http, binary, CHECK, request={"service": "no.such.Service"}),
+            _step(f"{base}/unknown", transport, http, binary, CHECK, request={"service": UNKNOWN}),
         ]
     results = await run_node({"baseUrl": health_server.url, "steps": steps})
     for transport, http, binary in VARIANTS:
@@ -67,7 +69,7 @@ async def test_check_over_every_transport(health_server: HealthServer) -> None:
         unknown = results[f"{base}/unknown"]
         assert unknown["messages"] == [], (base, unknown)
         assert unknown["end"]["code"] == Code.NOT_FOUND, (base, unknown)
-        assert unknown["end"]["rawMessage"] == "unknown service 'no.such.Service'", (base, unknown)
+        assert unknown["end"]["rawMessage"] == f"unknown service {UNKNOWN!r}", (base, unknown)
     # Content types as each protocol names them.
     assert results["connect-h1.1-bin/all"]["headers"]["content-type"] == "application/proto"
     assert results["connect-h2-json/all"]["headers"]["content-type"] == "application/json"
@@ -184,6 +186,21 @@ async def test_cancel_on_a_shared_connection_resets_only_that_stream(health_serv
         if client.exit_code is None:
             client.send_line()
     assert await client.ended == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_more_streams_than_the_concurrency_limit_on_one_connection(health_server: HealthServer) -> None:
+    # The server advertises SETTINGS_MAX_CONCURRENT_STREAMS (100 by default); the client queues
+    # the rest and each finishes once earlier streams are cancelled: none is refused.
+    count = health_server.server.factory.limits.max_concurrent_streams + 20
+    group = [
+        _step(f"w{i}", "grpc", "2", True, WATCH, request={}, cancelAfter=1, connection="one") for i in range(count)
+    ]
+    results = await run_node({"baseUrl": health_server.url, "steps": [{"group": group}]})
+    ends = [results[step["id"]]["end"] for step in group]
+    assert all(r["messages"] == [{"status": "SERVING"}] for r in results.values()), results
+    assert all(e["cancelledByClient"] and e["code"] == Code.CANCELLED for e in ends), ends
+    await poll(health_server.idle, health_server.state)
 
 
 @pytest_twisted.ensureDeferred
