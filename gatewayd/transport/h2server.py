@@ -316,14 +316,16 @@ class H2ServerConnection(Protocol):
         if data and not self._lost:
             self.transport.write(data)  # type: ignore[union-attr]
 
-    def _go_away(self, error_code: int, reason: str) -> None:
+    def _go_away(self, error_code: int, reason: str, queued: bool = False) -> None:
+        """GOAWAY and close; ``queued``: h2 has already queued the GOAWAY (it does on protocol errors)."""
         if self._lost:
             return
         log.info("closing HTTP/2 connection from {peer}: {reason}", peer=self.peer, reason=reason)
-        try:
-            self.h2.close_connection(error_code=error_code, last_stream_id=self.last_stream_id)
-        except h2.exceptions.ProtocolError:
-            pass
+        if not queued:
+            try:
+                self.h2.close_connection(error_code=error_code, last_stream_id=self.last_stream_id)
+            except h2.exceptions.ProtocolError:
+                pass
         self._flush()
         self.transport.loseConnection()  # type: ignore[union-attr]
         self._lost = True
@@ -336,7 +338,8 @@ class H2ServerConnection(Protocol):
 
     def _protocol_error(self, error: h2.exceptions.ProtocolError) -> None:
         code = getattr(error, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
-        self._go_away(code, f"protocol error: {type(error).__name__}")
+        # receive_data() queued its own GOAWAY before raising; a second one would contradict it.
+        self._go_away(code, f"protocol error: {type(error).__name__}", queued=True)
 
     # -- IPushProducer: the socket's backpressure -----------------------------------
 
