@@ -387,9 +387,14 @@ class H2ServerConnection(Protocol):
 
     def _request_received(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id
+        if self._shutdown_phase >= 2:
+            # The final GOAWAY named the last stream we take; streams sent before the client
+            # saw the first GOAWAY(2^31-1) were still taken (that is what the two steps are for).
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
         self.last_stream_id = max(self.last_stream_id, sid)
         self._arm_idle(cancel_only=True)
-        if self.closing or len(self.streams) >= self.limits.max_concurrent_streams:
+        if len(self.streams) >= self.limits.max_concurrent_streams:
             # Running handlers count against the limit, not only streams h2 sees open.
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
