@@ -1,0 +1,216 @@
+"""/metrics of a whole in-process gateway: scraped over HTTP/1.1 and HTTP/2 (h2c) on the main port,
+and on a separate metrics endpoint; counts follow real calls made with GatewayClient."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor, task
+
+from gatewayd.client import DeviceKey, GatewayClient, RpcCallError, VerifiedEvent
+from gatewayd.client.client import DeviceSession
+from gatewayd.observability import GatewayMetrics, MetricsService
+from gatewayd.public.testing import Answer, h2c, http1
+from gatewayd.rpc.codes import Code
+from gatewayd.testing.client import RunningGateway, login, signed_execute_request, start_gateway
+
+EXECUTE = "/gateway.v1.Gateway/ExecuteCommand"
+SUBSCRIBE = "/gateway.v1.Gateway/SubscribeEvents"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(body: bytes) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sample's value; 0 when absent (a labelled counter not yet incremented)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape(gw: RunningGateway, over: str = "http1", path: str = "/metrics") -> Samples:
+    port = gw.port.getHost().port
+    answer: Answer = await (http1(port, "GET", path) if over == "http1" else h2c(port, "GET", path))
+    assert answer.status == 200, answer
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return parse(answer.body)
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
+    deadline = reactor.seconds() + timeout_s
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await task.deferLater(reactor, 0.005, lambda: None)
+
+
+@pytest_twisted.async_yield_fixture
+async def gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
+    gw = await start_gateway(str(tmp_path / "state"))
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
+_emails = iter(range(1_000_000))
+
+
+@pytest_twisted.async_yield_fixture
+async def clients(gateway: RunningGateway) -> AsyncIterator[Callable[..., Any]]:
+    made: list[GatewayClient] = []
+
+    async def make(protocol: str) -> tuple[GatewayClient, DeviceKey, DeviceSession]:
+        key, session = await login(gateway.url, f"metrics{next(_emails)}@example.com")
+        client = GatewayClient(gateway.url, protocol, key=key, session=session, timeout_s=5.0)
+        made.append(client)
+        return client, key, session
+
+    try:
+        yield make
+    finally:
+        for client in made:
+            await client.close()
+
+
+async def ok_and_rejected(client: GatewayClient, key: DeviceKey, session: DeviceSession) -> None:
+    """One successful ExecuteCommand and one rejected at the signature stage."""
+    verified = await client.execute("user.profile.get")
+    assert verified.ok
+    bad = signed_execute_request(key, session.device_session_id, signature=b"\x00" * 64)
+    with pytest.raises(RpcCallError) as info:
+        await client.send(bad)
+    assert info.value.code == Code.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("protocol,over", [("connect", "http1"), ("grpc", "h2"), ("grpc-web", "h2")])
+@pytest_twisted.ensureDeferred
+async def test_calls_and_rejections_are_counted_under_their_labels(
+        gateway: RunningGateway, clients: Any, protocol: str, over: str) -> None:
+    client, key, session = await clients(protocol)
+    await ok_and_rejected(client, key, session)
+    samples = await scrape(gateway, over)
+
+    calls = "gatewayd_rpc_calls_total"
+    assert value(samples, calls, protocol=protocol, method=EXECUTE, code="OK") == 1
+    assert value(samples, calls, protocol=protocol, method=EXECUTE, code="UNAUTHENTICATED") == 1
+    assert sum(v for (name, _), v in samples.items() if name == calls) == 2
+    assert value(samples, "gatewayd_rpc_call_duration_seconds_count", protocol=protocol, method=EXECUTE) == 2
+    assert value(samples, "gatewayd_pipeline_rejections_total", stage="signature", code="UNAUTHENTICATED") == 1
+    assert sum(v for (name, _), v in samples.items() if name == "gatewayd_pipeline_rejections_total") == 1
+    # Both calls passed envelope, session and payload_hash; only the good one reached the route.
+    assert value(samples, "gatewayd_pipeline_stage_duration_seconds_count", stage="envelope") == 2
+    assert value(samples, "gatewayd_pipeline_stage_duration_seconds_count", stage="signature") == 2
+    assert value(samples, "gatewayd_pipeline_stage_duration_seconds_count", stage="route") == 1
+    assert value(samples, "gatewayd_backend_request_duration_seconds_count", operation="route") == 1
+    # The session was looked up once (then cached); the login went through the public surface.
+    assert value(samples, "gatewayd_backend_request_duration_seconds_count", operation="session") >= 1
+    assert not [k for k in samples if k[0] == "gatewayd_backend_errors_total"]
+    assert value(samples, "process_cpu_seconds_total") > 0
+    if over == "h2":
+        assert value(samples, "gatewayd_http2_connections_open") >= 1  # the scrape's own connection
+    assert value(samples, "gatewayd_connections_open") >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_http1_and_h2_scrapes_read_the_same_registry(gateway: RunningGateway, clients: Any) -> None:
+    client, key, session = await clients("connect")
+    await ok_and_rejected(client, key, session)
+    over_h1, over_h2 = await scrape(gateway, "http1"), await scrape(gateway, "h2")
+    name = "gatewayd_rpc_calls_total"
+    for code in ("OK", "UNAUTHENTICATED"):
+        labels = {"protocol": "connect", "method": EXECUTE, "code": code}
+        assert value(over_h1, name, **labels) == value(over_h2, name, **labels) == 1
+    assert gateway.gateway.metrics.registry is not GatewayMetrics().registry
+
+
+@pytest_twisted.ensureDeferred
+async def test_push_streams_and_events(gateway: RunningGateway, clients: Any) -> None:
+    await gateway.gateway.push.when_connected()
+    client, _, _ = await clients("grpc")
+    events: list[VerifiedEvent] = []
+    stream = client.subscribe(events.append)
+    await until(lambda: len(events) >= 1, "gateway.server_time")
+    samples = await scrape(gateway)
+    assert value(samples, "gatewayd_push_streams_open") == 1
+    assert value(samples, "gatewayd_push_consumer_state", gatewayd_push_consumer_state="connected") == 1
+    assert value(samples, "gatewayd_push_consumer_state", gatewayd_push_consumer_state="backoff") == 0
+    before_in = value(samples, "gatewayd_push_events_in_total")
+
+    await client.execute("user.notes.create", {"text": "counted"})
+    await until(lambda: len(events) >= 2, "user.note.created")
+    samples = await scrape(gateway)
+    assert value(samples, "gatewayd_push_events_in_total") == before_in + 1
+    assert value(samples, "gatewayd_push_events_delivered_total") >= 1
+
+    stream.cancel()
+    with pytest.raises(Exception):  # noqa: B017 (cancelled: whichever shape the client gives it)
+        await stream
+    await until(lambda: len(gateway.gateway.hub) == 0, "the stream to unregister")
+    samples = await scrape(gateway)
+    assert value(samples, "gatewayd_push_streams_open") == 0
+    assert value(samples, "gatewayd_rpc_calls_total", protocol="grpc", method=SUBSCRIBE, code="CANCELLED") == 1
+
+
+@pytest.mark.parametrize("over", ["http1", "h2"])
+@pytest_twisted.ensureDeferred
+async def test_other_paths_still_reach_the_public_surface(gateway: RunningGateway, over: str) -> None:
+    port = gateway.port.getHost().port
+    get = http1 if over == "http1" else h2c
+    keys = await get(port, "GET", "/api/v1/public/gateway-keys")
+    assert keys.status == 200
+    assert gateway.gateway.keyring.signer.key_id in keys.body.decode()
+    assert (await get(port, "GET", "/metrics/")).status == 404
+    assert (await get(port, "GET", "/metricsx")).status == 404
+    assert (await get(port, "POST", "/metrics", body=b"x")).status == 405
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_failures_are_counted(gateway: RunningGateway, clients: Any) -> None:
+    client, _, _ = await clients("connect")
+    await client.execute("user.profile.get")
+    await gateway.stop_backend()
+    with pytest.raises(RpcCallError) as info:
+        await client.execute("user.profile.get")
+    assert info.value.code == Code.UNAVAILABLE
+    samples = await scrape(gateway)
+    assert value(samples, "gatewayd_backend_errors_total", operation="route", reason="unavailable") == 1
+    assert value(samples, "gatewayd_pipeline_rejections_total", stage="route", code="UNAVAILABLE") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_separate_metrics_endpoint(gateway: RunningGateway, clients: Any) -> None:
+    client, key, session = await clients("connect")
+    await ok_and_rejected(client, key, session)
+    service = MetricsService(reactor, "tcp:0:interface=127.0.0.1", gateway.gateway.metrics)
+    await service.startService()
+    try:
+        port = service.port.getHost().port
+        answer = await http1(port, "GET", "/metrics")
+        assert answer.status == 200
+        samples = parse(answer.body)
+        assert value(samples, "gatewayd_rpc_calls_total", protocol="connect", method=EXECUTE, code="OK") == 1
+        assert (await http1(port, "GET", "/api/v1/public/gateway-keys")).status == 404
+    finally:
+        await service.stopService()
+    assert service.port is None
+
+
+def test_gateways_have_their_own_registries() -> None:
+    from gatewayd.rpc.call import Call
+
+    a, b = GatewayMetrics(process=False), GatewayMetrics(process=False)
+    a.observe_call(Call(EXECUTE, "grpc", {}, "127.0.0.1"), Code.OK, 0.01)
+    assert a.registry.get_sample_value(
+        "gatewayd_rpc_calls_total", {"protocol": "grpc", "method": EXECUTE, "code": "OK"}) == 1
+    assert b.registry.get_sample_value(
+        "gatewayd_rpc_calls_total", {"protocol": "grpc", "method": EXECUTE, "code": "OK"}) is None
