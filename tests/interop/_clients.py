@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer, error, protocol, reactor
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 
@@ -39,6 +40,12 @@ def _child_env() -> dict[str, str]:
         env.pop(key, None)
     env["NO_PROXY"] = env["no_proxy"] = "*"
     return env
+
+
+def _cancel_timer(result: object, timer: IDelayedCall) -> object:
+    if timer.active():
+        timer.cancel()
+    return result
 
 
 class _Waiter:
@@ -68,8 +75,7 @@ class NodeClient(protocol.ProcessProtocol):
         reactor.spawnProcess(  # type: ignore[attr-defined]
             client, "node", ["node", str(NODE_SCRIPT), json.dumps(plan)], env=_child_env(), path=str(ROOT)
         )
-        killer = reactor.callLater(timeout, client._kill)  # type: ignore[attr-defined]
-        client.ended.addBoth(lambda result: (killer.active() and killer.cancel(), result)[1])
+        client.ended.addBoth(_cancel_timer, reactor.callLater(timeout, client._kill))  # type: ignore[attr-defined]
         return client
 
     def _kill(self) -> None:
@@ -177,8 +183,7 @@ class ToolProcess(protocol.ProcessProtocol):
         """Spawn ``argv``; it is killed if still running after ``timeout`` seconds."""
         tool = cls()
         reactor.spawnProcess(tool, argv[0], list(argv), env=_child_env(), path=str(ROOT))  # type: ignore[attr-defined]
-        killer = reactor.callLater(timeout, tool.signal, "KILL")  # type: ignore[attr-defined]
-        tool.ended.addBoth(lambda result: (killer.active() and killer.cancel(), result)[1])
+        tool.ended.addBoth(_cancel_timer, reactor.callLater(timeout, tool.signal, "KILL"))  # type: ignore[attr-defined]
         return tool
 
     def signal(self, name: str) -> None:
