@@ -29,7 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from gatewayd.backend.rest import BackendClient
-from gatewayd.config import PublicConfig, ServerConfig
+from gatewayd.config import Budget, PublicConfig, ServerConfig
 from gatewayd.devbackend.service import DevBackend
 from gatewayd.public.app import PublicApp, ReadinessCheck
 from gatewayd.public.readiness import backend_reachable
@@ -40,6 +40,7 @@ from gatewayd.testing.server import RunningServer, serve
 from gatewayd.transport.cors import CorsPolicy
 
 DEV_CODE = "000000"
+_ROOMY = Budget(rate=1000.0, burst=100_000)
 _CONNECTION_DONE = Failure(ConnectionDone())
 
 
@@ -304,3 +305,41 @@ class PublicHarness:
         confirmed = await request(self.port, "POST", "/api/v1/public/auth/confirm-email-code", all_headers,
                                   json.dumps(body).encode())
         return sent, confirmed
+
+
+# -- a harness in its own process (for synchronous drivers such as Hypothesis) ---------------------
+
+
+def main() -> None:
+    """``python -m gatewayd.public.testing``: serve a harness with roomy budgets until stdin closes.
+
+    Prints one JSON line ``{"port": N}`` once listening. Budgets are roomy so
+    that a fuzzer meets the validation rules, not the rate limits.
+    """
+    import sys
+
+    from twisted.internet.stdio import StandardIO
+
+    roomy = PublicConfig(login_ip=_ROOMY, send_email=_ROOMY, confirm_challenge=_ROOMY)
+
+    class _UntilEOF(Protocol):
+        def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+            reactor.stop()
+
+    async def run() -> None:
+        harness = await PublicHarness.start(config=roomy, trusted_proxies=["127.0.0.1"])
+        sys.stdout.write(json.dumps({"port": harness.port}) + "\n")
+        sys.stdout.flush()
+
+    def failed(failure: Failure) -> None:
+        failure.printTraceback()
+        reactor.stop()
+
+    reactor: Any = default_reactor
+    StandardIO(_UntilEOF())
+    Deferred.fromCoroutine(run()).addErrback(failed)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
