@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
+from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Request, Site
 
@@ -66,9 +67,14 @@ def wrap_with_metrics(inner: IResource, metrics: GatewayMetrics) -> MetricsRoot:
     return MetricsRoot(inner, MetricsResource(metrics))
 
 
+class _MetricsOnly(Resource):
+    def getChild(self, path: bytes, request: Any) -> Any:
+        return notFound()
+
+
 def metrics_site(metrics: GatewayMetrics) -> Site:
     """A site serving only ``/metrics`` (404 elsewhere), for a separate metrics port."""
-    root = Resource()
+    root = _MetricsOnly()
     root.putChild(METRICS_SEGMENT, MetricsResource(metrics))
     site = Site(root)
     site.noisy = False
@@ -85,10 +91,10 @@ class MetricsService(Service):
         self.metrics = metrics
         self.port: Any = None
 
-    def startService(self) -> defer.Deferred[None] | None:
+    def startService(self) -> defer.Deferred[None]:
         Service.startService(self)
         if not self.endpoint:
-            return None
+            return defer.succeed(None)
         d = endpoints.serverFromString(self.reactor, self.endpoint).listen(metrics_site(self.metrics))
 
         def listening(port: Any) -> None:
@@ -96,13 +102,12 @@ class MetricsService(Service):
 
         return d.addCallback(listening)
 
-    def stopService(self) -> defer.Deferred[None] | None:
+    def stopService(self) -> defer.Deferred[None]:
         Service.stopService(self)
         port, self.port = self.port, None
         if port is None:
-            return None
-        result: defer.Deferred[None] | None = port.stopListening()
-        return result
+            return defer.succeed(None)
+        return defer.maybeDeferred(port.stopListening)
 
 
 __all__ = ["MetricsResource", "MetricsRoot", "MetricsService", "metrics_site", "wrap_with_metrics"]

@@ -214,3 +214,32 @@ def test_gateways_have_their_own_registries() -> None:
         "gatewayd_rpc_calls_total", {"protocol": "grpc", "method": EXECUTE, "code": "OK"}) == 1
     assert b.registry.get_sample_value(
         "gatewayd_rpc_calls_total", {"protocol": "grpc", "method": EXECUTE, "code": "OK"}) is None
+
+
+@pytest.mark.parametrize("over", ["http1", "h2"])
+@pytest_twisted.ensureDeferred
+async def test_metrics_root_in_front_of_a_klein_app(over: str) -> None:
+    """klein is a leaf resource routing on the whole path: it must see paths untouched."""
+    from klein import Klein
+
+    from gatewayd.observability import wrap_with_metrics
+    from gatewayd.testing.server import serve
+
+    app = Klein()
+
+    @app.route("/", branch=True)
+    def anything(request: Any) -> bytes:
+        return b"klein saw " + request.path
+
+    metrics = GatewayMetrics(process=False)
+    server = await serve([], web_resource=wrap_with_metrics(app.resource(), metrics))
+    try:
+        get = http1 if over == "http1" else h2c
+        for path in ("/", "/api/v1/public/x", "/metrics/", "/metrics/x", "/metricsx"):
+            answer = await get(server.port, "GET", path)
+            assert (answer.status, answer.body) == (200, b"klein saw " + path.encode()), path
+        answer = await get(server.port, "GET", "/metrics")
+        assert answer.status == 200
+        assert b"# TYPE gatewayd_rpc_calls_total counter" in answer.body
+    finally:
+        await server.stop()
