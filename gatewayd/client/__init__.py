@@ -8,6 +8,7 @@ everything it returns was verified against the gateway's published keys.
 from gatewayd.client.client import DeviceSession, GatewayClient
 from gatewayd.client.errors import (
     GatewayClientError,
+    GatewayUnreachableError,
     NotLoggedInError,
     PublicApiError,
     RpcCallError,
@@ -25,6 +26,7 @@ __all__ = [
     "DeviceSession",
     "GatewayClient",
     "GatewayClientError",
+    "GatewayUnreachableError",
     "NotLoggedInError",
     "PublicApiError",
     "RpcCallError",

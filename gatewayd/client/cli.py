@@ -27,10 +27,15 @@ from twisted.python.failure import Failure
 
 from gatewayd.client.client import GatewayClient
 from gatewayd.client.config_dir import ConfigDir, ConfigDirError, StoredSession, default_config_dir
-from gatewayd.client.errors import NotLoggedInError, PublicApiError, RpcCallError, VerificationError
+from gatewayd.client.errors import (
+    GatewayUnreachableError,
+    NotLoggedInError,
+    PublicApiError,
+    RpcCallError,
+    VerificationError,
+)
 from gatewayd.client.verify import VerifiedEvent
 from gatewayd.client.wire import PROTOCOLS
-from gatewayd.rpc.codes import Code
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 ENV_GATEWAY = "GATEWAYCTL_GATEWAY"
@@ -208,9 +213,9 @@ def exit_code_for(failure: Failure) -> tuple[int, str]:
     value = failure.value
     if isinstance(value, CliExit):
         return value.code, value.message
+    if isinstance(value, GatewayUnreachableError):
+        return EXIT_UNREACHABLE, str(value)
     if isinstance(value, RpcCallError):
-        if value.code == Code.UNAVAILABLE and "reach" in value.message:
-            return EXIT_UNREACHABLE, str(value)
         extra = f" (retry after {value.metadata['retry-after']} s)" if "retry-after" in value.metadata else ""
         return EXIT_REFUSED, f"the gateway refused the call: {value}{extra}"
     if isinstance(value, PublicApiError):

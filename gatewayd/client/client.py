@@ -34,7 +34,6 @@ SUBSCRIBE_EVENTS_PATH = "/gateway.v1.Gateway/SubscribeEvents"
 SEND_EMAIL_CODE_PATH = "/api/v1/public/auth/send-email-code"
 CONFIRM_EMAIL_CODE_PATH = "/api/v1/public/auth/confirm-email-code"
 GATEWAY_KEYS_PATH = "/api/v1/public/gateway-keys"
-MAX_PUBLIC_BODY_BYTES = 64 * 1024
 _JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
 
 

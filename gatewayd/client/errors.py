@@ -33,6 +33,13 @@ class RpcCallError(GatewayClientError):
         return f"{self.code_name}: {self.message}" if self.message else self.code_name
 
 
+class GatewayUnreachableError(RpcCallError):
+    """The gateway could not be reached, or the connection broke: UNAVAILABLE, from the client side."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.UNAVAILABLE, message)
+
+
 class PublicApiError(GatewayClientError):
     """The public REST surface answered with an error: HTTP ``status``, ``code`` and ``message``."""
 

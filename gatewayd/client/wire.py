@@ -16,7 +16,7 @@ follows its specification:
 Promises: a non-OK status errbacks with ``RpcCallError`` carrying the code,
 message and status metadata (``retry-after``...; not available over gRPC,
 whose client connection reports only status and message); a gateway that
-cannot be reached is ``RpcCallError(UNAVAILABLE)``; cancelling a call's
+cannot be reached is ``GatewayUnreachableError`` (an ``RpcCallError`` with UNAVAILABLE); cancelling a call's
 Deferred drops its stream or connection.
 """
 
@@ -38,7 +38,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from gatewayd.client.errors import RpcCallError
+from gatewayd.client.errors import GatewayUnreachableError, RpcCallError
 from gatewayd.rpc.codes import Code, code_for_http_status
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.framing import (
@@ -87,13 +87,13 @@ def _unreachable(failure: Failure) -> Failure:
     if failure.check(RpcCallError, defer.CancelledError):
         return failure
     if failure.check(ConnectionClosedError):
-        raise RpcCallError(Code.UNAVAILABLE, str(failure.value))
+        raise GatewayUnreachableError(str(failure.value))
     if failure.check(error.ConnectError, error.ConnectionLost, error.ConnectionDone, error.DNSLookupError):
-        raise RpcCallError(Code.UNAVAILABLE, f"cannot reach the gateway: {failure.getErrorMessage()}")
+        raise GatewayUnreachableError(f"cannot reach the gateway: {failure.getErrorMessage()}")
     # twisted.web wraps connection failures in lists of failures (ResponseFailed and friends).
     reasons = getattr(failure.value, "reasons", None)
     if reasons:
-        raise RpcCallError(Code.UNAVAILABLE, f"connection to the gateway failed: {reasons[0].getErrorMessage()}")
+        raise GatewayUnreachableError(f"connection to the gateway failed: {reasons[0].getErrorMessage()}")
     return failure
 
 

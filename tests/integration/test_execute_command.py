@@ -375,3 +375,37 @@ async def test_cancelling_a_subscription_frees_it(gateway: RunningGateway, devic
     with pytest.raises(defer.CancelledError):
         await stream
     await _until(lambda: len(gateway.gateway.hub) == 0, "the hub to drop the stream")
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribe_envelope_rejections_get_their_codes(
+        gateway: RunningGateway, device_factory: Any) -> None:
+    from gatewayd.client.client import SUBSCRIBE_EVENTS_PATH
+    from gatewayd.testing.client import signed_subscribe_request
+
+    device = await device_factory()
+    now_ms = int(reactor.seconds() * 1000)
+
+    def sub(**fields: Any) -> bytes:
+        return signed_subscribe_request(device.key, device.session_id, **fields).SerializeToString()
+
+    first = sub(request_id="sub-once")
+    messages: list[bytes] = []
+    opened = device.client.transport.server_streaming(SUBSCRIBE_EVENTS_PATH, first, messages.append)
+    await _until(lambda: len(messages) >= 1, "gateway.server_time")
+    rows = {
+        "wrong message_type": (sub(message_type="user.profile.get"), Code.INVALID_ARGUMENT),
+        "protocol_version 2": (sub(protocol_version=2), Code.FAILED_PRECONDITION),
+        "stale": (sub(timestamp_ms=now_ms - 301_000), Code.FAILED_PRECONDITION),
+        "replayed request_id": (first, Code.ALREADY_EXISTS),
+    }
+    outcomes = {}
+    for name, (raw, _) in rows.items():
+        with pytest.raises(RpcCallError) as info:
+            await device.client.transport.server_streaming(SUBSCRIBE_EVENTS_PATH, raw, lambda m: None)
+        outcomes[name] = info.value.code
+    assert outcomes == {name: code for name, (_, code) in rows.items()}
+    assert len(gateway.gateway.hub) == 1
+    opened.cancel()
+    with pytest.raises(defer.CancelledError):
+        await opened
