@@ -1,0 +1,138 @@
+"""Shared helpers for the benchmarks: pinned processes, free ports, RSS, percentiles.
+
+Everything here talks only to 127.0.0.1 and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+TWIST = str(ROOT / ".venv" / "bin" / "twist")
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Poll until 127.0.0.1:port accepts a connection (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+@dataclass
+class Proc:
+    """A child process pinned to one core, stopped by its own pid (never by name)."""
+
+    name: str
+    popen: subprocess.Popen[Any]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+def start(name: str, argv: Sequence[str], core: str, logdir: Path, env: dict[str, str] | None = None) -> Proc:
+    """Start ``argv`` pinned with ``taskset -c core``; stdout+stderr go to ``logdir/name.log``."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    log = logdir / f"{name}.log"
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    popen = subprocess.Popen(
+        ["taskset", "-c", core, *argv], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env, cwd=ROOT
+    )
+    return Proc(name, popen, log)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of ``values``; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100.0 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Spread:
+    """Repeated measurements of one number: median and min..max."""
+
+    values: list[float] = field(default_factory=list)
+
+    def add(self, v: float) -> None:
+        self.values.append(v)
+
+    def fmt(self, digits: int = 0) -> str:
+        if not self.values:
+            return "-"
+        med = statistics.median(self.values)
+        if len(self.values) == 1:
+            return f"{med:.{digits}f}"
+        return f"{med:.{digits}f} ({min(self.values):.{digits}f}..{max(self.values):.{digits}f})"
+
+
+def machine() -> dict[str, str]:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "python": sys.version.split()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "loadavg": Path("/proc/loadavg").read_text().split()[0],
+    }
+
+
+def emit(result: dict[str, Any], path: Path | None) -> None:
+    """Print one JSON result line (and append it to ``path``)."""
+    line = json.dumps(result, sort_keys=True)
+    print(line, flush=True)
+    if path is not None:
+        with path.open("a") as f:
+            f.write(line + "\n")

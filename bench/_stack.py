@@ -1,0 +1,132 @@
+"""A production-mode gateway for the benchmarks: dev backend, optional private Redis, config file, sessions.
+
+Layout (see bench/README.md): the gateway alone on core 0; the reference
+backend, Redis and the load generator on core 1. Budgets are raised far above
+the offered load so the rate-limit stage runs (store round trips included)
+but never rejects: we measure the pipeline, not the budgets.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from bench._common import CLIENT_CORE, PYTHON, ROOT, SERVER_CORE, TWIST, Proc, free_port, start, wait_port
+from gatewayd.signing import GatewayKey
+
+BIG = "{ rate = 1000000.0, burst = 1000000 }"
+
+
+@dataclass
+class Stack:
+    work: Path
+    port: int = 0
+    procs: list[Proc] = field(default_factory=list)
+    gateway: Proc | None = None
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+
+def start_stack(work: Path, stores: str = "memory", max_streams: int = 100, nodelay: bool = False) -> Stack:
+    """Start redis (when ``stores == "redis"``), the dev backend and the gateway; wait until ready.
+
+    ``nodelay``: run both Twisted processes through ``bench/twist_nodelay.py`` (TCP_NODELAY everywhere).
+    """
+    twist = [PYTHON, str(ROOT / "bench" / "twist_nodelay.py")] if nodelay else [TWIST]
+    work.mkdir(parents=True, exist_ok=True)
+    stack = Stack(work)
+    try:
+        redis_url = ""
+        if stores == "redis":
+            rport = free_port()
+            proc = start("redis", ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no", "--dir", str(work)], CLIENT_CORE, work)
+            stack.procs.append(proc)
+            wait_port(rport, proc=proc.popen)
+            redis_url = f'redis_url = "redis://127.0.0.1:{rport}/0"'
+        http, push = free_port(), free_port()
+        proc = start("devbackend", [*twist, "gatewayd-devbackend", "--no-debug",
+                                    "--http", f"tcp:{http}:interface=127.0.0.1",
+                                    "--push", f"tcp:{push}:interface=127.0.0.1"], CLIENT_CORE, work)
+        stack.procs.append(proc)
+        wait_port(http, proc=proc.popen)
+        key = work / "gateway.key"
+        if not key.exists():
+            GatewayKey.generate().save(key)
+        stack.port = free_port()
+        config = work / "gatewayd.toml"
+        config.write_text(f"""
+[server]
+listen = "tcp:{stack.port}:interface=127.0.0.1"
+max_concurrent_streams = {max_streams}
+[backend]
+base_url = "http://127.0.0.1:{http}"
+push_endpoint = "tcp:host=127.0.0.1:port={push}"
+[keys]
+signing_key = "{key}"
+[stores]
+kind = "{stores}"
+{redis_url}
+[limits]
+ip = {BIG}
+session = {BIG}
+user = {BIG}
+message_type = {BIG}
+[public]
+login_ip = {BIG}
+send_email = {BIG}
+confirm_challenge = {BIG}
+""")
+        stack.gateway = start("gatewayd", [*twist, "gatewayd", "--config", str(config)], SERVER_CORE, work)
+        stack.procs.append(stack.gateway)
+        wait_port(stack.port, proc=stack.gateway.popen)
+        wait_ready(stack.port)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def wait_ready(port: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("gateway not ready")
+
+
+def _post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/public/auth/{path}", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def login(port: int, n: int, emails: int = 1) -> list[dict[str, str]]:
+    """``n`` device sessions over the public API (dev code 000000), spread over ``emails`` users."""
+    sessions = []
+    for i in range(n):
+        key = SigningKey.generate()
+        email = f"bench{i % emails}@example.com"
+        challenge = _post(port, "send-email-code", {"email": email})["challenge_id"]
+        answer = _post(port, "confirm-email-code", {
+            "challenge_id": challenge, "code": "000000",
+            "client_public_key": base64.b64encode(bytes(key.verify_key)).decode()})
+        sessions.append({"device_session_id": answer["device_session_id"], "user_id": answer["user_id"],
+                         "seed_hex": bytes(key).hex()})
+    return sessions

@@ -1,0 +1,77 @@
+"""Benchmark 2: ExecuteCommand through the whole pipeline and the backend, per protocol and store kind.
+
+Gateway (production mode, ``twist gatewayd --config``) pinned to core 0; the
+reference backend (``twist gatewayd-devbackend --no-debug``), Redis and
+``bench/loadgen.py`` pinned to core 1. Every request is distinct (own
+request_id, fresh timestamp), so replay protection does real work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench._common import CLIENT_CORE, PYTHON, Spread, emit
+from bench._stack import login, start_stack
+
+PROTOCOLS = {
+    # protocol -> (connections, streams per connection)
+    "grpc": (4, 16),
+    "connect-h2": (4, 16),
+    "connect-h1": (16, 1),
+}
+
+
+def loadgen(port: int, sessions: Path, protocol: str, requests: int, message_type: str,
+            payload: str) -> dict[str, Any]:
+    conns, streams = PROTOCOLS[protocol]
+    cmd = ["taskset", "-c", CLIENT_CORE, PYTHON, "-m", "bench.loadgen", "--port", str(port), "--sessions",
+           str(sessions), "--protocol", protocol, "--requests", str(requests), "--connections", str(conns),
+           "--streams", str(streams), "--message-type", message_type, "--payload", payload, "--timeout", "150"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=200, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stores", nargs="+", default=["memory", "redis"])
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS))
+    parser.add_argument("--message-type", default="user.profile.get")
+    parser.add_argument("--payload", default="")
+    parser.add_argument("--nodelay", action="store_true", help="diagnostic: TCP_NODELAY in both Twisted processes")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    for stores in args.stores:
+        work = Path(tempfile.mkdtemp(prefix=f"bench-exec-{stores}-"))
+        stack = start_stack(work, stores, nodelay=args.nodelay)
+        try:
+            sessions = work / "sessions.json"
+            sessions.write_text(json.dumps(login(stack.port, 8)))
+            for protocol in args.protocols:
+                loadgen(stack.port, sessions, protocol, 300, args.message_type, args.payload)  # warm-up
+                stats = {k: Spread() for k in ("rps", "mean_ms", "p50_ms", "p99_ms")}
+                outcomes: dict[str, int] = {}
+                for _ in range(args.repeats):
+                    r = loadgen(stack.port, sessions, protocol, args.requests, args.message_type, args.payload)
+                    for k, s in stats.items():
+                        s.add(r[k])
+                    for k, v in r["outcomes"].items():
+                        outcomes[k] = outcomes.get(k, 0) + v
+                conns, streams = PROTOCOLS[protocol]
+                emit({"bench": "execute", "stores": stores, "protocol": protocol, "nodelay": args.nodelay,
+                      "connections": conns, "streams": streams, "requests": args.requests,
+                      "repeats": args.repeats, "message_type": args.message_type, "outcomes": outcomes,
+                      **{k: s.values for k, s in stats.items()},
+                      "fmt": {k: s.fmt(0 if k == "rps" else 1) for k, s in stats.items()}}, args.out)
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()
