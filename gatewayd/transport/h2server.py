@@ -274,6 +274,13 @@ class H2ServerConnection(Protocol):
         # Enforce our header limit from the first frame, not only once the peer ACKs.
         self.h2.decoder.max_header_list_size = self.limits.max_header_list_bytes
         self.h2.local_settings.acknowledge()
+        # h2 treats a stream over the advertised MAX_CONCURRENT_STREAMS as a connection error,
+        # which kills every stream of a client that raced our SETTINGS. RFC 9113 5.1.2 allows
+        # a stream error: _request_received refuses such a stream (REFUSED_STREAM) itself, and
+        # _stream_done resets streams we have answered, so h2 holds no more open streams than that.
+        # (Set locally and applied at once: nothing is sent, the peer still sees our limit.)
+        self.h2.local_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = _MAX_STREAM_ID
+        self.h2.local_settings.acknowledge()
         # A connection-level receive window as large as the per-stream one.
         self.h2.increment_flow_control_window(self.limits.initial_window_size)
         transport.registerProducer(self, True)
@@ -470,6 +477,14 @@ class H2ServerConnection(Protocol):
 
     def _stream_done(self, stream: H2Stream) -> None:
         """The response has ended (or was reset by us): forget the stream."""
+        h2_stream = self.h2.streams.get(stream.stream_id)
+        if h2_stream is not None and not h2_stream.closed:
+            # Answered before the request ended: ask the peer to stop sending (RFC 9113 8.1),
+            # which also closes the stream in h2, so it no longer counts as open there.
+            try:
+                self.h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
             self._stream_closed()

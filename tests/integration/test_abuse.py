@@ -277,3 +277,22 @@ async def test_idle_http1_connection_is_closed(harness: Harness) -> None:
     client.transport.write(b"POST " + ECHO.encode() + b" HTTP/1.1\r\nHost: x\r\n")  # never finishes
     await client.wait(lambda: client.closed, "idle close", timeout=3.0)
     await harness.assert_healthy()
+
+
+@pytest_twisted.ensureDeferred
+async def test_streams_answered_before_the_request_ends_are_reset_and_not_held(harness: Harness) -> None:
+    # A client that never ends its requests must not pile up open streams in h2.
+    await harness.serve(ServerConfig(max_concurrent_streams=3, max_message_bytes=100))
+    client = await harness.h2()
+    # Each declares a message over the limit: answered at once, while the request is still open.
+    sids = [client.open_stream(ECHO, body=b"\x00\x00\x01\x00\x00", end_stream=False) for _ in range(10)]
+    await client.wait(lambda: all(client.responses[s].reset is not None for s in sids), "answers")
+    for sid in sids:
+        response = client.responses[sid]
+        assert response.headers is not None and response.headers["grpc-status"] == "8"
+        assert response.reset == ErrorCodes.NO_ERROR  # RFC 9113 8.1: stop sending, no error
+    conn = only_connection(harness)
+    assert conn.h2.open_inbound_streams == 0 and not conn.streams
+    assert not client.goaways
+    response = await client.call(CHECK, encode_frame(check_request()))
+    assert response.grpc_status() == 0
