@@ -1,0 +1,260 @@
+"""The ``twist gatewayd`` process: SIGTERM drains (PROTOCOL.md section 7); bad starts fail loudly.
+
+A real ``twist gatewayd --dev`` subprocess. With an event stream open over
+each protocol and a unary call in flight, SIGTERM must end every stream with
+UNAVAILABLE (the gRPC trailer, the gRPC-Web trailer frame, the Connect
+end-stream message, each read by ``gatewayd.client``), let the unary call
+finish, and exit within the drain time.
+
+The in-flight call is a Connect unary request over HTTP/1.1 whose body is
+only half sent when SIGTERM arrives: ``Expect: 100-continue`` makes the
+gateway say when it holds the request, and the rest of the body follows
+once the streams have ended, so the call is certainly in flight during the drain.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, endpoints, protocol, task
+from twisted.internet import reactor as default_reactor
+
+from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandResponse
+from gatewayd.client.client import GatewayClient
+from gatewayd.client.errors import RpcCallError
+from gatewayd.client.sign import sign_request
+from gatewayd.client.verify import verify_response
+from gatewayd.rpc.codes import Code
+from gatewayd.signing import GatewayKey
+from gatewayd.testing.client import login
+from gatewayd.testing.redis import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TWIST = str(Path(sys.executable).with_name("twist"))
+DEFAULT_DRAIN_S = 10.0  # server.drain_timeout_s's default, which the dev process runs with
+START_TIMEOUT_S = 20.0
+PROTOCOLS = ("grpc", "grpc-web", "connect")
+
+
+@dataclass
+class DevGateway:
+    process: subprocess.Popen[bytes]
+    port: int
+    state_dir: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _ready(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/readyz")
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def dev_gateway(tmp_path: Path) -> Iterator[DevGateway]:
+    """``twist gatewayd --dev`` on a free loopback port, ready (backend, stores, push) when yielded."""
+    port = free_port()
+    log = tmp_path / "gatewayd.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [TWIST, "--log-format=text", "gatewayd", "--dev", "--listen", f"tcp:{port}:interface=127.0.0.1",
+             "--state-dir", str(tmp_path / "state")],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+    gateway = DevGateway(process, port, tmp_path / "state", log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _ready(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway not ready (exit {process.poll()}):\n{gateway.text()}")
+            time.sleep(0.05)
+        yield gateway
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+class _RawHttp(protocol.Protocol):
+    """One HTTP/1.1 exchange, written by hand so the body can be sent in two halves."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.continued: defer.Deferred[None] = defer.Deferred()
+        self.closed: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if not self.continued.called and b"100 Continue\r\n\r\n" in self.received:
+            self.continued.callback(None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.continued.called:
+            self.continued.errback(AssertionError(f"closed before 100 Continue: {self.received!r}"))
+        self.closed.callback(self.received)
+
+
+def _final_response(raw: bytes) -> tuple[int, bytes]:
+    """Status and (de-chunked) body of the last response in ``raw``, after any 100 Continue."""
+    if raw.startswith(b"HTTP/1.1 100"):
+        raw = raw.split(b"\r\n\r\n", 1)[1]
+    head, body = raw.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(b":", 1) for line in lines[1:])}
+    if headers.get(b"transfer-encoding") == b"chunked":
+        out = b""
+        while True:
+            size_line, body = body.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            out, body = out + body[:size], body[size + 2:]
+        body = out
+    return status, body
+
+
+async def _until(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = default_reactor.seconds() + timeout
+    while not predicate():
+        if default_reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await task.deferLater(default_reactor, 0.01)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_ends_streams_unavailable_finishes_unary_and_exits(dev_gateway: DevGateway) -> None:
+    key, session = await login(dev_gateway.url, "lifecycle@example.com")
+    clients = {p: GatewayClient(dev_gateway.url, p, key=key, session=session) for p in PROTOCOLS}
+    try:
+        events: dict[str, list[str]] = {p: [] for p in PROTOCOLS}
+        streams = {p: c.subscribe(lambda e, p=p: events[p].append(e.event_type)) for p, c in clients.items()}
+        outcomes: dict[str, Any] = {}
+        for p, d in streams.items():
+            d.addBoth(lambda r, p=p: outcomes.__setitem__(p, r))
+        await _until(lambda: all(events.values()) or bool(outcomes), "every stream's first event")
+        assert not outcomes, outcomes
+        assert all(e[0] == "gateway.server_time" for e in events.values()), events
+
+        # A unary call in flight: headers and half the body are with the gateway.
+        request = sign_request(key, session.device_session_id, "user.profile.get", b"", clock=default_reactor)
+        body = request.SerializeToString()
+        raw = _RawHttp()
+        endpoint = endpoints.TCP4ClientEndpoint(default_reactor, "127.0.0.1", dev_gateway.port)
+        await endpoints.connectProtocol(endpoint, raw)
+        assert raw.transport is not None
+        half = len(body) // 2
+        raw.transport.write(
+            b"POST /gateway.v1.Gateway/ExecuteCommand HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/proto\r\nConnect-Protocol-Version: 1\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body[:half]
+        )
+        await raw.continued
+
+        os.kill(dev_gateway.process.pid, signal.SIGTERM)
+        started = time.monotonic()
+
+        await _until(lambda: len(outcomes) == len(PROTOCOLS), "every stream to end")
+        for p, outcome in outcomes.items():
+            assert isinstance(outcome, defer.Failure) and outcome.check(RpcCallError), (p, outcome)
+            assert outcome.value.code == Code.UNAVAILABLE, (p, outcome.value)
+
+        raw.transport.write(body[half:])
+        status, answer = _final_response(await raw.closed)
+        assert status == 200, answer
+        response = ExecuteCommandResponse()
+        response.ParseFromString(answer)
+        gateway_key = GatewayKey.load(dev_gateway.state_dir / "gateway.key")
+        verified = verify_response(response, session.device_session_id, request.envelope.request_id,
+                                   gateway_key.public_key)
+        assert verified.ok, verified.result_code
+
+        await _until(lambda: dev_gateway.process.poll() is not None, "the process to exit", DEFAULT_DRAIN_S)
+        assert time.monotonic() - started < DEFAULT_DRAIN_S
+        # Twisted's twist re-raises SIGTERM after a clean stop (see the xfail test below).
+        assert dev_gateway.process.returncode in (0, -signal.SIGTERM), dev_gateway.text()
+        log = dev_gateway.text()
+        assert "3 event streams ended" in log and "gatewayd stopped" in log, log
+    finally:
+        for client in clients.values():
+            await client.close()
+
+
+@pytest.mark.xfail(strict=True, reason="twist re-raises SIGTERM after the clean stop (reactor._exitSignal): "
+                                        "exit status -15, PROTOCOL.md section 7 says 0")
+def test_sigterm_exit_status_is_zero(dev_gateway: DevGateway) -> None:
+    dev_gateway.process.send_signal(signal.SIGTERM)
+    assert dev_gateway.process.wait(timeout=DEFAULT_DRAIN_S) == 0
+
+
+# --- starts that must fail ------------------------------------------------------------------
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TWIST, "--log-format=text", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize(("toml", "named"), [
+    ('[server]\nlisten = "tcp:0"\nlisten_backlog = 5\n', "server.listen_backlog"),
+    ('[server]\nmax_message_bytes = "big"\n', "server.max_message_bytes"),
+    ("[server\nlisten = \n", "bad.toml"),  # not TOML at all: the file is named
+])
+def test_bad_config_names_the_key_and_exits_non_zero(tmp_path: Path, toml: str, named: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    result = _run(["gatewayd", "--config", str(config)], tmp_path)
+    assert result.returncode != 0
+    assert named in result.stderr, result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="a StartupError raised in GatewayService.startService is lost: "
+                                        "twist keeps running with no listener and prints nothing")
+def test_production_without_signing_key_fails_with_a_clear_message(tmp_path: Path) -> None:
+    config = tmp_path / "prod.toml"
+    config.write_text(f'[server]\nlisten = "tcp:{free_port()}:interface=127.0.0.1"\n')
+    log = tmp_path / "out.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([TWIST, "--log-format=text", "gatewayd", "--config", str(config)], cwd=tmp_path,
+                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        # It must exit; a process whose reactor has run for 3 s without exiting never will.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        running_since: float | None = None
+        while process.poll() is None and time.monotonic() < deadline:
+            if running_since is None and "Starting reactor" in log.read_text(errors="replace"):
+                running_since = time.monotonic()
+            if running_since is not None and time.monotonic() - running_since > 3.0:
+                break
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    text = log.read_text(errors="replace")
+    assert process.returncode > 0, text
+    assert "keys.signing_key" in text, text
