@@ -90,7 +90,8 @@ def client_error(status: int, body: bytes, retry_after: str | None = None) -> Pu
     code = error.get("code")
     if not isinstance(code, str) or code not in _KNOWN_CODES:
         code = _CODE_BY_STATUS.get(status, "invalid_argument")
-    retry_after_s = int(retry_after) if retry_after and retry_after.isdigit() and len(retry_after) < 8 else None
+    valid_retry_after = retry_after and retry_after.isdigit() and len(retry_after) < 8
+    retry_after_s = int(retry_after) if retry_after and valid_retry_after else None
     if status == 429 and retry_after_s is None:
         retry_after_s = 1
     return PublicError(status, code, safe_message(error.get("message"), code), retry_after_s=retry_after_s)

@@ -291,19 +291,38 @@ class PublicHarness:
         await self.client.close()
         await defer.maybeDeferred(self.backend_port.stopListening)
 
-    async def login(self, email: str, *, over_h2: bool = False, headers: Mapping[str, str] | None = None,
-                    key: str | None = None) -> tuple[Answer, Answer]:
+    async def login(
+        self,
+        email: str,
+        *,
+        over_h2: bool = False,
+        headers: Mapping[str, str] | None = None,
+        key: str | None = None,
+    ) -> tuple[Answer, Answer]:
         """send-email-code then confirm-email-code with the dev code; both answers."""
         request = h2c if over_h2 else http1
         all_headers = {"Content-Type": "application/json", **(headers or {})}
-        sent = await request(self.port, "POST", "/api/v1/public/auth/send-email-code", all_headers,
-                             json.dumps({"email": email}).encode())
+        sent = await request(
+            self.port,
+            "POST",
+            "/api/v1/public/auth/send-email-code",
+            all_headers,
+            json.dumps({"email": email}).encode(),
+        )
         if sent.status != 200:
             return sent, sent
-        body = {"challenge_id": sent.json()["challenge_id"], "code": DEV_CODE,
-                "client_public_key": key or public_key_b64()}
-        confirmed = await request(self.port, "POST", "/api/v1/public/auth/confirm-email-code", all_headers,
-                                  json.dumps(body).encode())
+        body = {
+            "challenge_id": sent.json()["challenge_id"],
+            "code": DEV_CODE,
+            "client_public_key": key or public_key_b64(),
+        }
+        confirmed = await request(
+            self.port,
+            "POST",
+            "/api/v1/public/auth/confirm-email-code",
+            all_headers,
+            json.dumps(body).encode(),
+        )
         return sent, confirmed
 
 

@@ -80,9 +80,8 @@ class ConfirmEmailCode:
     client_public_key: str
 
     def as_json(self) -> bytes:
-        return _dumps(
-            {"challenge_id": self.challenge_id, "code": self.code, "client_public_key": self.client_public_key}
-        )
+        key = self.client_public_key
+        return _dumps({"challenge_id": self.challenge_id, "code": self.code, "client_public_key": key})
 
 
 def _dumps(value: dict[str, str]) -> bytes:

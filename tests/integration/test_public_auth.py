@@ -107,7 +107,7 @@ REFUSED = [
     (SEND, JSON, b'{"email": "dave@example.com", "email": "eve@example.com"}', 400),
     (SEND, JSON, b'{"email": 5}', 400),
     (SEND, JSON, b'{"email": null}', 400),
-    (SEND, JSON, b'{}', 400),
+    (SEND, JSON, b"{}", 400),
     (SEND, JSON, b'{"email": "no-at-sign"}', 400),
     (SEND, JSON, b'{"email": "two@@example.com"}', 400),
     (SEND, JSON, b'{"email": "dave@localhost"}', 400),
@@ -118,23 +118,87 @@ REFUSED = [
     (SEND, JSON, b'\xff\xfe{"email": "dave@example.com"}', 400),
     (SEND, JSON, b"[" * 3000, 400),
     (CONFIRM, JSON, b'{"challenge_id": "ch_1", "code": "000000"}', 400),
-    (CONFIRM, JSON, json.dumps({"challenge_id": "ch 1", "code": "0", "client_public_key": KEY}).encode(), 400),
-    (CONFIRM, JSON, json.dumps({"challenge_id": "c" * 129, "code": "0", "client_public_key": KEY}).encode(), 400),
+    (
+        CONFIRM,
+        JSON,
+        json.dumps({"challenge_id": "ch 1", "code": "0", "client_public_key": KEY}).encode(),
+        400,
+    ),
+    (
+        CONFIRM,
+        JSON,
+        json.dumps({"challenge_id": "c" * 129, "code": "0", "client_public_key": KEY}).encode(),
+        400,
+    ),
     (CONFIRM, JSON, json.dumps({"challenge_id": "ch_1", "code": "", "client_public_key": KEY}).encode(), 400),
-    (CONFIRM, JSON, json.dumps({"challenge_id": "ch_1", "code": "0" * 33, "client_public_key": KEY}).encode(), 400),
-    (CONFIRM, JSON, json.dumps({"challenge_id": "ch_1", "code": "00 00", "client_public_key": KEY}).encode(), 400),
-    (CONFIRM, JSON, json.dumps({"challenge_id": "ch_1", "code": "000000",
-                                "client_public_key": base64.b64encode(bytes(31)).decode()}).encode(), 400),
-    (CONFIRM, JSON, json.dumps({"challenge_id": "ch_1", "code": "000000",
-                                "client_public_key": base64.b64encode(bytes(33)).decode()}).encode(), 400),
-    (CONFIRM, JSON, json.dumps({"challenge_id": "ch_1", "code": "000000",
-                                "client_public_key": KEY.rstrip("=")}).encode(), 400),
-    (CONFIRM, JSON, json.dumps({"challenge_id": "ch_1", "code": "000000",
-                                "client_public_key": "!" * 44}).encode(), 400),
-    (CONFIRM, JSON, json.dumps({"challenge_id": "ch_1", "code": "000000", "client_public_key": KEY,
-                                "device": "x"}).encode(), 400),
-    (CONFIRM, JSON, b'{"challenge_id": "ch_1", "code": 0, "client_public_key": "' + KEY.encode() + b'"}', 400),
-    (CONFIRM, JSON, b'{"challenge_id": "ch_1", "code": NaN, "client_public_key": "' + KEY.encode() + b'"}', 400),
+    (
+        CONFIRM,
+        JSON,
+        json.dumps({"challenge_id": "ch_1", "code": "0" * 33, "client_public_key": KEY}).encode(),
+        400,
+    ),
+    (
+        CONFIRM,
+        JSON,
+        json.dumps({"challenge_id": "ch_1", "code": "00 00", "client_public_key": KEY}).encode(),
+        400,
+    ),
+    (
+        CONFIRM,
+        JSON,
+        json.dumps(
+            {
+                "challenge_id": "ch_1",
+                "code": "000000",
+                "client_public_key": base64.b64encode(bytes(31)).decode(),
+            }
+        ).encode(),
+        400,
+    ),
+    (
+        CONFIRM,
+        JSON,
+        json.dumps(
+            {
+                "challenge_id": "ch_1",
+                "code": "000000",
+                "client_public_key": base64.b64encode(bytes(33)).decode(),
+            }
+        ).encode(),
+        400,
+    ),
+    (
+        CONFIRM,
+        JSON,
+        json.dumps({"challenge_id": "ch_1", "code": "000000", "client_public_key": KEY.rstrip("=")}).encode(),
+        400,
+    ),
+    (
+        CONFIRM,
+        JSON,
+        json.dumps({"challenge_id": "ch_1", "code": "000000", "client_public_key": "!" * 44}).encode(),
+        400,
+    ),
+    (
+        CONFIRM,
+        JSON,
+        json.dumps(
+            {"challenge_id": "ch_1", "code": "000000", "client_public_key": KEY, "device": "x"}
+        ).encode(),
+        400,
+    ),
+    (
+        CONFIRM,
+        JSON,
+        b'{"challenge_id": "ch_1", "code": 0, "client_public_key": "' + KEY.encode() + b'"}',
+        400,
+    ),
+    (
+        CONFIRM,
+        JSON,
+        b'{"challenge_id": "ch_1", "code": NaN, "client_public_key": "' + KEY.encode() + b'"}',
+        400,
+    ),
 ]
 
 
@@ -152,15 +216,19 @@ async def test_anti_abuse_rules(harness: PublicHarness, over_h2: bool) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_content_type_parameters_are_allowed(harness: PublicHarness) -> None:
-    answer = await http1(harness.port, "POST", SEND, {"Content-Type": "Application/JSON; charset=utf-8"}, GOOD_SEND)
+    answer = await http1(
+        harness.port, "POST", SEND, {"Content-Type": "Application/JSON; charset=utf-8"}, GOOD_SEND
+    )
     assert answer.status == 200, answer
     assert harness.backend_received == [("POST", SEND)]
 
 
 @pytest_twisted.ensureDeferred
 async def test_two_content_types_are_refused(harness: PublicHarness) -> None:
-    data = (f"POST {SEND} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Type: text/plain\r\nContent-Length: {len(GOOD_SEND)}\r\n\r\n").encode() + GOOD_SEND
+    data = (
+        f"POST {SEND} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Type: text/plain\r\nContent-Length: {len(GOOD_SEND)}\r\n\r\n"
+    ).encode() + GOOD_SEND
     answer = await http1_raw(harness.port, data)
     assert answer.status == 415
     assert harness.backend_received == []
@@ -227,11 +295,16 @@ class _Hostile(Resource):
         return self.body
 
 
-LEAKY = json.dumps({
-    "error": {"code": "invalid_argument", "message": 'Traceback (most recent call last):\n  File "/srv/app.py"'},
-    "debug": {"sql": "SELECT * FROM users"},
-    "internal_host": "10.1.2.3",
-}).encode()
+LEAKY = json.dumps(
+    {
+        "error": {
+            "code": "invalid_argument",
+            "message": 'Traceback (most recent call last):\n  File "/srv/app.py"',
+        },
+        "debug": {"sql": "SELECT * FROM users"},
+        "internal_host": "10.1.2.3",
+    }
+).encode()
 
 
 @pytest.mark.parametrize(
@@ -239,7 +312,12 @@ LEAKY = json.dumps({
     [
         (400, LEAKY, 400, "invalid_argument"),
         (403, b"<html>forbidden by nginx</html>", 403, "permission_denied"),
-        (409, json.dumps({"error": {"code": "not-a-code", "message": "x" * 1000}}).encode(), 409, "already_exists"),
+        (
+            409,
+            json.dumps({"error": {"code": "not-a-code", "message": "x" * 1000}}).encode(),
+            409,
+            "already_exists",
+        ),
         (429, b"{}", 429, "resource_exhausted"),
         (500, LEAKY, 503, "unavailable"),
         (502, b"bad gateway", 503, "unavailable"),
@@ -267,7 +345,9 @@ async def test_backend_answers_are_sanitized(
 
 @pytest_twisted.ensureDeferred
 async def test_backend_extra_success_fields_are_dropped() -> None:
-    body = json.dumps({"challenge_id": "ch_1", "email_sent_via": "smtp-internal-3", "code": "123456"}).encode()
+    body = json.dumps(
+        {"challenge_id": "ch_1", "email_sent_via": "smtp-internal-3", "code": "123456"}
+    ).encode()
     h = await PublicHarness.start(backend_site=Site(_Hostile(200, body)))
     try:
         answer = await http1(h.port, "POST", SEND, JSON, GOOD_SEND)
@@ -350,8 +430,11 @@ async def test_gateway_keys(harness: PublicHarness, over_h2: bool) -> None:
 async def test_cors_preflight_and_actual_responses() -> None:
     h = await PublicHarness.start(cors=CorsPolicy(["https://app.example.com"]))
     try:
-        good = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "content-type"}
+        good = {
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        }
         for path in (SEND, CONFIRM, "/api/v1/public/gateway-keys"):
             answer = await http1(h.port, "OPTIONS", path, good)
             assert answer.status == 204, (path, answer)

@@ -101,7 +101,9 @@ async def test_challenge_budget_holds_across_ips() -> None:
     try:
         challenge = (await send(h, "guessed@example.com")).json()["challenge_id"]
         for i, expected in enumerate([401, 401, 429, 429]):
-            guess = json.dumps({"challenge_id": challenge, "code": f"99999{i}", "client_public_key": KEY}).encode()
+            guess = json.dumps(
+                {"challenge_id": challenge, "code": f"99999{i}", "client_public_key": KEY}
+            ).encode()
             headers = {**JSON, "X-Forwarded-For": f"198.51.100.{i + 1}"}
             answer = await http1(h.port, "POST", CONFIRM, headers, guess)
             assert answer.status == expected, answer
@@ -214,7 +216,10 @@ async def test_redis_down_fails_closed(redis_server: RedisServer) -> None:  # no
         redis_server.stop()
         answer = await send(h, "b@example.com")
         assert answer.status == 503
-        assert answer.json()["error"] == {"code": "unavailable", "message": "rate limit store unavailable; retry later"}
+        assert answer.json()["error"] == {
+            "code": "unavailable",
+            "message": "rate limit store unavailable; retry later",
+        }
         assert h.backend_received == [("POST", SEND)]
     finally:
         if h is not None:

@@ -95,7 +95,10 @@ async def test_readyz_follows_real_backend_and_redis(redis_server: RedisServer) 
         await h.client.close()  # and drop the keep-alive connection the backend would otherwise still serve
         answer = await h2c(h.port, "GET", "/readyz")
         assert answer.status == 503
-        assert answer.json() == {"status": "not_ready", "checks": {"stores": "not_ready", "backend": "not_ready"}}
+        assert answer.json() == {
+            "status": "not_ready",
+            "checks": {"stores": "not_ready", "backend": "not_ready"},
+        }
     finally:
         await h.stop()
         await stores.close()
