@@ -11,6 +11,7 @@ in-flight calls finish within ``server.drain_timeout_s`` → abort what is left
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,10 @@ class GatewayService(Service):
         await gateway.backend.close()
         await gateway.stores.close()
         log.info("gatewayd stopped")
+        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
+            # twist re-raises the signal that stopped the reactor once it exits; a SIGTERM
+            # that drained cleanly is a normal stop, and PROTOCOL.md section 7 says exit 0.
+            self.reactor._exitSignal = None
 
 
 def _http1_drained(protocol: Any) -> defer.Deferred[None]:

@@ -19,8 +19,6 @@ from typing import Any
 import treq
 from twisted.internet import endpoints
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.resource import IResource, Resource
-from twisted.web.static import Data
 
 from gatewayd._proto.gateway.v1.gateway_pb2 import (
     ExecuteCommandRequest,
@@ -163,29 +161,6 @@ class RunningGateway:
         await self._pool.closeCachedConnections()
 
 
-def _fallback_public_resource(keys_json: bytes, backend_host: str, backend_port: int) -> IResource:
-    """Until the gateway's own public REST surface exists: keys served, auth proxied to the backend."""
-    from twisted.web.proxy import ReverseProxyResource
-
-    root = Resource()
-    api, v1, public = Resource(), Resource(), Resource()
-    root.putChild(b"api", api)
-    api.putChild(b"v1", v1)
-    v1.putChild(b"public", public)
-    public.putChild(b"gateway-keys", Data(keys_json, "application/json"))
-    public.putChild(b"auth", ReverseProxyResource(backend_host, backend_port, b"/api/v1/public/auth"))
-    return root
-
-
-def has_public_app() -> bool:
-    """Whether the gateway's public REST surface (``gatewayd.public.app``) can be built by ``Gateway``."""
-    try:
-        from gatewayd.public.app import PublicApp
-    except ImportError:
-        return False
-    return hasattr(PublicApp, "from_gateway")
-
-
 async def start_gateway(state_dir: str, reactor: Any = None, **config_sections: Any) -> RunningGateway:
     """A gateway in dev configuration on a free loopback port, with a debug reference backend.
 
@@ -194,7 +169,7 @@ async def start_gateway(state_dir: str, reactor: Any = None, **config_sections: 
     """
     from gatewayd.devbackend.listeners import DevBackendService
     from gatewayd.devbackend.service import DevBackend
-    from gatewayd.service import Gateway, load_keyring
+    from gatewayd.service import Gateway
 
     if reactor is None:
         from twisted.internet import reactor
@@ -212,11 +187,7 @@ async def start_gateway(state_dir: str, reactor: Any = None, **config_sections: 
                  "push_backoff_initial_s": 0.05, "push_backoff_max_s": 0.2},
         **config_sections,
     )
-    web_resource = None
-    if not has_public_app():
-        keys_json = json.dumps(load_keyring(config).as_json()).encode()
-        web_resource = _fallback_public_resource(keys_json, "127.0.0.1", http_port)
-    gateway = Gateway(config, reactor, web_resource=web_resource)
+    gateway = Gateway(config, reactor)
     endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     port = await endpoint.listen(gateway.factory)
     gateway.push.start()
@@ -234,7 +205,6 @@ def routes_with(extra: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
 __all__ = [
     "DEV_CODE",
     "RunningGateway",
-    "has_public_app",
     "login",
     "routes_with",
     "signed_execute_request",

@@ -162,9 +162,9 @@ class GatewayRequest(server.Request):
         super().handleContentChunk(data)
 
     def _reply_413(self) -> None:
-        body = b"request body too large\n"
+        body = b'{"error": {"code": "resource_exhausted", "message": "request body too large"}}'
         self.setResponseCode(_STATUS_413)
-        self.setHeader(b"content-type", b"text/plain")
+        self.setHeader(b"content-type", b"application/json")
         self.setHeader(b"content-length", b"%d" % len(body))
         self.setHeader(b"connection", b"close")
         self.write(body)
@@ -220,7 +220,8 @@ class GatewaySite(server.Site):
         rpc_limit = max_rpc_body_bytes if max_rpc_body_bytes is not None else max_body_bytes
         request_factory = type("BoundGatewayRequest", (GatewayRequest,),
                                {"app": app, "max_body_bytes": max_body_bytes, "max_rpc_body_bytes": rpc_limit})
-        super().__init__(resource, requestFactory=request_factory, timeout=timeout)
+        # No form parsing: every body here is JSON or an RPC message, never a form.
+        super().__init__(resource, requestFactory=request_factory, timeout=timeout, parsePOSTFormSubmission=False)
         self.max_header_bytes = max_header_bytes
         self.noisy = False
 

@@ -27,7 +27,7 @@ from gatewayd.client.cli import (
     EXIT_USAGE,
     run,
 )
-from gatewayd.testing.client import RunningGateway, has_public_app, routes_with, start_gateway
+from gatewayd.testing.client import RunningGateway, routes_with, start_gateway
 
 BIN = Path(sys.executable).parent
 
@@ -233,8 +233,6 @@ async def test_console_script_against_an_in_process_gateway(gateway: RunningGate
     assert len(await gateway.received()) == 3
 
 
-@pytest.mark.skipif(not has_public_app(), reason="the gateway's public REST surface (gatewayd.public.app."
-                                                 "PublicApp.from_gateway) is not there yet: --dev cannot start")
 @pytest_twisted.ensureDeferred
 async def test_gatewayctl_against_twist_gatewayd_dev(tmp_path: Path) -> None:
     port = _free_port()
