@@ -202,7 +202,11 @@ class ServerCall:
         request = method.request_type()
         if self.proto.json:
             try:
-                ParseDict(json.loads(payload or b"{}"), request, ignore_unknown_fields=True)
+                document = json.loads(payload or b"{}")
+                if not isinstance(document, dict):
+                    # ParseDict takes a bare string as an empty message; a message is a JSON object.
+                    raise ValueError("not a JSON object")
+                ParseDict(document, request, ignore_unknown_fields=True)
             except (ValueError, ParseError, TypeError, RecursionError):
                 # RecursionError: deeply nested JSON ("[[[[...") within the size limit.
                 raise RpcError(Code.INVALID_ARGUMENT, "malformed JSON request message") from None

@@ -110,8 +110,9 @@ async def test_malformed_and_oversized_messages(harness: Harness) -> None:
     assert response.status == 429 and json.loads(response.body)["code"] == "resource_exhausted"
     response = await harness.http1(http1_request("POST", CHECK, b'{"service":', [JSON]))
     assert response.status == 400 and json.loads(response.body)["code"] == "invalid_argument"
-    response = await harness.http1(http1_request("POST", CHECK, b"[1, 2]", [JSON]))
-    assert response.status == 400 and json.loads(response.body)["code"] == "invalid_argument"
+    for not_an_object in (b"[1, 2]", b'"gateway.v1.Gateway"', b"null", b"7"):
+        response = await harness.http1(http1_request("POST", CHECK, not_an_object, [JSON]))
+        assert response.status == 400 and json.loads(response.body)["code"] == "invalid_argument", not_an_object
     await harness.assert_healthy()
 
 
