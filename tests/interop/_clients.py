@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ NODE_SCRIPT = ROOT / "tests" / "interop" / "node" / "client.mjs"
 NODE_MODULES = ROOT / "node_modules" / "@connectrpc" / "connect-node"
 BUF = ROOT / ".venv" / "bin" / "buf"
 PROTO_DIR = ROOT / "proto"
+PLAN_ARG_LIMIT = 64 * 1024
 
 Event = dict[str, Any]
 
@@ -40,6 +42,11 @@ def _child_env() -> dict[str, str]:
         env.pop(key, None)
     env["NO_PROXY"] = env["no_proxy"] = "*"
     return env
+
+
+def _remove_file(result: object, name: str) -> object:
+    os.unlink(name)
+    return result
 
 
 def _cancel_timer(result: object, timer: IDelayedCall) -> object:
@@ -72,8 +79,16 @@ class NodeClient(protocol.ProcessProtocol):
     def start(cls, plan: dict[str, Any], timeout: float = 20.0) -> NodeClient:
         """Spawn the client; it is killed if still running after ``timeout`` seconds."""
         client = cls(plan)
+        text = json.dumps(plan)
+        if len(text) > PLAN_ARG_LIMIT:
+            # One argv string may not exceed 128 KiB (MAX_ARG_STRLEN): hand over a file.
+            fd, name = tempfile.mkstemp(prefix="interop-plan-", suffix=".json")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            text = "@" + name
+            client.ended.addBoth(_remove_file, name)
         reactor.spawnProcess(  # type: ignore[attr-defined]
-            client, "node", ["node", str(NODE_SCRIPT), json.dumps(plan)], env=_child_env(), path=str(ROOT)
+            client, "node", ["node", str(NODE_SCRIPT), text], env=_child_env(), path=str(ROOT)
         )
         client.ended.addBoth(_cancel_timer, reactor.callLater(timeout, client._kill))  # type: ignore[attr-defined]
         return client

@@ -3,7 +3,8 @@
 // ./gen/ over Connect, gRPC or gRPC-Web, HTTP/1.1 or HTTP/2, and prints one
 // JSON line per thing it sees, so the test can react while a stream runs.
 //
-// Usage: node client.mjs '<plan JSON>'
+// Usage: node client.mjs '<plan JSON>'    or    node client.mjs @plan.json
+// (a file for plans over the kernel's 128 KiB limit on one argument)
 //
 // plan: {
 //   "baseUrl": "http://127.0.0.1:PORT",
@@ -30,7 +31,7 @@
 //    "trailers": {...}, "metadata": {...}, "cancelledByClient": bool, "elapsedMs": n}
 // and finally {"event": "done"}. Exit status 0 unless the plan itself is bad.
 
-import { readdirSync } from "node:fs";
+import { readFileSync, readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -166,7 +167,8 @@ async function runStep(registry, baseUrl, step) {
 }
 
 async function main() {
-  const plan = JSON.parse(process.argv[2] ?? "{}");
+  const arg = process.argv[2] ?? "{}";
+  const plan = JSON.parse(arg.startsWith("@") ? readFileSync(arg.slice(1), "utf8") : arg);
   const registry = await loadRegistry();
   let lines = null;
   for (const step of plan.steps ?? []) {
