@@ -22,7 +22,11 @@ import socket
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint, IStreamServerEndpointStringParser
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IStreamServerEndpoint,
+    IStreamServerEndpointStringParser,
+)
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -30,8 +34,9 @@ PREFIX = "reuseport"
 DEFAULT_BACKLOG = 50  # Twisted's tcp: default
 
 
-def reuseport_socket(port: int, interface: str = "0.0.0.0", backlog: int = DEFAULT_BACKLOG,
-                     ipv6only: bool | None = None) -> socket.socket:
+def reuseport_socket(
+    port: int, interface: str = "0.0.0.0", backlog: int = DEFAULT_BACKLOG, ipv6only: bool | None = None
+) -> socket.socket:
     """A non-blocking TCP socket with SO_REUSEADDR and SO_REUSEPORT, bound and listening.
 
     Raises ``OSError`` when the address cannot be bound (in use without
@@ -64,8 +69,14 @@ class ReusePortServerEndpoint:
     ``CannotListenError``.
     """
 
-    def __init__(self, reactor: Any, port: int, interface: str = "0.0.0.0", backlog: int = DEFAULT_BACKLOG,
-                 ipv6only: bool | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        port: int,
+        interface: str = "0.0.0.0",
+        backlog: int = DEFAULT_BACKLOG,
+        ipv6only: bool | None = None,
+    ) -> None:
         self.reactor = reactor
         self.port = port
         self.interface = interface
@@ -79,7 +90,9 @@ class ReusePortServerEndpoint:
             return defer.fail()
         try:
             # adoptStreamPort duplicates the descriptor; our copy is closed either way.
-            listening: IListeningPort = self.reactor.adoptStreamPort(sock.fileno(), sock.family, protocolFactory)
+            listening: IListeningPort = self.reactor.adoptStreamPort(
+                sock.fileno(), sock.family, protocolFactory
+            )
         except BaseException:
             return defer.fail()
         finally:
@@ -111,7 +124,9 @@ class ReusePortParser:
         options = {name: str(value) for name, value in kwargs.items()}
         port = str(args[0]) if args else options.pop("port", None)
         if port is None or len(args) > 1:
-            raise ValueError(f"{PREFIX}: expected {PREFIX}:PORT[:interface=ADDR][:backlog=N][:ipv6only=yes|no]")
+            raise ValueError(
+                f"{PREFIX}: expected {PREFIX}:PORT[:interface=ADDR][:backlog=N][:ipv6only=yes|no]"
+            )
         interface = options.pop("interface", "0.0.0.0")
         backlog = int(options.pop("backlog", DEFAULT_BACKLOG))
         ipv6only = _flag("ipv6only", options.pop("ipv6only", None))

@@ -4,7 +4,7 @@ A real ``twist gatewayd --dev`` subprocess. With an event stream open over
 each protocol and a unary call in flight, SIGTERM must end every stream with
 UNAVAILABLE (the gRPC trailer, the gRPC-Web trailer frame, the Connect
 end-stream message, each read by ``gatewayd.client``), let the unary call
-finish, and exit within the drain time.
+finish, and exit 0 within the drain time.
 
 The in-flight call is a Connect unary request over HTTP/1.1 whose body is
 only half sent when SIGTERM arrives: ``Expect: 100-continue`` makes the
@@ -81,9 +81,20 @@ def dev_gateway(tmp_path: Path) -> Iterator[DevGateway]:
     log = tmp_path / "gatewayd.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [TWIST, "--log-format=text", "gatewayd", "--dev", "--listen", f"tcp:{port}:interface=127.0.0.1",
-             "--state-dir", str(tmp_path / "state")],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                TWIST,
+                "--log-format=text",
+                "gatewayd",
+                "--dev",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
     gateway = DevGateway(process, port, tmp_path / "state", log)
     try:
@@ -133,7 +144,7 @@ def _final_response(raw: bytes) -> tuple[int, bytes]:
             size = int(size_line.split(b";")[0], 16)
             if size == 0:
                 break
-            out, body = out + body[:size], body[size + 2:]
+            out, body = out + body[:size], body[size + 2 :]
         body = out
     return status, body
 
@@ -189,14 +200,14 @@ async def test_sigterm_ends_streams_unavailable_finishes_unary_and_exits(dev_gat
         response = ExecuteCommandResponse()
         response.ParseFromString(answer)
         gateway_key = GatewayKey.load(dev_gateway.state_dir / "gateway.key")
-        verified = verify_response(response, session.device_session_id, request.envelope.request_id,
-                                   gateway_key.public_key)
+        verified = verify_response(
+            response, session.device_session_id, request.envelope.request_id, gateway_key.public_key
+        )
         assert verified.ok, verified.result_code
 
         await _until(lambda: dev_gateway.process.poll() is not None, "the process to exit", DEFAULT_DRAIN_S)
         assert time.monotonic() - started < DEFAULT_DRAIN_S
-        # Twisted's twist re-raises SIGTERM after a clean stop (see the xfail test below).
-        assert dev_gateway.process.returncode in (0, -signal.SIGTERM), dev_gateway.text()
+        assert dev_gateway.process.returncode == 0, dev_gateway.text()
         log = dev_gateway.text()
         assert "3 event streams ended" in log and "gatewayd stopped" in log, log
     finally:
@@ -204,26 +215,28 @@ async def test_sigterm_ends_streams_unavailable_finishes_unary_and_exits(dev_gat
             await client.close()
 
 
-@pytest.mark.xfail(strict=True, reason="twist re-raises SIGTERM after the clean stop (reactor._exitSignal): "
-                                        "exit status -15, PROTOCOL.md section 7 says 0")
-def test_sigterm_exit_status_is_zero(dev_gateway: DevGateway) -> None:
-    dev_gateway.process.send_signal(signal.SIGTERM)
-    assert dev_gateway.process.wait(timeout=DEFAULT_DRAIN_S) == 0
-
-
 # --- starts that must fail ------------------------------------------------------------------
 
 
 def _run(args: list[str], cwd: Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TWIST, "--log-format=text", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [TWIST, "--log-format=text", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
-@pytest.mark.parametrize(("toml", "named"), [
-    ('[server]\nlisten = "tcp:0"\nlisten_backlog = 5\n', "server.listen_backlog"),
-    ('[server]\nmax_message_bytes = "big"\n', "server.max_message_bytes"),
-    ("[server\nlisten = \n", "bad.toml"),  # not TOML at all: the file is named
-])
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ('[server]\nlisten = "tcp:0"\nlisten_backlog = 5\n', "server.listen_backlog"),
+        ('[server]\nmax_message_bytes = "big"\n', "server.max_message_bytes"),
+        ("[server\nlisten = \n", "bad.toml"),  # not TOML at all: the file is named
+    ],
+)
 def test_bad_config_names_the_key_and_exits_non_zero(tmp_path: Path, toml: str, named: str) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(toml)
@@ -232,15 +245,23 @@ def test_bad_config_names_the_key_and_exits_non_zero(tmp_path: Path, toml: str, 
     assert named in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="a StartupError raised in GatewayService.startService is lost: "
-                                        "twist keeps running with no listener and prints nothing")
+@pytest.mark.xfail(
+    strict=True,
+    reason="a StartupError raised in GatewayService.startService is lost: "
+    "twist keeps running with no listener and prints nothing",
+)
 def test_production_without_signing_key_fails_with_a_clear_message(tmp_path: Path) -> None:
     config = tmp_path / "prod.toml"
     config.write_text(f'[server]\nlisten = "tcp:{free_port()}:interface=127.0.0.1"\n')
     log = tmp_path / "out.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([TWIST, "--log-format=text", "gatewayd", "--config", str(config)], cwd=tmp_path,
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [TWIST, "--log-format=text", "gatewayd", "--config", str(config)],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         # It must exit; a process whose reactor has run for 3 s without exiting never will.
         deadline = time.monotonic() + START_TIMEOUT_S

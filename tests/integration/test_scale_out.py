@@ -45,8 +45,9 @@ EXECUTE = "/gateway.v1.Gateway/ExecuteCommand"
 
 
 def test_parser_reads_port_interface_backlog_and_ipv6only() -> None:
-    e = ReusePortParser().parseStreamServer(default_reactor, "8080", interface="::1", backlog="7",
-                                            ipv6only="yes")
+    e = ReusePortParser().parseStreamServer(
+        default_reactor, "8080", interface="::1", backlog="7", ipv6only="yes"
+    )
     assert (e.port, e.interface, e.backlog, e.ipv6only) == (8080, "::1", 7, True)
     with pytest.raises(ValueError, match="unknown option"):
         ReusePortParser().parseStreamServer(default_reactor, "8080", nodelay="yes")
@@ -108,8 +109,9 @@ class Proc:
 def _spawn(args: list[str], log: Path) -> Proc:
     out = log.open("wb")
     try:
-        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   cwd=ROOT)
+        process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
     finally:
         out.close()
     return Proc(process, log)
@@ -132,7 +134,9 @@ def _wait_for(predicate, what: str, procs: list[Proc], timeout: float = START_TI
             return
         for p in procs:
             if p.process.poll() is not None:
-                raise AssertionError(f"{p.process.args} exited {p.process.returncode} before {what}:\n{p.text()}")
+                raise AssertionError(
+                    f"{p.process.args} exited {p.process.returncode} before {what}:\n{p.text()}"
+                )
         time.sleep(0.02)
     logs = "\n---\n".join(p.text()[-3000:] for p in procs)
     raise AssertionError(f"timed out waiting for {what}:\n{logs}")
@@ -153,8 +157,9 @@ class Cluster:
     gateways: list[Proc]
 
 
-def _gateway_config(path: Path, port: int, key: Path, other_public: Path, redis_url: str, http: int,
-                    push: int) -> None:
+def _gateway_config(
+    path: Path, port: int, key: Path, other_public: Path, redis_url: str, http: int, push: int
+) -> None:
     path.write_text(
         f'[server]\nlisten = "reuseport:{port}:interface=127.0.0.1"\ndrain_timeout_s = 2.0\n'
         f'[backend]\nbase_url = "http://127.0.0.1:{http}"\npush_endpoint = "tcp:host=127.0.0.1:port={push}"\n'
@@ -169,9 +174,18 @@ def cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[Cluster]:
     http, push, port = free_port(), free_port(), free_port()
     procs: list[Proc] = []
     try:
-        backend = _spawn([TWIST, "--log-format=text", "gatewayd-devbackend",
-                          "--http", f"tcp:{http}:interface=127.0.0.1",
-                          "--push", f"tcp:{push}:interface=127.0.0.1"], tmp_path / "backend.log")
+        backend = _spawn(
+            [
+                TWIST,
+                "--log-format=text",
+                "gatewayd-devbackend",
+                "--http",
+                f"tcp:{http}:interface=127.0.0.1",
+                "--push",
+                f"tcp:{push}:interface=127.0.0.1",
+            ],
+            tmp_path / "backend.log",
+        )
         procs.append(backend)
         _wait_for(lambda: _accepts(http) and _accepts(push), "the backend to listen", procs)
         keys = [GatewayKey.generate(), GatewayKey.generate()]
@@ -181,15 +195,26 @@ def cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[Cluster]:
         gateways = []
         for i in range(2):
             config = tmp_path / f"gw{i}.toml"
-            _gateway_config(config, port, tmp_path / f"gw{i}.key", tmp_path / f"gw{1 - i}.pub",
-                            redis_server.url, http, push)
-            gateway = _spawn([TWIST, "--log-format=text", "gatewayd", "--config", str(config)],
-                             tmp_path / f"gw{i}.log")
+            _gateway_config(
+                config,
+                port,
+                tmp_path / f"gw{i}.key",
+                tmp_path / f"gw{1 - i}.pub",
+                redis_server.url,
+                http,
+                push,
+            )
+            gateway = _spawn(
+                [TWIST, "--log-format=text", "gatewayd", "--config", str(config)], tmp_path / f"gw{i}.log"
+            )
             procs.append(gateway)
             gateways.append(gateway)
         # Each logs this line only once its reuseport listener is bound (a failed bind never logs it).
-        _wait_for(lambda: all("gatewayd listening on" in g.text() for g in gateways), "both gateways to listen",
-                  procs)
+        _wait_for(
+            lambda: all("gatewayd listening on" in g.text() for g in gateways),
+            "both gateways to listen",
+            procs,
+        )
         yield Cluster(port, {k.key_id: k for k in keys}, gateways)
     finally:
         for p in reversed(procs):
@@ -228,8 +253,12 @@ def _request(key: DeviceKey, session: str) -> ExecuteCommandRequest:
 
 def _execute(conn: http.client.HTTPConnection, request: ExecuteCommandRequest) -> tuple[int, bytes]:
     """One Connect unary call on ``conn`` (kept alive): the HTTP status and the body."""
-    conn.request("POST", EXECUTE, request.SerializeToString(),
-                 {"Content-Type": "application/proto", "Connect-Protocol-Version": "1"})
+    conn.request(
+        "POST",
+        EXECUTE,
+        request.SerializeToString(),
+        {"Content-Type": "application/proto", "Connect-Protocol-Version": "1"},
+    )
     response = conn.getresponse()
     return response.status, response.read()
 

@@ -69,11 +69,36 @@ def test_unit_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     shutil.copy(CONF / "gatewayd.socket", tmp_path / "gatewayd.socket")
     result = subprocess.run(
         [analyze, "verify", str(tmp_path / "gatewayd.service"), str(tmp_path / "gatewayd.socket")],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     # verify exits 0 on unknown keys and unparsable values ("..., ignoring"): any output is a finding.
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+
+
+def test_documented_instance_template_passes_verify(tmp_path: Path) -> None:
+    """docs/operations.md: gatewayd@.service = the unit plus Sockets=; the socket activates instance 1."""
+    analyze = _systemd_analyze()
+    service = (CONF / "gatewayd.service").read_text().replace(INSTALLED_TWIST, TWIST)
+    template = service.replace("[Service]\n", "[Service]\nSockets=gatewayd.socket\n", 1)
+    assert template != service
+    (tmp_path / "gatewayd@1.service").write_text(template)
+    socket_unit = (CONF / "gatewayd.socket").read_text()
+    socket_unit = socket_unit.replace("[Socket]\n", "[Socket]\nService=gatewayd@1.service\n", 1)
+    (tmp_path / "gatewayd.socket").write_text(socket_unit)
+    result = subprocess.run(
+        [analyze, "verify", str(tmp_path / "gatewayd.socket"), str(tmp_path / "gatewayd@1.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr
+    )
 
 
 def test_unit_does_not_send_sighup() -> None:
@@ -110,9 +135,25 @@ def _activated(sock: socket.socket, tmp_path: Path, name: str) -> subprocess.Pop
     log = (tmp_path / f"{name}.log").open("wb")
     try:
         return subprocess.Popen(
-            [sys.executable, "-c", WRAPPER, str(sock.fileno()), TWIST, "--log-format=text", "gatewayd", "--dev",
-             "--config", str(config), "--state-dir", str(tmp_path / name)],
-            pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-c",
+                WRAPPER,
+                str(sock.fileno()),
+                TWIST,
+                "--log-format=text",
+                "gatewayd",
+                "--dev",
+                "--config",
+                str(config),
+                "--state-dir",
+                str(tmp_path / name),
+            ],
+            pass_fds=(sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
     finally:
         log.close()
@@ -138,7 +179,9 @@ def _get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
         conn.close()
 
 
-def test_gateway_serves_on_the_socket_systemd_passes(activation_socket: socket.socket, tmp_path: Path) -> None:
+def test_gateway_serves_on_the_socket_systemd_passes(
+    activation_socket: socket.socket, tmp_path: Path
+) -> None:
     port = activation_socket.getsockname()[1]
     process = _activated(activation_socket, tmp_path, "one")
     try:
