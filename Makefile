@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
+	@# The browser app at /app/ needs node; the gateway runs without it.
+	@if command -v node >/dev/null; then \
+	  [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; \
+	  node web/build.mjs; \
+	else echo "node not found: the web app at /app/ is skipped"; fi
 	$(BIN)/twist gatewayd --dev
 
 test: $(STAMP)

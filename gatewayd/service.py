@@ -36,6 +36,7 @@ from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.methods import MethodTable
 from gatewayd.signing import GatewayKey, KeyFileError, Keyring, load_public_key
+from gatewayd.static import with_app
 from gatewayd.stores.base import build_stores
 from gatewayd.transport.cors import CorsPolicy
 from gatewayd.transport.server import build_factory
@@ -103,7 +104,9 @@ class Gateway:
         for method in [*self.health.methods(), *gateway_methods(self.pipeline, self.subscribe)]:
             self.methods.add(method)
         self.cors = CorsPolicy(config.server.cors_origins, dev=config.dev.enabled)
-        self.web_resource = web_resource if web_resource is not None else self._public_resource()
+        self.web_resource = (
+            web_resource if web_resource is not None else with_app(self._public_resource(), config)
+        )
         self.factory, self.rpc = build_factory(self.methods, reactor, config.server, self.web_resource, self.cors)
         gateway_id = backend.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
         self.push = PushConsumer.from_endpoint_string(
