@@ -97,6 +97,10 @@ class GatewayMetrics:
             "gatewayd_store_errors", "Store operations that failed (unavailable, cancelled, error).",
             ["store", "operation", "reason"], registry=r,
         )
+        # labels() costs microseconds (validation, a lock): label children are looked up once and
+        # kept, since these observers run several times per request. Keys are bounded (see above).
+        self._call_children: dict[tuple[str, str, Code], tuple[Any, Any]] = {}
+        self._stage_children: dict[str, Any] = {}
         if process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -106,8 +110,15 @@ class GatewayMetrics:
 
     def observe_call(self, call: Call, code: Code, seconds: float) -> None:
         """A ``CallObserver`` for ``RpcApplication.observers``."""
-        self.calls.labels(call.protocol, call.method, code.name).inc()
-        self.call_seconds.labels(call.protocol, call.method).observe(seconds)
+        key = (call.protocol, call.method, code)
+        children = self._call_children.get(key)
+        if children is None:
+            children = self._call_children[key] = (
+                self.calls.labels(call.protocol, call.method, code.name),
+                self.call_seconds.labels(call.protocol, call.method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_stage(self, stage: str, seconds: float, outcome: str) -> None:
         """A ``StageObserver`` for ``Pipeline(on_stage=...)``.
@@ -115,7 +126,10 @@ class GatewayMetrics:
         ``outcome`` is ``"ok"``, a lowercase code name or ``"error"``; rejections are
         counted under the upper-case code name (``UNAUTHENTICATED``, ``ERROR``).
         """
-        self.stage_seconds.labels(stage).observe(seconds)
+        histogram = self._stage_children.get(stage)
+        if histogram is None:
+            histogram = self._stage_children[stage] = self.stage_seconds.labels(stage)
+        histogram.observe(seconds)
         if outcome != "ok":
             self.stage_rejections.labels(stage, outcome.upper()).inc()
 
