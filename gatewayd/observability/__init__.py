@@ -10,4 +10,6 @@ from gatewayd.observability.instrument import instrument
 from gatewayd.observability.metrics import GatewayMetrics
 from gatewayd.observability.resource import MetricsResource, MetricsRoot, MetricsService, wrap_with_metrics
 
-__all__ = ["GatewayMetrics", "MetricsResource", "MetricsRoot", "MetricsService", "instrument", "wrap_with_metrics"]
+__all__ = [
+    "GatewayMetrics", "MetricsResource", "MetricsRoot", "MetricsService", "instrument", "wrap_with_metrics",
+]

@@ -82,7 +82,8 @@ def _safe_value(value: Any, depth: int = 0) -> Any:
     if isinstance(value, Message):
         return f"<{type(value).__name__}>"
     if depth >= 3:
-        return value if isinstance(value, str | int | float | bool | type(None)) else f"<{type(value).__name__}>"
+        scalar = isinstance(value, str | int | float | bool | type(None))
+        return value if scalar else f"<{type(value).__name__}>"
     if isinstance(value, Mapping):
         return {k: REDACTED if isinstance(k, str) and is_denied(k) else _safe_value(v, depth + 1)
                 for k, v in value.items()}

@@ -85,7 +85,7 @@ class GatewayMetrics:
         )
         self.backend_errors = Counter(
             "gatewayd_backend_errors",
-            "Backend requests that failed (unavailable, timeout, cancelled, error); HTTP answers are not errors.",
+            "Backend requests that failed (unavailable, timeout, cancelled, error); HTTP statuses are not.",
             ["operation", "reason"], registry=r,
         )
         self.store_seconds = Histogram(
@@ -135,7 +135,9 @@ class GatewayMetrics:
 
     # --- wrappers for Deferred-returning calls -------------------------------------------------
 
-    def timed_backend(self, operation: str, function: Callable[..., Deferred[T]]) -> Callable[..., Deferred[T]]:
+    def timed_backend(
+        self, operation: str, function: Callable[..., Deferred[T]]
+    ) -> Callable[..., Deferred[T]]:
         """``function`` with its round trips in ``backend_seconds`` and failures in ``backend_errors``."""
         seconds = self.backend_seconds.labels(operation)
 

@@ -14,6 +14,7 @@ from twisted.internet import reactor, task
 from gatewayd.client import DeviceKey, GatewayClient, RpcCallError, VerifiedEvent
 from gatewayd.client.client import DeviceSession
 from gatewayd.observability import GatewayMetrics, MetricsService
+from gatewayd.observability.instrument import time_store_methods
 from gatewayd.public.testing import Answer, h2c, http1
 from gatewayd.rpc.codes import Code
 from gatewayd.testing.client import RunningGateway, login, signed_execute_request, start_gateway
@@ -243,3 +244,39 @@ async def test_metrics_root_in_front_of_a_klein_app(over: str) -> None:
         assert b"# TYPE gatewayd_rpc_calls_total counter" in answer.body
     finally:
         await server.stop()
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_operations_are_timed(gateway: RunningGateway, clients: Any) -> None:
+    # In-memory stores are not timed by default (synchronous dict work); time them here.
+    time_store_methods(gateway.gateway.stores, gateway.gateway.metrics)
+    client, _, _ = await clients("connect")
+    await client.execute("user.profile.get")
+    samples = await scrape(gateway)
+    count = "gatewayd_store_operation_duration_seconds_count"
+    assert value(samples, count, store="replay", operation="reserve") == 1
+    # The rate stage charges four budgets: ip, session, user, message type.
+    assert value(samples, count, store="rate", operation="consume") >= 4
+
+
+def test_store_and_backend_failures_get_bounded_reasons() -> None:
+    from twisted.internet import defer
+
+    from gatewayd.backend.rest import BackendUnavailable
+    from gatewayd.stores.base import StoreUnavailable
+
+    metrics = GatewayMetrics(process=False)
+    down = metrics.timed_store("replay", "reserve", lambda: defer.fail(StoreUnavailable("redis down")))
+    down().addErrback(lambda f: f.trap(StoreUnavailable))
+    hanging = metrics.timed_store("replay", "reserve", lambda: defer.Deferred[None]())
+    hanging().addErrback(lambda f: f.trap(defer.CancelledError)).cancel()
+    timeout = BackendUnavailable("backend unavailable: TimeoutError")  # BackendClient's shape of a timeout
+    slow = metrics.timed_backend("route", lambda: defer.fail(timeout))
+    slow().addErrback(lambda f: f.trap(BackendUnavailable))
+    get = metrics.registry.get_sample_value
+    replay = {"store": "replay", "operation": "reserve"}
+    assert get("gatewayd_store_errors_total", {**replay, "reason": "unavailable"}) == 1
+    assert get("gatewayd_store_errors_total", {**replay, "reason": "cancelled"}) == 1
+    assert get("gatewayd_store_operation_duration_seconds_count", replay) == 2
+    assert get("gatewayd_backend_errors_total", {"operation": "route", "reason": "timeout"}) == 1
