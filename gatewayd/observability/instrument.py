@@ -8,7 +8,8 @@ Called once at the end of ``Gateway.__init__``. It wires:
   the stores are in memory (synchronous dict work, nothing worth a histogram),
   timed store methods (``reserve``, ``consume``);
 - a scrape-time collector over the hub, dispatcher, push consumer and listener;
-- ``/metrics`` in front of the site's resource tree (HTTP/1.1 and HTTP/2 share the site).
+- ``/metrics`` in front of the site's resource tree (HTTP/1.1 and HTTP/2 share the site), unless
+  ``server.metrics_listen`` is set: then ``MetricsService`` serves it there and only there.
 
 The parts are built before ``instrument`` runs and some hold references taken at
 construction, so a few hooks are set on live objects; each such place says so.
@@ -29,11 +30,13 @@ if TYPE_CHECKING:
 BACKEND_OPERATIONS = {"get_session": "session", "call_route": "route", "post_json": "public"}
 
 
-def instrument(gateway: Gateway, metrics: GatewayMetrics | None = None,
-               time_stores: bool | None = None) -> GatewayMetrics:
+def instrument(gateway: Gateway, metrics: GatewayMetrics | None = None, *,
+               time_stores: bool | None = None, on_main_port: bool | None = None) -> GatewayMetrics:
     """Attach ``metrics`` (a new ``GatewayMetrics`` by default) to ``gateway``; return it.
 
     ``time_stores``: time replay/rate store calls; ``None`` means "unless the stores are in memory".
+    ``on_main_port``: serve ``/metrics`` on the gateway's port; ``None`` means "unless
+    ``server.metrics_listen`` names a separate endpoint" (conf/gatewayd.toml: empty = main port).
     """
     metrics = metrics if metrics is not None else GatewayMetrics()
     gateway.rpc.observers.append(metrics.observe_call)
@@ -44,9 +47,12 @@ def instrument(gateway: Gateway, metrics: GatewayMetrics | None = None,
     if time_stores:
         time_store_methods(gateway.stores, metrics)
     metrics.registry.register(GatewayCollector(gateway))
-    site = gateway.factory.site
-    site.resource = wrap_with_metrics(site.resource, metrics)
-    gateway.web_resource = site.resource
+    if on_main_port is None:
+        on_main_port = not gateway.config.server.metrics_listen
+    if on_main_port:
+        site = gateway.factory.site
+        site.resource = wrap_with_metrics(site.resource, metrics)
+        gateway.web_resource = site.resource
     return metrics
 
 

@@ -280,3 +280,20 @@ def test_store_and_backend_failures_get_bounded_reasons() -> None:
     assert get("gatewayd_store_errors_total", {**replay, "reason": "cancelled"}) == 1
     assert get("gatewayd_store_operation_duration_seconds_count", replay) == 2
     assert get("gatewayd_backend_errors_total", {"operation": "route", "reason": "timeout"}) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_listen_takes_metrics_off_the_main_port(tmp_path: Any) -> None:
+    gw = await start_gateway(str(tmp_path / "state"), server={"metrics_listen": "tcp:0:interface=127.0.0.1"})
+    service = MetricsService(reactor, gw.gateway.config.server.metrics_listen, gw.gateway.metrics)
+    try:
+        await service.startService()
+        main = gw.port.getHost().port
+        assert (await http1(main, "GET", "/metrics")).status == 404
+        assert (await http1(main, "GET", "/api/v1/public/gateway-keys")).status == 200
+        answer = await http1(service.port.getHost().port, "GET", "/metrics")
+        assert answer.status == 200
+        assert value(parse(answer.body), "gatewayd_push_streams_open") == 0
+    finally:
+        await service.stopService()
+        await gw.stop()
