@@ -87,6 +87,16 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time ``pid`` (all its threads) has used so far, in seconds.
+
+    On a shared machine this is the robust number: req/s depends on what else runs,
+    CPU per request much less.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of ``values``; NaN when empty."""
     if not values:
@@ -131,6 +141,9 @@ def machine() -> dict[str, str]:
 
 def emit(result: dict[str, Any], path: Path | None) -> None:
     """Print one JSON result line (and append it to ``path``)."""
+    # The machine is shared: every result carries the 1-minute load average and the time it was taken.
+    result = {"loadavg": Path("/proc/loadavg").read_text().split()[0],
+              "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), **result}
     line = json.dumps(result, sort_keys=True)
     print(line, flush=True)
     if path is not None:

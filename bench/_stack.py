@@ -114,7 +114,7 @@ def _post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/public/auth/{path}", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]
+        return json.loads(r.read())
 
 
 def login(port: int, n: int, emails: int = 1) -> list[dict[str, str]]:

@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench._common import CLIENT_CORE, PYTHON, Spread, emit
+from bench._common import CLIENT_CORE, PYTHON, Spread, cpu_seconds, emit
 from bench._stack import login, start_stack
+from bench.profile import Profiler, summarize
 
 PROTOCOLS = {
     # protocol -> (connections, streams per connection)
@@ -33,7 +34,7 @@ def loadgen(port: int, sessions: Path, protocol: str, requests: int, message_typ
            str(sessions), "--protocol", protocol, "--requests", str(requests), "--connections", str(conns),
            "--streams", str(streams), "--message-type", message_type, "--payload", payload, "--timeout", "150"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=200, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--message-type", default="user.profile.get")
     parser.add_argument("--payload", default="")
     parser.add_argument("--nodelay", action="store_true", help="diagnostic: TCP_NODELAY in both Twisted processes")
+    parser.add_argument("--profile", action="store_true",
+                        help="one extra run per protocol under py-spy; summary in the work folder, not timed")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     for stores in args.stores:
@@ -53,22 +56,37 @@ def main() -> None:
         try:
             sessions = work / "sessions.json"
             sessions.write_text(json.dumps(login(stack.port, 8)))
+            gw = stack.gateway
+            backend = next(p for p in stack.procs if p.name == "devbackend")
+            assert gw is not None
             for protocol in args.protocols:
                 loadgen(stack.port, sessions, protocol, 300, args.message_type, args.payload)  # warm-up
-                stats = {k: Spread() for k in ("rps", "mean_ms", "p50_ms", "p99_ms")}
+                stats = {k: Spread() for k in ("rps", "mean_ms", "p50_ms", "p99_ms", "cpu_us", "backend_cpu_us")}
                 outcomes: dict[str, int] = {}
                 for _ in range(args.repeats):
+                    cpu0, bcpu0 = cpu_seconds(gw.pid), cpu_seconds(backend.pid)
                     r = loadgen(stack.port, sessions, protocol, args.requests, args.message_type, args.payload)
+                    r["cpu_us"] = 1e6 * (cpu_seconds(gw.pid) - cpu0) / max(1, r["answered"])
+                    r["backend_cpu_us"] = 1e6 * (cpu_seconds(backend.pid) - bcpu0) / max(1, r["answered"])
                     for k, s in stats.items():
                         s.add(r[k])
                     for k, v in r["outcomes"].items():
                         outcomes[k] = outcomes.get(k, 0) + v
+                if args.profile:
+                    assert stack.gateway is not None
+                    prof = Profiler(stack.gateway.pid, work / f"profile-{protocol}.txt")
+                    prof.start()
+                    loadgen(stack.port, sessions, protocol, args.requests, args.message_type, args.payload)
+                    prof.stop()
+                    (work / f"profile-{protocol}.summary").write_text(summarize(prof.out))
+                    print(f"profile: {work / f'profile-{protocol}.summary'}", flush=True)
                 conns, streams = PROTOCOLS[protocol]
                 emit({"bench": "execute", "stores": stores, "protocol": protocol, "nodelay": args.nodelay,
                       "connections": conns, "streams": streams, "requests": args.requests,
                       "repeats": args.repeats, "message_type": args.message_type, "outcomes": outcomes,
                       **{k: s.values for k, s in stats.items()},
-                      "fmt": {k: s.fmt(0 if k == "rps" else 1) for k, s in stats.items()}}, args.out)
+                      "fmt": {k: s.fmt(0 if k in ("rps", "cpu_us", "backend_cpu_us") else 1)
+                              for k, s in stats.items()}}, args.out)
         finally:
             stack.stop()
 

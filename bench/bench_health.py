@@ -15,7 +15,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench._common import CLIENT_CORE, PYTHON, ROOT, SERVER_CORE, Spread, emit, free_port, percentile, start, wait_port
+from bench._common import (
+    CLIENT_CORE,
+    PYTHON,
+    ROOT,
+    SERVER_CORE,
+    Spread,
+    cpu_seconds,
+    emit,
+    free_port,
+    percentile,
+    start,
+    wait_port,
+)
 
 PATH = "/grpc.health.v1.Health/Check"
 GRPC_BODY = b"\x00\x00\x00\x00\x00"  # uncompressed flag + length 0: an empty HealthCheckRequest
@@ -77,17 +89,19 @@ def main() -> None:
                 if srv != server:
                     continue
                 h2load(port, h2args, bodies[body], 1000, work / "warmup.log")  # warm-up, discarded
-                stats = {k: Spread() for k in ("rps", "mean_ms", "p50_ms", "p99_ms")}
+                stats = {k: Spread() for k in ("rps", "mean_ms", "p50_ms", "p99_ms", "cpu_us")}
                 failed = 0.0
                 for _ in range(args.repeats):
+                    cpu0 = cpu_seconds(proc.pid)
                     r = h2load(port, h2args, bodies[body], args.requests, work / "run.log")
+                    r["cpu_us"] = 1e6 * (cpu_seconds(proc.pid) - cpu0) / max(1.0, r["ok"])
                     failed += args.requests - r["ok"]
                     for k, s in stats.items():
                         s.add(r[k])
                 emit({"bench": "health", "row": row, "server": server, "h2load": " ".join(h2args),
                       "requests": args.requests, "repeats": args.repeats, "failed": failed,
                       **{k: s.values for k, s in stats.items()},
-                      "fmt": {k: s.fmt(0 if k == "rps" else 2) for k, s in stats.items()}}, args.out)
+                      "fmt": {k: s.fmt(0 if k in ("rps", "cpu_us") else 2) for k, s in stats.items()}}, args.out)
         finally:
             proc.stop()
 

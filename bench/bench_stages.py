@@ -18,7 +18,7 @@ from typing import Any
 from nacl.signing import SigningKey
 from twisted.internet import defer, task
 
-from bench._common import emit
+from bench._common import CLIENT_CORE, emit, free_port, start, wait_port
 from bench.loadgen import sign_requests
 from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandRequest
 from gatewayd.config import Budget, Config, LimitsConfig
@@ -109,16 +109,29 @@ def main() -> None:
     parser.add_argument("--message-type", default="user.profile.get")
     parser.add_argument("--payload", default="")
     parser.add_argument("--redis-url", default="")
+    parser.add_argument("--redis", action="store_true", help="start a private redis-server (core 1) and use it")
     parser.add_argument("--state-dir", default="/tmp/bench-stages")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+
+    redis = None
+    if args.redis and not args.redis_url:
+        port = free_port()
+        redis = start("redis-stages", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no"], CLIENT_CORE, Path(args.state_dir))
+        wait_port(port, proc=redis.popen)
+        args.redis_url = f"redis://127.0.0.1:{port}/0"
 
     def go(reactor: Any) -> Any:
         async def body() -> None:
             emit(await run(reactor, args), args.out)
         return defer.Deferred.fromCoroutine(body())
 
-    task.react(go)
+    try:
+        task.react(go)
+    finally:
+        if redis is not None:
+            redis.stop()
 
 
 if __name__ == "__main__":

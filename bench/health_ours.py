@@ -21,7 +21,7 @@ def main() -> None:
     config = ServerConfig(max_concurrent_streams=streams)
     factory, _app = build_factory(table, reactor, config, None, None)
     endpoints.TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(factory)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":

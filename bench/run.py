@@ -26,10 +26,11 @@ def commands(quick: bool, out: Path) -> dict[str, list[list[str]]]:
     return {
         "health": [[PYTHON, "-m", "bench.bench_health", "--requests", n, "--repeats", reps, *o]],
         "execute": [[PYTHON, "-m", "bench.bench_execute", "--requests", e, "--repeats", reps, *o]],
-        "stages": [["taskset", "-c", SERVER_CORE, PYTHON, "-m", "bench.bench_stages", *o],
-                   ["taskset", "-c", SERVER_CORE, PYTHON, "-m", "bench.bench_stages", "--concurrency", "16", *o]],
-        "fanout": [[PYTHON, "-m", "bench.bench_fanout", "--layout", layout, *o]
-                   for layout in (["10x100", "10x1000", "1000x1", "1000x10"] if not quick else
+        "stages": [["taskset", "-c", SERVER_CORE, PYTHON, "-m", "bench.bench_stages", *extra, *o]
+                   for extra in ([], ["--concurrency", "16"], ["--redis"], ["--redis", "--concurrency", "16"])],
+        # Waves of 500: opening 10,000 subscriptions at once overloads the gateway (see README).
+        "fanout": [[PYTHON, "-m", "bench.bench_fanout", "--layout", layout, "--wave", "500", *o]
+                   for layout in (["10x100", "100x10", "10x1000", "1000x10"] if not quick else
                                   ["10x100", "100x10"])],
     }
 
@@ -40,23 +41,26 @@ def render(path: Path) -> str:
     health = [r for r in rows if r["bench"] == "health"]
     if health:
         out += ["### Health/Check unary (h2load; server on core 0, h2load on core 1)", "",
-                "| protocol | server | h2load | req/s | mean ms | p50 ms | p99 ms | failed |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "| protocol | server | h2load | req/s | mean ms | p50 ms | p99 ms | server CPU µs/req | failed |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in health:
             f = r["fmt"]
             out.append(f"| {r['row']} | {r['server']} | `{r['h2load'].split(' -H')[0]}` | {f['rps']} | "
-                       f"{f['mean_ms']} | {f['p50_ms']} | {f['p99_ms']} | {int(r['failed'])} |")
+                       f"{f['mean_ms']} | {f['p50_ms']} | {f['p99_ms']} | {f.get('cpu_us', '-')} | "
+                       f"{int(r['failed'])} |")
         out.append("")
     execute = [r for r in rows if r["bench"] == "execute"]
     if execute:
         out += ["### ExecuteCommand, whole pipeline + backend (gateway core 0; backend, redis, loadgen core 1)", "",
-                "| protocol | stores | conns x streams | req/s | mean ms | p50 ms | p99 ms | outcomes |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "| protocol | stores | conns x streams | req/s | mean ms | p50 ms | p99 ms | gateway CPU µs/req "
+                "| backend CPU µs/req | outcomes |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in execute:
             f = r["fmt"]
             nd = " (TCP_NODELAY)" if r.get("nodelay") else ""
             out.append(f"| {r['protocol']}{nd} | {r['stores']} | {r['connections']} x {r['streams']} | {f['rps']} | "
-                       f"{f['mean_ms']} | {f['p50_ms']} | {f['p99_ms']} | {r['outcomes']} |")
+                       f"{f['mean_ms']} | {f['p50_ms']} | {f['p99_ms']} | {f.get('cpu_us', '-')} | "
+                       f"{f.get('backend_cpu_us', '-')} | {r['outcomes']} |")
         out.append("")
     stages = [r for r in rows if r["bench"] == "stages"]
     if stages:
@@ -73,12 +77,13 @@ def render(path: Path) -> str:
     if fanout:
         out += ["### SubscribeEvents fan-out (one gateway process on core 0; clients + backend on core 1)", "",
                 "| conns x streams | N streams | open s | RSS KiB/stream | publish→delivery p50 ms | p99 ms | "
-                "max ms | deliveries/s (burst) | events/s | missing |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "max ms | deliveries/s (burst) | events/s | CPU µs/open | CPU µs/delivery | missing |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in fanout:
             out.append(f"| {r['connections']} x {r['streams']} | {r['n']} | {r['open_s']:.1f} | "
                        f"{r['rss_kib_per_stream']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | "
-                       f"{r['deliveries_per_s']:.0f} | {r['events_per_s']:.1f} | {r['missing']} |")
+                       f"{r['deliveries_per_s']:.0f} | {r['events_per_s']:.1f} | {r.get('cpu_us_per_open', 0):.0f} | "
+                       f"{r.get('cpu_us_per_delivery', 0):.1f} | {r['missing']} |")
         out.append("")
     return "\n".join(out)
 

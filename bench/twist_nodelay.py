@@ -13,7 +13,7 @@ from twisted.internet import tcp
 
 def _patch() -> None:
     original_server_init = tcp.Server.__init__
-    original_connected = tcp.Client._connectDone  # type: ignore[attr-defined]
+    original_connected = tcp.Client._connectDone
 
     def server_init(self: tcp.Server, *args: object, **kwargs: object) -> None:
         original_server_init(self, *args, **kwargs)  # type: ignore[arg-type]
@@ -24,7 +24,7 @@ def _patch() -> None:
         original_connected(self)
 
     tcp.Server.__init__ = server_init  # type: ignore[method-assign]
-    tcp.Client._connectDone = client_connected  # type: ignore[attr-defined]
+    tcp.Client._connectDone = client_connected  # type: ignore[method-assign,assignment]
 
 
 if __name__ == "__main__":
