@@ -26,7 +26,8 @@ from gatewayd.backend.rest import BackendClient
 from gatewayd.backend.sessions import SessionCache
 from gatewayd.config import Config
 from gatewayd.health import NOT_SERVING, HealthService
-from gatewayd.observability import instrument
+from gatewayd.observability import GatewayMetrics, MetricsService, wrap_with_metrics
+from gatewayd.observability.instrument import attach, time_backend_client, time_store_methods
 from gatewayd.pipeline.pipeline import Pipeline, gateway_methods
 from gatewayd.pipeline.signer import EventSigner, ResponseSigner
 from gatewayd.push.dispatcher import Dispatcher
@@ -76,9 +77,13 @@ class Gateway:
         self.reactor = reactor
         self.keyring = load_keyring(config)
         key = self.keyring.signer
+        self.metrics = GatewayMetrics()
         self.stores = build_stores(config.stores, reactor)
+        if config.stores.kind != "memory":
+            time_store_methods(self.stores, self.metrics)
         backend = config.backend
         self.backend = BackendClient(reactor, backend.base_url, backend.timeout_s, backend.max_connections)
+        time_backend_client(self.backend, self.metrics)
         self.sessions = SessionCache(
             self.backend.get_session, reactor, backend.session_cache_ttl_s, backend.session_cache_size
         )
@@ -93,6 +98,7 @@ class Gateway:
             signer=self.response_signer,
             freshness_window_s=config.security.freshness_window_s,
             limits=config.limits,
+            on_stage=self.metrics.observe_stage,
         )
         self.hub = Hub()
         self.subscribe = SubscribeEvents(self.pipeline, self.hub, self.event_signer, reactor)
@@ -104,9 +110,11 @@ class Gateway:
         for method in [*self.health.methods(), *gateway_methods(self.pipeline, self.subscribe)]:
             self.methods.add(method)
         self.cors = CorsPolicy(config.server.cors_origins, dev=config.dev.enabled)
-        self.web_resource = (
-            web_resource if web_resource is not None else with_app(self._public_resource(), config)
-        )
+        if web_resource is None:
+            web_resource = with_app(self._public_resource(), config)
+            if not config.server.metrics_listen:
+                web_resource = wrap_with_metrics(web_resource, self.metrics)
+        self.web_resource = web_resource
         self.factory, self.rpc = build_factory(self.methods, reactor, config.server, self.web_resource, self.cors)
         gateway_id = backend.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
         self.push = PushConsumer.from_endpoint_string(
@@ -117,7 +125,7 @@ class Gateway:
             backoff_initial_s=backend.push_backoff_initial_s,
             backoff_max_s=backend.push_backoff_max_s,
         )
-        self.metrics = instrument(self)  # last: metrics hooks and /metrics in front of web_resource
+        attach(self, self.metrics)
 
     def _public_resource(self) -> IResource:
         from gatewayd.public.app import PublicApp
@@ -156,6 +164,7 @@ class GatewayService(Service):
         self.gateway: Gateway | None = None
         self.port: Any = None
         self.before_start = before_start  # dev mode: start the in-process backend first
+        self.metrics_service: Any = None
         self._stopping: defer.Deferred[None] | None = None
 
     @defer.inlineCallbacks
@@ -167,6 +176,9 @@ class GatewayService(Service):
         endpoint = listen_endpoint(self.reactor, self.config)
         self.port = yield endpoint.listen(gateway.factory)
         gateway.push.start()
+        if self.config.server.metrics_listen:
+            self.metrics_service = MetricsService(self.reactor, self.config.server.metrics_listen, gateway.metrics)
+            yield self.metrics_service.startService()
         host = self.port.getHost()
         log.info(
             "gatewayd listening on {host}:{port} (key {key_id}, stores {stores})",
@@ -213,6 +225,9 @@ class GatewayService(Service):
         await gateway.push.stop()
         await gateway.backend.close()
         await gateway.stores.close()
+        if self.metrics_service is not None:
+            # Last: scrapes keep working while connections drain.
+            await self.metrics_service.stopService()
         log.info("gatewayd stopped")
         if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
             # twist re-raises the signal that stopped the reactor once it exits; a SIGTERM

@@ -1,15 +1,14 @@
 """Observability of gatewayd: Prometheus metrics per gateway and JSON-lines logs.
 
-- ``instrument(gateway)``: metrics wired into a built ``Gateway`` and ``/metrics`` on its port.
+- ``GatewayMetrics`` and the hooks in ``instrument``: what ``Gateway.__init__`` wires.
 - ``MetricsService``: ``/metrics`` on a separate endpoint (``server.metrics_listen``).
 - ``gatewayd.observability.logs``: a twisted.logger observer writing one JSON object
   per line, with payloads, keys and signatures left out.
 """
 
-from gatewayd.observability.instrument import instrument
 from gatewayd.observability.metrics import GatewayMetrics
 from gatewayd.observability.resource import MetricsResource, MetricsRoot, MetricsService, wrap_with_metrics
 
 __all__ = [
-    "GatewayMetrics", "MetricsResource", "MetricsRoot", "MetricsService", "instrument", "wrap_with_metrics",
+    "GatewayMetrics", "MetricsResource", "MetricsRoot", "MetricsService", "wrap_with_metrics",
 ]

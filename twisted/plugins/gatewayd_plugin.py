@@ -17,6 +17,9 @@ class GatewayOptions(usage.Options):
         ["config", "c", None, "TOML configuration file (see conf/gatewayd.toml)."],
         ["listen", "l", None, "Endpoint string to listen on (overrides server.listen), e.g. tcp:8080."],
         ["state-dir", None, None, "Dev mode: folder for the generated gateway key (default ./.gatewayd-dev)."],
+        ["log-json", None, None,
+         "Also write JSON-lines logs (no payloads or keys) to this file, reopened on SIGHUP; '-' for stdout. "
+         "Default: $GATEWAYD_LOG_JSON."],
     ]
     optFlags = [
         ["dev", None, "Run with the in-process reference backend, in-memory stores and a generated key."],
@@ -40,7 +43,13 @@ class GatewayServiceMaker:
 
         from gatewayd import config as config_module
         from gatewayd.devmode import dev_config, start_dev_backend
+        from gatewayd.observability.logs import install_from_environment, install_json_log
         from gatewayd.service import GatewayService
+
+        if options["log-json"]:
+            install_json_log(options["log-json"])
+        else:
+            install_from_environment()
 
         try:
             config = config_module.load(Path(options["config"]) if options["config"] else None)
