@@ -6,10 +6,12 @@ UNAVAILABLE (the gRPC trailer, the gRPC-Web trailer frame, the Connect
 end-stream message, each read by ``gatewayd.client``), let the unary call
 finish, and exit 0 within the drain time.
 
-The in-flight call is a Connect unary request over HTTP/1.1 whose body is
-only half sent when SIGTERM arrives: ``Expect: 100-continue`` makes the
-gateway say when it holds the request, and the rest of the body follows
-once the streams have ended, so the call is certainly in flight during the drain.
+Two calls are in flight, each with its request only half sent when SIGTERM
+arrives, so they are certainly in flight during the drain: a Connect unary
+request over HTTP/1.1 (``Expect: 100-continue`` makes the gateway say when
+it holds the request) and a gRPC call over HTTP/2 (a PING after the frames;
+its ACK says the gateway has read them). The rest of each follows once the
+streams have ended (and, on HTTP/2, the GOAWAY has arrived).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
+import hyperframe.frame
 import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, protocol, task
@@ -36,6 +42,7 @@ from gatewayd.client.errors import RpcCallError
 from gatewayd.client.sign import sign_request
 from gatewayd.client.verify import verify_response
 from gatewayd.rpc.codes import Code
+from gatewayd.rpc.framing import encode_frame
 from gatewayd.signing import GatewayKey
 from gatewayd.testing.client import login
 from gatewayd.testing.redis import free_port
@@ -129,6 +136,66 @@ class _RawHttp(protocol.Protocol):
         self.closed.callback(self.received)
 
 
+class _RawH2(protocol.Protocol):
+    """One gRPC call over h2c, driven frame by frame with the h2 library (client side)."""
+
+    def __init__(self) -> None:
+        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        self.h2 = h2.connection.H2Connection(config)
+        self.pinged: defer.Deferred[None] = defer.Deferred()
+        self.goaway: defer.Deferred[int] = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self.headers: dict[str, str] = {}
+        self.data = b""
+        # The h2 library closes its whole client state on any GOAWAY; a graceful one (the
+        # gRPC-style drain) keeps streams up to last_stream_id alive, so stay open after it.
+        table = self.h2._frame_dispatch_table
+        receive_goaway = table[hyperframe.frame.GoAwayFrame]
+
+        def goaway_keeps_streams(frame: Any) -> Any:
+            result = receive_goaway(frame)
+            self.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+            return result
+
+        table[hyperframe.frame.GoAwayFrame] = goaway_keeps_streams
+
+    def connectionMade(self) -> None:
+        self.h2.initiate_connection()
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.h2.data_to_send())
+
+    def send(self, headers: list[tuple[str, str]] | None, data: bytes, end: bool, ping: bool = False) -> None:
+        if headers is not None:
+            self.h2.send_headers(1, headers)
+        self.h2.send_data(1, data, end_stream=end)
+        if ping:
+            self.h2.ping(b"inflight")
+        self._flush()
+
+    def dataReceived(self, data: bytes) -> None:
+        for event in self.h2.receive_data(data):
+            if isinstance(event, h2.events.PingAckReceived) and not self.pinged.called:
+                self.pinged.callback(None)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                if not self.goaway.called:
+                    self.goaway.callback(event.last_stream_id)
+            elif isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                self.headers.update(dict(event.headers))
+            elif isinstance(event, h2.events.DataReceived):
+                self.data += event.data
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded) and not self.ended.called:
+                self.ended.callback(None)
+        self._flush()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.ended.called:
+            self.ended.errback(AssertionError(f"connection lost before the call ended: {reason}"))
+
+
 def _final_response(raw: bytes) -> tuple[int, bytes]:
     """Status and (de-chunked) body of the last response in ``raw``, after any 100 Continue."""
     if raw.startswith(b"HTTP/1.1 100"):
@@ -186,6 +253,22 @@ async def test_sigterm_ends_streams_unavailable_finishes_unary_and_exits(dev_gat
         )
         await raw.continued
 
+        # And a gRPC call over HTTP/2: HEADERS and half the message sent, then a PING whose ACK
+        # proves the gateway has processed the frames before it.
+        grpc_request = sign_request(
+            key, session.device_session_id, "user.profile.get", b"", clock=default_reactor
+        )
+        message = encode_frame(grpc_request.SerializeToString())
+        grpc = _RawH2()
+        await endpoints.connectProtocol(endpoint, grpc)
+        grpc.send(
+            [(":method", "POST"), (":scheme", "http"), (":authority", f"127.0.0.1:{dev_gateway.port}"),
+             (":path", "/gateway.v1.Gateway/ExecuteCommand"), ("content-type", "application/grpc"),
+             ("te", "trailers")],
+            message[: len(message) // 2], end=False, ping=True,
+        )  # fmt: skip
+        await grpc.pinged
+
         os.kill(dev_gateway.process.pid, signal.SIGTERM)
         started = time.monotonic()
 
@@ -193,6 +276,16 @@ async def test_sigterm_ends_streams_unavailable_finishes_unary_and_exits(dev_gat
         for p, outcome in outcomes.items():
             assert isinstance(outcome, defer.Failure) and outcome.check(RpcCallError), (p, outcome)
             assert outcome.value.code == Code.UNAVAILABLE, (p, outcome.value)
+
+        # HTTP/2: GOAWAY lets stream 1 finish; the rest of the message completes the call.
+        assert await grpc.goaway.addTimeout(DEFAULT_DRAIN_S, default_reactor) >= 1
+        grpc.send(None, message[len(message) // 2 :], end=True)
+        await grpc.ended.addTimeout(DEFAULT_DRAIN_S, default_reactor)
+        assert grpc.headers.get(":status") == "200" and grpc.headers.get("grpc-status") == "0", grpc.headers
+        grpc_response = ExecuteCommandResponse()
+        grpc_response.ParseFromString(grpc.data[5:])
+        assert grpc_response.envelope.request_id == grpc_request.envelope.request_id
+        assert grpc_response.envelope.result_code == "ok"
 
         raw.transport.write(body[half:])
         status, answer = _final_response(await raw.closed)
