@@ -293,14 +293,14 @@ async def test_a_cancelled_stream_leaves_the_hub_at_once(
     stream.cancel()
     # "At once": the client's RST_STREAM (HTTP/2) or closed connection (HTTP/1.1) is all it takes.
     await until(lambda: len(gateway.gateway.hub) == 0, lambda: f"hub size {len(gateway.gateway.hub)}",
-                timeout=1.0)
+                timeout=2.0)
     await until(lambda: not gateway.gateway.rpc.active, lambda: f"active calls {gateway.gateway.rpc.active}",
-                timeout=1.0)
+                timeout=2.0)
     if protocol == "grpc":
         conns = gateway.gateway.factory.h2_connections
         assert len(conns) == 1  # the connection survives a cancelled stream...
         await until(lambda: h2_stream_count(gateway) == 0,
-                    lambda: f"h2 streams {[list(c.streams) for c in conns]}", timeout=1.0)
+                    lambda: f"h2 streams {[list(c.streams) for c in conns]}", timeout=2.0)
         # ...and serves the next subscription on it.
         again = RawStream(transport, subscribe_request(device))
         await again.wait_messages(1)
@@ -308,7 +308,7 @@ async def test_a_cancelled_stream_leaves_the_hub_at_once(
         assert len(conns) == 1 and h2_stream_count(gateway) == 1
         again.cancel()
         await until(lambda: len(gateway.gateway.hub) == 0 and h2_stream_count(gateway) == 0,
-                    lambda: f"hub {len(gateway.gateway.hub)}, streams {h2_stream_count(gateway)}", timeout=1.0)
+                    lambda: f"hub {len(gateway.gateway.hub)}, streams {h2_stream_count(gateway)}", timeout=2.0)
 
 
 @pytest_twisted.ensureDeferred
