@@ -167,9 +167,27 @@ class GatewayService(Service):
         self.metrics_service: Any = None
         self._stopping: defer.Deferred[None] | None = None
 
-    @defer.inlineCallbacks
-    def startService(self) -> Any:
+    def startService(self) -> defer.Deferred[None]:
+        """Start; a failure is logged as critical and ends the process with status 1.
+
+        twist ignores the Deferred startService returns, so a failure here would
+        otherwise leave a process running that listens on nothing.
+        """
         Service.startService(self)
+        d: defer.Deferred[None] = self._start()
+        d.addErrback(self._start_failed)
+        return d
+
+    def _start_failed(self, failure: Any) -> None:
+        if failure.check(StartupError):
+            log.critical("gatewayd cannot start: {reason}", reason=failure.getErrorMessage())
+        else:
+            log.failure("gatewayd cannot start", failure)
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self.reactor.callWhenRunning(self.reactor.stop)
+
+    @defer.inlineCallbacks
+    def _start(self) -> Any:
         if self.before_start is not None:
             self.config = yield self.before_start(self.config)
         self.gateway = gateway = Gateway(self.config, self.reactor)

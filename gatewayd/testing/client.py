@@ -165,7 +165,8 @@ async def start_gateway(state_dir: str, reactor: Any = None, **config_sections: 
     """A gateway in dev configuration on a free loopback port, with a debug reference backend.
 
     ``config_sections`` go to ``Config.replace`` (``limits={...}``, ``routes={...}``,
-    ``server={"max_message_bytes": ...}``...).
+    ``server={"max_message_bytes": ...}``, ``stores={"kind": "redis", ...}``...); keys given
+    for ``backend``, ``dev`` or ``stores`` are merged over the harness's own.
     """
     from gatewayd.devbackend.listeners import DevBackendService
     from gatewayd.devbackend.service import DevBackend
@@ -179,15 +180,20 @@ async def start_gateway(state_dir: str, reactor: Any = None, **config_sections: 
     http_port = service.http_port.getHost().port
     assert service.push_server is not None
     push_port = service.push_server.port_number
-    config = Config().replace(
-        dev={"enabled": True, "state_dir": state_dir},
-        stores={"kind": "memory"},
-        backend={"base_url": f"http://127.0.0.1:{http_port}",
-                 "push_endpoint": f"tcp:host=127.0.0.1:port={push_port}",
-                 "push_backoff_initial_s": 0.05, "push_backoff_max_s": 0.2},
-        **config_sections,
-    )
-    gateway = Gateway(config, reactor)
+    own = {
+        "dev": {"enabled": True, "state_dir": state_dir},
+        "stores": {"kind": "memory"},
+        "backend": {"base_url": f"http://127.0.0.1:{http_port}",
+                    "push_endpoint": f"tcp:host=127.0.0.1:port={push_port}",
+                    "push_backoff_initial_s": 0.05, "push_backoff_max_s": 0.2},
+    }
+    for name, section in own.items():
+        config_sections[name] = {**section, **config_sections.get(name, {})}
+    try:
+        gateway = Gateway(Config().replace(**config_sections), reactor)
+    except Exception:
+        await service.stopService()
+        raise
     endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     port = await endpoint.listen(gateway.factory)
     gateway.push.start()

@@ -19,6 +19,7 @@ promises:
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -42,6 +43,60 @@ log = Logger()
 
 _MAX_STREAM_ID = 2**31 - 1
 _SHUTDOWN_PING = b"gwdrain!"
+
+
+_PSEUDO = frozenset((b":method", b":path", b":scheme", b":authority"))
+_CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+_FORBIDDEN_VALUE_BYTES = re.compile(rb"[\x00\r\n]")
+_FORBIDDEN_NAME_BYTES = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
+
+
+def _parse_request_headers(raw: list[tuple[bytes, bytes]]) -> tuple[str, str, dict[str, str]] | None:
+    """Method, path and headers (lowercase names, repeats joined with ", ") of a request,
+    or ``None`` when the block is malformed (RFC 9113 section 8.2 and 8.3)."""
+    method = path = scheme = None
+    headers: dict[str, str] = {}
+    regular = False
+    for name, value in raw:
+        if _FORBIDDEN_VALUE_BYTES.search(value):
+            return None
+        if name[:1] == b":":
+            if regular or name not in _PSEUDO:
+                return None
+            v = value.decode("latin-1")
+            if name == b":method":
+                if method is not None:
+                    return None
+                method = v
+            elif name == b":path":
+                if path is not None or not v:
+                    return None
+                path = v
+            elif name == b":scheme":
+                if scheme is not None:
+                    return None
+                scheme = v
+            elif "host" in headers:
+                return None
+            else:
+                headers["host"] = v
+            continue
+        regular = True
+        if not name or _FORBIDDEN_NAME_BYTES.search(name) or name in _CONNECTION_SPECIFIC:
+            return None
+        if name == b"te" and value != b"trailers":
+            return None
+        n = name.decode("ascii")
+        v = value.decode("latin-1")
+        if n in headers:
+            if n == "host":
+                continue  # :authority wins over a Host header
+            headers[n] = headers[n] + ", " + v
+        else:
+            headers[n] = v
+    if method is None or path is None or scheme is None:
+        return None
+    return method, path, headers
 
 
 class H2Limits:
@@ -237,6 +292,9 @@ class H2ServerConnection(Protocol):
             # re-validating them costs more than the rest of a unary call.
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            # Inbound headers are checked in one pass by _parse_request_headers, which we
+            # walk anyway; h2's own checks walk the list several times per request.
+            validate_inbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config=config)
         self.streams: dict[int, H2Stream] = {}
@@ -406,22 +464,11 @@ class H2ServerConnection(Protocol):
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         self._count_opened()
-        method = path = ""
-        headers: dict[str, str] = {}
-        for name, value in event.headers:
-            n = name.decode("ascii", "replace")
-            v = value.decode("latin-1")
-            if n[0] == ":":
-                if n == ":method":
-                    method = v
-                elif n == ":path":
-                    path = v
-                elif n == ":authority":
-                    headers["host"] = v
-            elif n in headers:
-                headers[n] = headers[n] + ", " + v
-            else:
-                headers[n] = v
+        parsed = _parse_request_headers(event.headers)
+        if parsed is None:
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return
+        method, path, headers = parsed
         stream = H2Stream(self, sid, method, path, headers, self.peer)
         self.streams[sid] = stream
         handler = self.app.handler_for(stream)

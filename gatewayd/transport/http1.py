@@ -200,14 +200,42 @@ class GatewayRequest(server.Request):
 
 
 class GatewayHTTPChannel(http.HTTPChannel):
-    """HTTP/1.1 channel answering 431 when request headers are over the limit."""
+    """HTTP/1.1 channel answering 431 when request headers are over the limit.
+
+    After the 431 it stops reading but keeps the connection open briefly
+    (lingering close, RFC 9112 section 9.6): closing at once would answer the
+    unread body with a TCP reset, and clients often lose the 431 to it.
+    """
+
+    linger_s = 2.0
+    _refused = False
 
     def lineReceived(self, line: bytes) -> None:
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-            self.transport.write(_STATUS_431)  # type: ignore[union-attr]
-            self.loseConnection()
+            self._refuse_headers()
             return
         super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # One header line longer than the whole limit never reaches lineReceived.
+        self._refuse_headers()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().dataReceived(data)
+
+    def _refuse_headers(self) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        self.setTimeout(None)
+        transport: Any = self.transport
+        transport.write(_STATUS_431)
+        if hasattr(transport, "loseWriteConnection"):
+            transport.loseWriteConnection()
+            self.callLater(self.linger_s, transport.loseConnection)
+        else:
+            transport.loseConnection()
 
 
 class GatewaySite(server.Site):

@@ -338,11 +338,6 @@ def test_bad_config_names_the_key_and_exits_non_zero(tmp_path: Path, toml: str, 
     assert named in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a StartupError raised in GatewayService.startService is lost: "
-    "twist keeps running with no listener and prints nothing",
-)
 def test_production_without_signing_key_fails_with_a_clear_message(tmp_path: Path) -> None:
     config = tmp_path / "prod.toml"
     config.write_text(f'[server]\nlisten = "tcp:{free_port()}:interface=127.0.0.1"\n')

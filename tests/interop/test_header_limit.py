@@ -9,7 +9,6 @@ import os
 import select
 import socket
 
-import pytest
 import pytest_twisted
 from twisted.internet import threads
 
@@ -48,12 +47,6 @@ async def test_http1_headers_over_the_limit_get_431(health_server: HealthServer)
     await poll(health_server.idle, health_server.state)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: a single HTTP/1.1 header line over 16384 bytes hits twisted's "
-    "LineReceiver.MAX_LENGTH (lineLengthExceeded, not overridden by GatewayHTTPChannel): the "
-    "connection is closed with no response instead of 431",
-)
 @pytest_twisted.ensureDeferred
 async def test_http1_one_header_line_over_the_limit_gets_431(health_server: HealthServer) -> None:
     results = await run_node({"baseUrl": health_server.url, "steps": [_connect_empty_body("long", ONE_LONG_HEADER)]})
@@ -80,13 +73,6 @@ def _send_over_limit_then_body(port: int, body_bytes: int) -> tuple[bytes, int]:
         return answer.split(b"\r\n", 1)[0], sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: after writing 431 the HTTP/1.1 channel closes both directions at once "
-    "(loseConnection) instead of a lingering close (RFC 9112 section 9.6), so the request body "
-    "still in flight is answered with RST; connect-node, still writing its body, then reports "
-    "EPIPE/ECONNRESET instead of the 431 (about half the time for JSON Connect and gRPC-Web)",
-)
 @pytest_twisted.ensureDeferred
 async def test_http1_431_is_followed_by_a_lingering_close(health_server: HealthServer) -> None:
     status, error = await threads.deferToThread(_send_over_limit_then_body, health_server.server.port, 64 * 1024)

@@ -55,7 +55,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
 
 
 def test_unreadable_or_invalid_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(config.ConfigError, match="missing.toml"):
+    with pytest.raises(config.ConfigError, match=r"missing\.toml"):
         config.load(tmp_path / "missing.toml", environ={})
     bad = tmp_path / "bad.toml"
     bad.write_text("[server\n")

@@ -44,7 +44,7 @@ class GatewayServiceMaker:
         from gatewayd import config as config_module
         from gatewayd.devmode import dev_config, start_dev_backend
         from gatewayd.observability.logs import install_from_environment, install_json_log
-        from gatewayd.service import GatewayService
+        from gatewayd.service import GatewayService, StartupError, load_keyring
 
         if options["log-json"]:
             install_json_log(options["log-json"])
@@ -59,6 +59,11 @@ class GatewayServiceMaker:
             config = dev_config(config, options["state-dir"])
         if options["listen"]:
             config = config.replace(server={"listen": options["listen"]})
+        if not options["dev"]:
+            try:
+                load_keyring(config)  # refuse a missing or malformed key before twist starts
+            except StartupError as e:
+                raise SystemExit(f"gatewayd: {e}") from None
         return GatewayService(config, reactor, before_start=start_dev_backend if options["dev"] else None)
 
 
