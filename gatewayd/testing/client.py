@@ -180,7 +180,7 @@ async def start_gateway(state_dir: str, reactor: Any = None, **config_sections: 
     http_port = service.http_port.getHost().port
     assert service.push_server is not None
     push_port = service.push_server.port_number
-    own = {
+    own: dict[str, dict[str, Any]] = {
         "dev": {"enabled": True, "state_dir": state_dir},
         "stores": {"kind": "memory"},
         "backend": {"base_url": f"http://127.0.0.1:{http_port}",
