@@ -24,21 +24,14 @@ def error_json(error: RpcError) -> dict[str, str]:
 class ConnectUnary(WireProtocol):
     name = "connect"
     framed = False
-
-    def __init__(self, headers: dict[str, str], content_type: str) -> None:
-        super().__init__(headers, content_type)
-        self.json = content_type == "application/json"
-        self.response_gzip = compression.accepts_gzip(headers.get("accept-encoding"))
-
-    def timeout(self) -> float | None:
-        value = self.headers.get("connect-timeout-ms")
-        return parse_connect_timeout(value) if value else None
-
-    def request_encoding(self) -> str | None:
-        return compression.check_encoding(self.headers.get("content-encoding"))
+    json_content_type = "application/json"
+    timeout_header = "connect-timeout-ms"
+    encoding_header = "content-encoding"
+    accept_encoding_header = "accept-encoding"
+    parse_timeout = staticmethod(parse_connect_timeout)
 
     def write_unary(self, exchange: Exchange, payload: bytes, extra: HeaderList) -> None:
-        headers = [(b"content-type", self.content_type.encode("latin-1")), (b"accept-encoding", b"gzip")]
+        headers = [self.content_type_header, (b"accept-encoding", b"gzip")]
         if self.response_gzip and len(payload) >= compression.COMPRESS_MIN_BYTES:
             payload = compression.gzip_bytes(payload)
             headers.append((b"content-encoding", b"gzip"))
@@ -55,21 +48,14 @@ class ConnectUnary(WireProtocol):
 
 class ConnectStreaming(WireProtocol):
     name = "connect-stream"
-
-    def __init__(self, headers: dict[str, str], content_type: str) -> None:
-        super().__init__(headers, content_type)
-        self.json = content_type == "application/connect+json"
-        self.response_gzip = compression.accepts_gzip(headers.get("connect-accept-encoding"))
-
-    def timeout(self) -> float | None:
-        value = self.headers.get("connect-timeout-ms")
-        return parse_connect_timeout(value) if value else None
-
-    def request_encoding(self) -> str | None:
-        return compression.check_encoding(self.headers.get("connect-content-encoding"))
+    json_content_type = "application/connect+json"
+    timeout_header = "connect-timeout-ms"
+    encoding_header = "connect-content-encoding"
+    accept_encoding_header = "connect-accept-encoding"
+    parse_timeout = staticmethod(parse_connect_timeout)
 
     def start_stream(self, exchange: Exchange, extra: HeaderList) -> None:
-        headers = [(b"content-type", self.content_type.encode("latin-1")), (b"connect-accept-encoding", b"gzip")]
+        headers = [self.content_type_header, (b"connect-accept-encoding", b"gzip")]
         if self.response_gzip:
             headers.append((b"connect-content-encoding", b"gzip"))
         exchange.send_headers(200, headers + extra)

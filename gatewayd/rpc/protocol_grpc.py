@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from gatewayd.rpc import compression
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
-from gatewayd.rpc.framing import encode_grpc_message, parse_grpc_timeout
+from gatewayd.rpc.framing import encode_grpc_message
 from gatewayd.rpc.wire import WireProtocol, status_metadata
 from gatewayd.transport.exchange import Exchange, HeaderList
 
 _ACCEPT = (b"grpc-accept-encoding", b"gzip, identity")
+_GZIP = (b"grpc-encoding", b"gzip")
 _OK_TRAILERS: HeaderList = [(b"grpc-status", b"0")]
 
 
@@ -26,21 +26,10 @@ def status_pairs(error: RpcError | None) -> HeaderList:
 class Grpc(WireProtocol):
     name = "grpc"
 
-    def __init__(self, headers: dict[str, str], content_type: str) -> None:
-        super().__init__(headers, content_type)
-        self.response_gzip = compression.accepts_gzip(headers.get("grpc-accept-encoding"))
-
-    def timeout(self) -> float | None:
-        value = self.headers.get("grpc-timeout")
-        return parse_grpc_timeout(value) if value else None
-
-    def request_encoding(self) -> str | None:
-        return compression.check_encoding(self.headers.get("grpc-encoding"))
-
     def _headers(self, extra: HeaderList) -> HeaderList:
-        headers = [(b"content-type", self.content_type.encode("latin-1")), _ACCEPT]
+        headers = [self.content_type_header, _ACCEPT]
         if self.response_gzip:
-            headers.append((b"grpc-encoding", b"gzip"))
+            headers.append(_GZIP)
         return headers + extra
 
     def write_unary(self, exchange: Exchange, payload: bytes, extra: HeaderList) -> None:
@@ -59,7 +48,7 @@ class Grpc(WireProtocol):
             exchange.send_trailers(status_pairs(error))
         else:
             # Trailers-only: one HEADERS frame with END_STREAM.
-            headers = [(b"content-type", self.content_type.encode("latin-1")), _ACCEPT, *extra]
+            headers = [self.content_type_header, _ACCEPT, *extra]
             exchange.send_headers(200, headers + status_pairs(error), end_stream=True)
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from gatewayd.rpc import compression
 from gatewayd.rpc.errors import RpcError
-from gatewayd.rpc.framing import encode_base64_chunk, encode_grpc_web_trailers, parse_grpc_timeout
+from gatewayd.rpc.framing import encode_base64_chunk, encode_grpc_web_trailers
 from gatewayd.rpc.protocol_grpc import status_pairs
 from gatewayd.rpc.wire import WireProtocol
 from gatewayd.transport.exchange import Exchange, HeaderList
 
+_ACCEPT = (b"grpc-accept-encoding", b"gzip")
+_GZIP = (b"grpc-encoding", b"gzip")
 _OK_TRAILER_FRAME = encode_grpc_web_trailers([("grpc-status", "0")])
 
 
@@ -21,24 +22,13 @@ def _trailer_frame(error: RpcError | None) -> bytes:
 class GrpcWeb(WireProtocol):
     name = "grpc-web"
 
-    def __init__(self, headers: dict[str, str], content_type: str) -> None:
-        super().__init__(headers, content_type)
-        self.response_gzip = compression.accepts_gzip(headers.get("grpc-accept-encoding"))
-
-    def timeout(self) -> float | None:
-        value = self.headers.get("grpc-timeout")
-        return parse_grpc_timeout(value) if value else None
-
-    def request_encoding(self) -> str | None:
-        return compression.check_encoding(self.headers.get("grpc-encoding"))
-
     def _wire(self, data: bytes) -> bytes:
         return data
 
     def _headers(self, extra: HeaderList) -> HeaderList:
-        headers = [(b"content-type", self.content_type.encode("latin-1")), (b"grpc-accept-encoding", b"gzip")]
+        headers = [self.content_type_header, _ACCEPT]
         if self.response_gzip:
-            headers.append((b"grpc-encoding", b"gzip"))
+            headers.append(_GZIP)
         return headers + extra
 
     def frame_message(self, payload: bytes) -> bytes:
@@ -63,7 +53,7 @@ class GrpcWeb(WireProtocol):
             exchange.send_data(self._wire(_trailer_frame(error)), end_stream=True)
         else:
             # Trailers-only: the status travels in the response headers, the body is empty.
-            headers = [(b"content-type", self.content_type.encode("latin-1")), *extra]
+            headers = [self.content_type_header, *extra]
             exchange.send_headers(200, headers + status_pairs(error), end_stream=True)
 
 

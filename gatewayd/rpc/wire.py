@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from gatewayd.rpc import compression
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
-from gatewayd.rpc.framing import FLAG_COMPRESSED, encode_frame
+from gatewayd.rpc.framing import FLAG_COMPRESSED, encode_frame, parse_grpc_timeout
 from gatewayd.transport.exchange import Exchange, HeaderList
 
 
@@ -23,22 +23,33 @@ class WireProtocol:
 
     name = ""
     framed = True  # request body is length-prefixed messages (all but Connect unary)
-    json = False  # messages are protobuf JSON rather than binary
     text = False  # gRPC-Web text: base64 bodies
+    json_content_type = ""  # the content type that selects protobuf JSON, if the protocol has one
+    # The headers that carry, in this protocol: the deadline, the request's compression,
+    # and the compressions the client accepts for the response.
+    timeout_header = "grpc-timeout"
+    encoding_header = "grpc-encoding"
+    accept_encoding_header = "grpc-accept-encoding"
+    parse_timeout = staticmethod(parse_grpc_timeout)
 
     def __init__(self, headers: Mapping[str, str], content_type: str) -> None:
         self.headers = headers
         self.content_type = content_type
-        self.response_gzip = False
+        self.content_type_header = (b"content-type", content_type.encode("latin-1"))
+        self.json = content_type == self.json_content_type
+        accept = headers.get(self.accept_encoding_header)
+        self.response_gzip = accept is not None and compression.accepts_gzip(accept)
 
     # -- request ------------------------------------------------------------------
 
     def timeout(self) -> float | None:
-        return None
+        """The call's timeout in seconds, or ``None``; a malformed header raises ``RpcError``."""
+        value = self.headers.get(self.timeout_header)
+        return self.parse_timeout(value) if value else None
 
     def request_encoding(self) -> str | None:
         """The request compression, validated; ``None`` for identity."""
-        return None
+        return compression.check_encoding(self.headers.get(self.encoding_header))
 
     def unwrap_frame(self, flags: int, payload: bytes, limit: int) -> bytes:
         """The message inside one request frame, decompressed."""
