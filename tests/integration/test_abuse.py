@@ -13,21 +13,10 @@ from gatewayd._proto.gateway.v1 import gateway_pb2
 from gatewayd.config import ServerConfig
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.framing import encode_frame
+from gatewayd.testing.harness import CHECK, ECHO, SLOW, STREAM, Harness, check_request, echo_request
+from gatewayd.testing.raw_http1 import RawHttp1
+from gatewayd.testing.wait import until
 from gatewayd.transport.h2server import H2ServerConnection
-from tests.integration.test_h2_server import (
-    CHECK,
-    ECHO,
-    SLOW,
-    STREAM,
-    Harness,
-    RawHttp1,
-    check_request,
-    echo_request,
-    harness,
-    until,
-)
-
-__all__ = ["harness"]
 
 MAX_STREAM_ID = 2**31 - 1
 

@@ -20,21 +20,9 @@ from gatewayd.rpc.framing import (
     decode_grpc_web_trailers,
     encode_frame,
 )
+from gatewayd.testing.harness import CHECK, ECHO, FAIL, ORIGIN, STREAM, Harness, check_request, echo_request
+from gatewayd.testing.raw_http1 import http1_request
 from gatewayd.transport.cors import CorsPolicy
-from tests.integration.test_h2_server import (
-    CHECK,
-    ECHO,
-    FAIL,
-    ORIGIN,
-    STREAM,
-    Harness,
-    check_request,
-    echo_request,
-    harness,
-    http1_request,
-)
-
-__all__ = ["harness"]
 
 GRPC_WEB = ("content-type", "application/grpc-web+proto")
 JSON = ("content-type", "application/json")
