@@ -7,10 +7,13 @@
 - ``start_gateway(...)``: a whole gateway in-process (reference backend on
   its own loopback ports, ``Gateway`` on a free port, push consumer running),
   stopped in order by ``RunningGateway.stop()``.
+- ``new_email(...)``: a user no other call in this process has used.
+- ``Closer``: clients and transports to close at the end of a test.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,8 +33,31 @@ from gatewayd.client.keys import DeviceKey
 from gatewayd.client.sign import SUBSCRIBE_MESSAGE_TYPE, new_request_id
 from gatewayd.config import Config
 from gatewayd.signing import EMPTY_SHA256, request_signing_input, sha256
+from gatewayd.testing.wait import bounded, until
 
 DEV_CODE = "000000"
+_emails = itertools.count()
+
+
+def new_email(prefix: str = "user") -> str:
+    """``{prefix}{n}@example.com``, with ``n`` never repeated in this process."""
+    return f"{prefix}{next(_emails)}@example.com"
+
+
+class Closer:
+    """Transports and clients to close at the end of a test, whatever happens (last added, first closed)."""
+
+    def __init__(self) -> None:
+        self.things: list[Any] = []
+
+    def __call__(self, thing: Any) -> Any:
+        """Remember ``thing`` (anything with an async ``close()``) and return it."""
+        self.things.append(thing)
+        return thing
+
+    async def close(self) -> None:
+        for thing in reversed(self.things):
+            await thing.close()
 
 
 def signed_execute_request(
@@ -136,6 +162,11 @@ class RunningGateway:
         entries: list[dict[str, Any]] = json.loads(body)
         return entries
 
+    async def push_connected(self) -> None:
+        """Wait (bounded) until the push consumer holds its SubscribePush call and the backend sees it."""
+        await bounded(self.gateway.push.when_connected())
+        await until(lambda: self.backend.bus.subscriber_count == 1, "the backend to see the push call")
+
     async def stop_backend(self) -> None:
         """Stop the backend's listeners and drop the gateway's kept-alive backend connections."""
         await self.backend_service.stopService()
@@ -210,8 +241,10 @@ def routes_with(extra: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
 
 __all__ = [
     "DEV_CODE",
+    "Closer",
     "RunningGateway",
     "login",
+    "new_email",
     "routes_with",
     "signed_execute_request",
     "signed_subscribe_request",

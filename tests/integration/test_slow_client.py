@@ -30,19 +30,16 @@ from gatewayd.client import GatewayClient
 from gatewayd.client.client import SUBSCRIBE_EVENTS_PATH
 from gatewayd.client.wire import make_transport
 from gatewayd.rpc.codes import Code
-from gatewayd.testing.client import RunningGateway, start_gateway
-from tests.integration.test_subscribe_events import (
-    TIMEOUT,
-    Closer,
+from gatewayd.testing.client import Closer, RunningGateway, new_email, start_gateway
+from gatewayd.testing.events import (
     RawStream,
     check_note,
     check_server_time,
-    new_email,
     published_keys,
     same_user_sessions,
     subscribe_request,
-    until,
 )
+from gatewayd.testing.wait import WAIT_S, until
 
 BUFFER_BYTES = 4096
 MAX_NOTES = 200  # far more than 4 KiB of events; the loop stops as soon as the stream is dropped
@@ -137,20 +134,10 @@ async def stalled_subscribe(gw: RunningGateway, request: SubscribeEventsRequest)
 async def gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
     gw = await start_gateway(str(tmp_path / "state"), server={"stream_buffer_bytes": BUFFER_BYTES})
     try:
-        await gw.gateway.push.when_connected().addTimeout(TIMEOUT, reactor)
-        await until(lambda: gw.backend.bus.subscriber_count == 1, "the backend to see the push call")
+        await gw.push_connected()
         yield gw
     finally:
         await gw.stop()
-
-
-@pytest_twisted.async_yield_fixture
-async def closer() -> AsyncIterator[Closer]:
-    c = Closer()
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 def queued_bytes(gw: RunningGateway) -> dict[tuple[int, int], int]:
@@ -164,7 +151,7 @@ async def test_a_client_that_never_reads_is_dropped_resource_exhausted(
         gateway: RunningGateway, closer: Closer, monkeypatch: pytest.MonkeyPatch) -> None:
     hub = gateway.gateway.hub
     keys = await published_keys(gateway.url)
-    slow_device, fast_device = await same_user_sessions(gateway, new_email())
+    slow_device, fast_device = await same_user_sessions(gateway, new_email("subscriber"))
 
     fast = RawStream(closer(make_transport("grpc", reactor, gateway.url)), subscribe_request(fast_device))
     await fast.wait_messages(1)
@@ -188,7 +175,7 @@ async def test_a_client_that_never_reads_is_dropped_resource_exhausted(
     monkeypatch.setattr(hub, "publish", sampled_publish)
 
     actor = closer(GatewayClient(gateway.url, "connect", key=fast_device[0], session=fast_device[1],
-                                 timeout_s=TIMEOUT))
+                                 timeout_s=WAIT_S))
     notes: list[dict[str, str]] = []
     delivered_before = hub.delivered
     while len(hub) == 2 and len(notes) < MAX_NOTES:

@@ -8,182 +8,49 @@ payload hash, key id and Ed25519 signature against the key the gateway publishes
 ``/api/v1/public/gateway-keys`` (``gatewayd.signing``).
 
 The HTTP/2 variants of gRPC-Web and Connect are in ``tests/interop/test_subscribe_interop.py``
-(connect-node); the slow client (RESOURCE_EXHAUSTED) in ``test_slow_client.py``. Both import
-the helpers below.
+(connect-node); the slow client (RESOURCE_EXHAUSTED) in ``test_slow_client.py``. The checks
+are ``gatewayd.testing.events``'.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_twisted
-import treq
-from twisted.internet import defer, reactor, task
-from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool
+from twisted.internet import reactor
 
-from gatewayd._proto.gateway.v1.gateway_pb2 import GatewayEvent, SubscribeEventsRequest
-from gatewayd.client import DeviceKey, GatewayClient, RpcCallError
-from gatewayd.client.client import GATEWAY_KEYS_PATH, SUBSCRIBE_EVENTS_PATH, DeviceSession
-from gatewayd.client.wire import RpcTransport, make_transport
+from gatewayd.client import GatewayClient, RpcCallError
+from gatewayd.client.wire import make_transport
 from gatewayd.devbackend.listeners import serve_push
 from gatewayd.rpc.codes import Code
-from gatewayd.signing import event_signing_input, key_id_for, sha256, verify
-from gatewayd.testing.client import RunningGateway, login, signed_subscribe_request, start_gateway
+from gatewayd.testing.client import Closer, RunningGateway, new_email, start_gateway
+from gatewayd.testing.events import (
+    RawStream,
+    check_note,
+    check_server_time,
+    h2_stream_count,
+    published_keys,
+    same_user_sessions,
+    subscribe_request,
+)
+from gatewayd.testing.wait import WAIT_S, bounded, until
 
-TIMEOUT = 5.0
-SERVER_TIME = "gateway.server_time"
-NOTE_CREATED = "user.note.created"
 # The Python client's transports: gRPC is HTTP/2 (h2c); gRPC-Web and Connect are HTTP/1.1.
 PY_PROTOCOLS = ("grpc", "grpc-web", "connect")
-
-
-# --- helpers shared with test_slow_client.py and the interop test --------------------------------
-
-
-async def until(predicate: Callable[[], bool], describe: Callable[[], str] | str,
-                timeout: float = TIMEOUT) -> None:
-    """Wait (bounded) until ``predicate()`` holds, checking every 5 ms on the reactor."""
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            what = describe() if callable(describe) else describe
-            raise AssertionError(f"still not true after {timeout} s: {what}")
-        await task.deferLater(reactor, 0.005, lambda: None)
-
-
-def bounded(d: defer.Deferred[Any], timeout: float = TIMEOUT) -> defer.Deferred[Any]:
-    return d.addTimeout(timeout, reactor)
-
-
-async def published_keys(url: str) -> dict[str, bytes]:
-    """The gateway's published keys, ``{key_id: raw Ed25519 public key}``, each id checked."""
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    try:
-        response = await treq.get(url + GATEWAY_KEYS_PATH, pool=pool)
-        body = await response.content()
-    finally:
-        await pool.closeCachedConnections()
-    assert response.code == 200, body
-    keys = {}
-    for entry in json.loads(body)["keys"]:
-        raw = base64.b64decode(entry["public_key"], validate=True)
-        assert len(raw) == 32 and key_id_for(raw) == entry["key_id"], entry
-        keys[entry["key_id"]] = raw
-    assert keys
-    return keys
-
-
-def check_event(event: GatewayEvent, keys: dict[str, bytes]) -> Any:
-    """Assert ``event`` is signed by a published gateway key over PROTOCOL.md's event signing
-    input and its payload matches its hash; returns the payload parsed as JSON."""
-    assert event.key_id in keys, (event.key_id, list(keys))
-    assert event.payload_hash == sha256(event.payload_bytes), event
-    signed = event_signing_input(event.event_type, event.event_id, event.timestamp_ms, event.payload_hash,
-                                 event.key_id)
-    assert verify(keys[event.key_id], signed, event.signature), f"bad signature on {event}"
-    return json.loads(event.payload_bytes)
-
-
-def check_server_time(event: GatewayEvent, keys: dict[str, bytes]) -> None:
-    assert event.event_type == SERVER_TIME, event
-    payload = check_event(event, keys)
-    assert set(payload) == {"server_time_ms"}, payload
-    now_ms = reactor.seconds() * 1000
-    assert abs(payload["server_time_ms"] - now_ms) < 60_000, payload
-    assert event.event_id
-
-
-def check_note(event: GatewayEvent, keys: dict[str, bytes], note: dict[str, str]) -> None:
-    assert event.event_type == NOTE_CREATED, event
-    assert check_event(event, keys) == note
-
-
-async def same_user_sessions(gw: RunningGateway, email: str, count: int = 2
-                             ) -> list[tuple[DeviceKey, DeviceSession]]:
-    """``count`` device sessions (each with its own key) of one user."""
-    devices = [await login(gw.url, email) for _ in range(count)]
-    assert len({s.user_id for _, s in devices}) == 1
-    assert len({s.device_session_id for _, s in devices}) == count
-    return devices
-
-
-def subscribe_request(device: tuple[DeviceKey, DeviceSession]) -> SubscribeEventsRequest:
-    key, session = device
-    return signed_subscribe_request(key, session.device_session_id)
-
-
-class RawStream:
-    """One SubscribeEvents call on a client transport: raw messages parsed, not verified."""
-
-    def __init__(self, transport: RpcTransport, request: SubscribeEventsRequest) -> None:
-        self.messages: list[GatewayEvent] = []
-        self.outcome: Any = None  # None while open; then None-result or Failure
-        self.ended = False
-        self.done = transport.server_streaming(SUBSCRIBE_EVENTS_PATH, request.SerializeToString(),
-                                               self._message)
-        self.done.addBoth(self._end)
-
-    def _message(self, raw: bytes) -> None:
-        event = GatewayEvent()
-        event.ParseFromString(raw)
-        self.messages.append(event)
-
-    def _end(self, result: Any) -> None:
-        self.ended = True
-        self.outcome = result
-
-    async def wait_messages(self, count: int) -> None:
-        await until(lambda: len(self.messages) >= count or self.ended,
-                    lambda: f"{count} messages; got {[m.event_type for m in self.messages]}")
-        assert len(self.messages) >= count, (self.messages, self.outcome)
-
-    async def wait_end(self) -> Any:
-        await until(lambda: self.ended, "the stream to end")
-        return self.outcome
-
-    def status(self) -> Code:
-        """The stream's end status (OK, or the RpcCallError's code)."""
-        assert self.ended
-        if isinstance(self.outcome, Failure):
-            self.outcome.trap(RpcCallError)
-            error = self.outcome.value
-            assert isinstance(error, RpcCallError)
-            return Code(error.code)
-        return Code.OK
-
-    def cancel(self) -> None:
-        if not self.ended:
-            self.done.cancel()
-
-
-def h2_stream_count(gw: RunningGateway) -> int:
-    return sum(len(conn.streams) for conn in gw.gateway.factory.h2_connections)
 
 
 # --- fixtures -------------------------------------------------------------------------------------
 
 
-_emails = iter(range(1_000_000))
-
-
-def new_email() -> str:
-    return f"subscriber{next(_emails)}@example.com"
-
-
 @pytest_twisted.async_yield_fixture
 async def gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
-    # start_gateway sets the push backoff small itself (0.05 s, capped at 0.2 s) and takes no
-    # ``backend=`` override (it would collide with its own backend section).
+    # start_gateway sets the push backoff small itself (0.05 s, capped at 0.2 s).
     gw = await start_gateway(str(tmp_path / "state"))
     try:
         assert gw.gateway.config.backend.push_backoff_max_s <= 0.2
-        await bounded(gw.gateway.push.when_connected())
-        await until(lambda: gw.backend.bus.subscriber_count == 1, "the backend to see the push call")
+        await gw.push_connected()
         yield gw
     finally:
         await gw.stop()
@@ -194,28 +61,6 @@ def protocol(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-class Closer:
-    """Transports and clients to close at the end of a test, whatever happens."""
-
-    def __init__(self) -> None:
-        self.things: list[Any] = []
-
-    def __call__(self, thing: Any) -> Any:
-        self.things.append(thing)
-        return thing
-
-    async def close(self) -> None:
-        for thing in reversed(self.things):
-            await thing.close()
-
-
-@pytest_twisted.async_yield_fixture
-async def closer() -> AsyncIterator[Closer]:
-    c = Closer()
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 # --- tests ----------------------------------------------------------------------------------------
@@ -225,7 +70,7 @@ async def closer() -> AsyncIterator[Closer]:
 async def test_events_are_signed_fanned_out_and_revocation_ends_only_that_session(
         gateway: RunningGateway, protocol: str, closer: Closer) -> None:
     keys = await published_keys(gateway.url)
-    first, second = await same_user_sessions(gateway, new_email())
+    first, second = await same_user_sessions(gateway, new_email("subscriber"))
     transport = closer(make_transport(protocol, reactor, gateway.url))
     stream_a = RawStream(transport, subscribe_request(first))
     stream_b = RawStream(transport, subscribe_request(second))
@@ -238,7 +83,7 @@ async def test_events_are_signed_fanned_out_and_revocation_ends_only_that_sessio
         assert h2_stream_count(gateway) == 2  # both on the Python client's one HTTP/2 connection
 
     # Another session of the same user creates a note: both streams get the same signed event.
-    actor = closer(GatewayClient(gateway.url, "connect", key=second[0], session=second[1], timeout_s=TIMEOUT))
+    actor = closer(GatewayClient(gateway.url, "connect", key=second[0], session=second[1], timeout_s=WAIT_S))
     text = f"note over {protocol}"
     created = await actor.execute("user.notes.create", {"text": text})
     assert created.ok, created
@@ -269,7 +114,7 @@ async def test_events_are_signed_fanned_out_and_revocation_ends_only_that_sessio
 
     # The revoked session is refused by the gateway at once (its cache entry was dropped).
     revoked_client = closer(GatewayClient(gateway.url, "connect", key=first[0], session=first[1],
-                                          timeout_s=TIMEOUT))
+                                          timeout_s=WAIT_S))
     with pytest.raises(RpcCallError) as info:
         await revoked_client.execute("user.profile.get")
     assert info.value.code == Code.UNAUTHENTICATED
@@ -282,7 +127,7 @@ async def test_events_are_signed_fanned_out_and_revocation_ends_only_that_sessio
 async def test_a_cancelled_stream_leaves_the_hub_at_once(
         gateway: RunningGateway, protocol: str, closer: Closer) -> None:
     keys = await published_keys(gateway.url)
-    (device,) = await same_user_sessions(gateway, new_email(), count=1)
+    (device,) = await same_user_sessions(gateway, new_email("subscriber"), count=1)
     transport = closer(make_transport(protocol, reactor, gateway.url))
     stream = RawStream(transport, subscribe_request(device))
     await stream.wait_messages(1)
@@ -315,11 +160,11 @@ async def test_a_cancelled_stream_leaves_the_hub_at_once(
 async def test_events_flow_again_after_the_push_consumer_reconnects(
         gateway: RunningGateway, closer: Closer) -> None:
     keys = await published_keys(gateway.url)
-    first, second = await same_user_sessions(gateway, new_email())
+    first, second = await same_user_sessions(gateway, new_email("subscriber"))
     transport = closer(make_transport("grpc", reactor, gateway.url))
     stream = RawStream(transport, subscribe_request(first))
     await stream.wait_messages(1)
-    actor = closer(GatewayClient(gateway.url, "connect", key=second[0], session=second[1], timeout_s=TIMEOUT))
+    actor = closer(GatewayClient(gateway.url, "connect", key=second[0], session=second[1], timeout_s=WAIT_S))
     consumer = gateway.gateway.push
     bus = gateway.backend.bus
 

@@ -26,19 +26,16 @@ from google.protobuf import json_format
 from gatewayd._proto.gateway.v1.gateway_pb2 import GatewayEvent
 from gatewayd.client import GatewayClient
 from gatewayd.rpc.codes import Code
-from gatewayd.testing.client import RunningGateway, start_gateway
-from tests.integration.test_subscribe_events import (
-    TIMEOUT,
-    bounded,
+from gatewayd.testing.client import RunningGateway, new_email, start_gateway
+from gatewayd.testing.events import (
     check_note,
     check_server_time,
     h2_stream_count,
-    new_email,
     published_keys,
     same_user_sessions,
     subscribe_request,
-    until,
 )
+from gatewayd.testing.wait import WAIT_S, bounded, until
 from tests.interop._clients import NodeClient
 from tests.interop._support import require_node
 
@@ -59,8 +56,7 @@ VARIANTS = [
 async def gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
     gw = await start_gateway(str(tmp_path / "state"))
     try:
-        await bounded(gw.gateway.push.when_connected())
-        await until(lambda: gw.backend.bus.subscriber_count == 1, "the backend to see the push call")
+        await gw.push_connected()
         yield gw
     finally:
         await gw.stop()
@@ -92,7 +88,7 @@ async def wait_messages(node: NodeClient, step_id: str, count: int) -> list[Gate
 async def test_subscribe_over_http2_with_connect_node(
         gateway: RunningGateway, transport: str, http: str, binary: bool, content_type: str) -> None:
     keys = await published_keys(gateway.url)
-    first, second = await same_user_sessions(gateway, new_email())
+    first, second = await same_user_sessions(gateway, new_email("subscriber"))
 
     def step(step_id: str, device: Any, **extra: Any) -> dict[str, Any]:
         return {"id": step_id, "transport": transport, "httpVersion": http, "binary": binary,
@@ -101,7 +97,7 @@ async def test_subscribe_over_http2_with_connect_node(
     # "b" aborts its own stream after its third message: that is how the Node process ends.
     plan = {"baseUrl": gateway.url, "steps": [{"group": [step("a", first), step("b", second, cancelAfter=3)]}]}
     node = NodeClient.start(plan, timeout=20.0)
-    actor = GatewayClient(gateway.url, "connect", key=second[0], session=second[1], timeout_s=TIMEOUT)
+    actor = GatewayClient(gateway.url, "connect", key=second[0], session=second[1], timeout_s=WAIT_S)
     try:
         for step_id in ("a", "b"):
             (greeting,) = await wait_messages(node, step_id, 1)
