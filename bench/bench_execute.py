@@ -28,8 +28,8 @@ PROTOCOLS = {
 
 
 def loadgen(port: int, sessions: Path, protocol: str, requests: int, message_type: str,
-            payload: str) -> dict[str, Any]:
-    conns, streams = PROTOCOLS[protocol]
+            payload: str, shape: tuple[int, int] | None = None) -> dict[str, Any]:
+    conns, streams = shape or PROTOCOLS[protocol]
     cmd = ["taskset", "-c", CLIENT_CORE, PYTHON, "-m", "bench.loadgen", "--port", str(port), "--sessions",
            str(sessions), "--protocol", protocol, "--requests", str(requests), "--connections", str(conns),
            "--streams", str(streams), "--message-type", message_type, "--payload", payload, "--timeout", "150"]
@@ -45,11 +45,16 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS))
     parser.add_argument("--message-type", default="user.profile.get")
     parser.add_argument("--payload", default="")
+    parser.add_argument("--shape", default="", help="CONNSxSTREAMS for every protocol instead of the defaults")
     parser.add_argument("--nodelay", action="store_true", help="diagnostic: TCP_NODELAY in both Twisted processes")
     parser.add_argument("--profile", action="store_true",
                         help="one extra run per protocol under py-spy; summary in the work folder, not timed")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    shape: tuple[int, int] | None = None
+    if args.shape:
+        c, m = args.shape.lower().split("x")
+        shape = (int(c), int(m))
     for stores in args.stores:
         work = Path(tempfile.mkdtemp(prefix=f"bench-exec-{stores}-"))
         stack = start_stack(work, stores, nodelay=args.nodelay)
@@ -60,12 +65,12 @@ def main() -> None:
             backend = next(p for p in stack.procs if p.name == "devbackend")
             assert gw is not None
             for protocol in args.protocols:
-                loadgen(stack.port, sessions, protocol, 300, args.message_type, args.payload)  # warm-up
+                loadgen(stack.port, sessions, protocol, 300, args.message_type, args.payload, shape)  # warm-up
                 stats = {k: Spread() for k in ("rps", "mean_ms", "p50_ms", "p99_ms", "cpu_us", "backend_cpu_us")}
                 outcomes: dict[str, int] = {}
                 for _ in range(args.repeats):
                     cpu0, bcpu0 = cpu_seconds(gw.pid), cpu_seconds(backend.pid)
-                    r = loadgen(stack.port, sessions, protocol, args.requests, args.message_type, args.payload)
+                    r = loadgen(stack.port, sessions, protocol, args.requests, args.message_type, args.payload, shape)
                     r["cpu_us"] = 1e6 * (cpu_seconds(gw.pid) - cpu0) / max(1, r["answered"])
                     r["backend_cpu_us"] = 1e6 * (cpu_seconds(backend.pid) - bcpu0) / max(1, r["answered"])
                     for k, s in stats.items():
@@ -76,11 +81,11 @@ def main() -> None:
                     assert stack.gateway is not None
                     prof = Profiler(stack.gateway.pid, work / f"profile-{protocol}.txt")
                     prof.start()
-                    loadgen(stack.port, sessions, protocol, args.requests, args.message_type, args.payload)
+                    loadgen(stack.port, sessions, protocol, args.requests, args.message_type, args.payload, shape)
                     prof.stop()
                     (work / f"profile-{protocol}.summary").write_text(summarize(prof.out))
                     print(f"profile: {work / f'profile-{protocol}.summary'}", flush=True)
-                conns, streams = PROTOCOLS[protocol]
+                conns, streams = shape or PROTOCOLS[protocol]
                 emit({"bench": "execute", "stores": stores, "protocol": protocol, "nodelay": args.nodelay,
                       "connections": conns, "streams": streams, "requests": args.requests,
                       "repeats": args.repeats, "message_type": args.message_type, "outcomes": outcomes,
