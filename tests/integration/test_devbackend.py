@@ -15,7 +15,7 @@ import treq
 from google.protobuf.message import Message
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 
@@ -24,6 +24,7 @@ from gatewayd.devbackend.listeners import DevBackendService, serve_push
 from gatewayd.devbackend.push import SUBSCRIBE_PUSH_PATH, PushBus, SubscribePushHandler, push_methods
 from gatewayd.devbackend.service import DevBackend, make_http_site
 from gatewayd.rpc.call import Call, Encoded
+from gatewayd.testing.wait import until
 
 ID_CHARSET = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 KEY_A = base64.b64encode(bytes(range(32))).decode()
@@ -522,14 +523,6 @@ def test_bus_survives_a_failing_subscriber() -> None:
     assert len(got) == 1
 
 
-async def poll(predicate: Any, what: str, timeout_s: float = 5.0) -> None:
-    """Wait (bounded) until ``predicate()`` is true, yielding to the reactor in between."""
-    deadline = reactor.seconds() + timeout_s
-    while not predicate():
-        assert reactor.seconds() < deadline, f"timed out waiting for {what}"
-        await deferLater(reactor, 0.005, lambda: None)
-
-
 @pytest_twisted.ensureDeferred
 async def test_push_port_delivers_events_to_the_gateway_push_consumer(h: Harness) -> None:
     from gatewayd.backend.push_consumer import PushConsumer
@@ -542,19 +535,19 @@ async def test_push_port_delivers_events_to_the_gateway_push_consumer(h: Harness
     try:
         consumer.start()
         await consumer.when_connected()
-        await poll(lambda: h.backend.bus.subscriber_count == 2, "the SubscribePush call to subscribe")
+        await until(lambda: h.backend.bus.subscriber_count == 2, "the SubscribePush call to subscribe")
 
         who = await h.login("wire@push.io")
         await h.user("POST", "notes", who, {"text": "over the wire"})
         await h.user("POST", "sessions/revoke", who, {"device_session_id": who["device_session_id"]})
-        await poll(lambda: len(got) == 2, "two events")
+        await until(lambda: len(got) == 2, "two events")
         assert got == h.events
         assert json.loads(got[0].client_event.payload_bytes)["text"] == "over the wire"
         assert got[1].session_invalidation.device_session_id == who["device_session_id"]
 
         # The consumer cancelling its call (RST_STREAM) cancels the handler, which unsubscribes.
         await consumer.stop()
-        await poll(lambda: h.backend.bus.subscriber_count == 1, "the cancelled call to unsubscribe")
+        await until(lambda: h.backend.bus.subscriber_count == 1, "the cancelled call to unsubscribe")
     finally:
         await consumer.stop()
         await server.stop()

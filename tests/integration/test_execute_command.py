@@ -23,7 +23,8 @@ from gatewayd.client.wire import PROTOCOLS
 from gatewayd.config import Budget
 from gatewayd.rpc.codes import Code
 from gatewayd.signing import response_signing_input, sha256, verify
-from gatewayd.testing.client import RunningGateway, login, routes_with, signed_execute_request, start_gateway
+from gatewayd.testing.client import RunningGateway, login, new_email, routes_with, signed_execute_request, start_gateway
+from gatewayd.testing.wait import until
 
 MAX_MESSAGE_BYTES = 16 * 1024
 
@@ -89,15 +90,12 @@ class Device:
         return info.value
 
 
-_emails = iter(range(1_000_000))
-
-
 @pytest_twisted.async_yield_fixture
 async def device_factory(gateway: RunningGateway, protocol: str) -> AsyncIterator[Callable[..., Any]]:
     devices: list[Device] = []
 
     async def make(gw: RunningGateway = gateway) -> Device:
-        key, session = await login(gw.url, f"user{next(_emails)}@example.com")
+        key, session = await login(gw.url, new_email("user"))
         device = Device(gw, protocol, key, session)
         devices.append(device)
         return device
@@ -299,14 +297,6 @@ async def test_every_backend_status_becomes_its_signed_result_code(
 # --- SubscribeEvents -------------------------------------------------------------------------
 
 
-async def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
-    deadline = reactor.seconds() + timeout_s
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await task.deferLater(reactor, 0.005, lambda: None)
-
-
 @pytest_twisted.ensureDeferred
 async def test_subscribe_delivers_verified_events_and_ends_on_revocation(
         gateway: RunningGateway, device_factory: Any) -> None:
@@ -314,12 +304,12 @@ async def test_subscribe_delivers_verified_events_and_ends_on_revocation(
     device = await device_factory()
     events: list[VerifiedEvent] = []
     stream = device.client.subscribe(events.append)
-    await _until(lambda: len(events) >= 1, "gateway.server_time")
+    await until(lambda: len(events) >= 1, "gateway.server_time")
     assert events[0].event_type == "gateway.server_time"
     assert abs(events[0].json()["server_time_ms"] - reactor.seconds() * 1000) < 60_000
 
     await device.client.execute("user.notes.create", {"text": "pushed"})
-    await _until(lambda: len(events) >= 2, "user.note.created")
+    await until(lambda: len(events) >= 2, "user.note.created")
     assert (events[1].event_type, events[1].json()["text"]) == ("user.note.created", "pushed")
     assert {e.key_id for e in events} == {gateway.gateway.keyring.signer.key_id}
 
@@ -337,7 +327,7 @@ async def test_subscribe_ends_unavailable_when_the_hub_closes(
     device = await device_factory()
     events: list[VerifiedEvent] = []
     stream = device.client.subscribe(events.append)
-    await _until(lambda: len(events) >= 1, "gateway.server_time")
+    await until(lambda: len(events) >= 1, "gateway.server_time")
     gateway.gateway.hub.close(RpcError(Code.UNAVAILABLE, "gateway is shutting down"))
     with pytest.raises(RpcCallError) as info:
         await stream
@@ -369,12 +359,12 @@ async def test_cancelling_a_subscription_frees_it(gateway: RunningGateway, devic
     device = await device_factory()
     events: list[VerifiedEvent] = []
     stream = device.client.subscribe(events.append)
-    await _until(lambda: len(events) >= 1, "gateway.server_time")
+    await until(lambda: len(events) >= 1, "gateway.server_time")
     assert len(gateway.gateway.hub) == 1
     stream.cancel()
     with pytest.raises(defer.CancelledError):
         await stream
-    await _until(lambda: len(gateway.gateway.hub) == 0, "the hub to drop the stream")
+    await until(lambda: len(gateway.gateway.hub) == 0, "the hub to drop the stream")
 
 
 @pytest_twisted.ensureDeferred
@@ -392,7 +382,7 @@ async def test_subscribe_envelope_rejections_get_their_codes(
     first = sub(request_id="sub-once")
     messages: list[bytes] = []
     opened = device.client.transport.server_streaming(SUBSCRIBE_EVENTS_PATH, first, messages.append)
-    await _until(lambda: len(messages) >= 1, "gateway.server_time")
+    await until(lambda: len(messages) >= 1, "gateway.server_time")
     rows = {
         "wrong message_type": (sub(message_type="user.profile.get"), Code.INVALID_ARGUMENT),
         "protocol_version 2": (sub(protocol_version=2), Code.FAILED_PRECONDITION),

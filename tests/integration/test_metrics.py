@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 
 from gatewayd.client import DeviceKey, GatewayClient, RpcCallError, VerifiedEvent
 from gatewayd.client.client import DeviceSession
@@ -17,7 +17,8 @@ from gatewayd.observability import GatewayMetrics, MetricsService
 from gatewayd.observability.instrument import time_store_methods
 from gatewayd.public.testing import Answer, h2c, http1
 from gatewayd.rpc.codes import Code
-from gatewayd.testing.client import RunningGateway, login, signed_execute_request, start_gateway
+from gatewayd.testing.client import RunningGateway, login, new_email, signed_execute_request, start_gateway
+from gatewayd.testing.wait import until
 
 EXECUTE = "/gateway.v1.Gateway/ExecuteCommand"
 SUBSCRIBE = "/gateway.v1.Gateway/SubscribeEvents"
@@ -46,14 +47,6 @@ async def scrape(gw: RunningGateway, over: str = "http1", path: str = "/metrics"
     return parse(answer.body)
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
-    deadline = reactor.seconds() + timeout_s
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await task.deferLater(reactor, 0.005, lambda: None)
-
-
 @pytest_twisted.async_yield_fixture
 async def gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
     gw = await start_gateway(str(tmp_path / "state"))
@@ -63,15 +56,12 @@ async def gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
         await gw.stop()
 
 
-_emails = iter(range(1_000_000))
-
-
 @pytest_twisted.async_yield_fixture
 async def clients(gateway: RunningGateway) -> AsyncIterator[Callable[..., Any]]:
     made: list[GatewayClient] = []
 
     async def make(protocol: str) -> tuple[GatewayClient, DeviceKey, DeviceSession]:
-        key, session = await login(gateway.url, f"metrics{next(_emails)}@example.com")
+        key, session = await login(gateway.url, new_email("metrics"))
         client = GatewayClient(gateway.url, protocol, key=key, session=session, timeout_s=5.0)
         made.append(client)
         return client, key, session
@@ -244,7 +234,6 @@ async def test_metrics_root_in_front_of_a_klein_app(over: str) -> None:
         assert b"# TYPE gatewayd_rpc_calls_total counter" in answer.body
     finally:
         await server.stop()
-
 
 
 @pytest_twisted.ensureDeferred

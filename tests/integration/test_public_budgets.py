@@ -5,19 +5,16 @@ private redis-server."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from gatewayd.config import Budget, PublicConfig, StoresConfig
 from gatewayd.public.testing import Answer, PublicHarness, h2c, http1
 from gatewayd.stores import build_stores
 from gatewayd.stores.redis import RedisStores
 from gatewayd.testing.redis import RedisServer, redis_server  # noqa: F401
+from gatewayd.testing.wait import until
 
 SEND = "/api/v1/public/auth/send-email-code"
 CONFIRM = "/api/v1/public/auth/confirm-email-code"
@@ -155,15 +152,6 @@ async def test_forwarded_for_is_believed_from_a_trusted_peer() -> None:
 # -- shared through Redis -------------------------------------------------------------------------
 
 
-async def poll(predicate: Callable[[], Any], within_s: float = 5.0) -> None:
-    start = time.monotonic()
-    while time.monotonic() - start < within_s:
-        if await predicate():
-            return
-        await deferLater(reactor, 0.01)
-    raise AssertionError(f"not true within {within_s}s")
-
-
 def redis_stores(url: str) -> RedisStores:
     stores = build_stores(StoresConfig(kind="redis", redis_url=url, key_prefix="gw:", timeout_s=0.5), reactor)
     assert isinstance(stores, RedisStores)
@@ -176,8 +164,8 @@ async def test_two_gateways_share_budgets_through_redis(redis_server: RedisServe
     config = PublicConfig(login_ip=Budget(rate=SLOW, burst=3), send_email=Budget(rate=SLOW, burst=2))
     a = b = None
     try:
-        await poll(stores_a.ping)
-        await poll(stores_b.ping)
+        await until(stores_a.ping, "Redis to answer PING")
+        await until(stores_b.ping, "Redis to answer PING")
         a = await PublicHarness.start(config=config, rate=stores_a.rate, trusted_proxies=["127.0.0.1"])
         b = await PublicHarness.start(config=config, rate=stores_b.rate, trusted_proxies=["127.0.0.1"])
         # Per email, across gateways and IPs.
@@ -210,7 +198,7 @@ async def test_redis_down_fails_closed(redis_server: RedisServer) -> None:  # no
     stores = redis_stores(redis_server.url)
     h = None
     try:
-        await poll(stores.ping)
+        await until(stores.ping, "Redis to answer PING")
         h = await PublicHarness.start(rate=stores.rate)
         assert (await send(h, "a@example.com")).status == 200
         redis_server.stop()

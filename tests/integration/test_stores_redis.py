@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import succeed
 from twisted.internet.task import deferLater
 
 from gatewayd.config import Budget, StoresConfig
 from gatewayd.stores import RateDecision, StoreUnavailable, build_stores
 from gatewayd.stores.redis import RedisStores
 from gatewayd.testing.redis import RedisServer, free_port, redis_server  # noqa: F401
+from gatewayd.testing.wait import until
 
 TIMEOUT_S = 0.5
 
@@ -28,19 +27,9 @@ def make_stores(url: str, prefix: str = "t:", timeout_s: float = TIMEOUT_S) -> R
     return stores
 
 
-async def poll(predicate: Callable[[], Any], within_s: float = 5.0) -> float:
-    """Await ``predicate()`` (a Deferred of bool) until True; the seconds it took (bounded)."""
-    start = time.monotonic()
-    while time.monotonic() - start < within_s:
-        if await predicate():
-            return time.monotonic() - start
-        await deferLater(reactor, 0.01)
-    raise AssertionError(f"not true within {within_s}s")
-
-
 async def ready(*all_stores: RedisStores) -> None:
     for stores in all_stores:
-        await poll(stores.ping)
+        await until(stores.ping, "Redis to answer PING")
 
 
 async def unavailable_within(d: Any, bound_s: float) -> StoreUnavailable:
@@ -71,7 +60,7 @@ async def test_replay_is_shared_between_two_gateways(redis_server: RedisServer) 
         pttl = await a.pool.execute("PTTL", "t:replay:sess1:req1")
         assert 29_000 < pttl <= 30_000
         assert await a.replay.reserve("short", 0.05) is True
-        await poll(lambda: b.replay.reserve("short", 0.05), within_s=2.0)
+        await until(lambda: b.replay.reserve("short", 0.05), "the short reservation to expire", timeout=2.0)
     finally:
         await a.close()
         await b.close()
@@ -138,7 +127,7 @@ async def test_redis_stopped_fails_closed_promptly_then_recovers(redis_server: R
         await unavailable_within(stores.replay.reserve("during", 30.0), TIMEOUT_S)
         assert await stores.ping() is False
         redis_server.start()
-        took = await poll(stores.ping)
+        took = await until(stores.ping, "Redis to answer PING")
         assert took < 2.0  # reconnect backoff starts at 0.1 s
         assert await stores.replay.reserve("during", 30.0) is True
         assert (await stores.rate.consume("k", budget)).allowed
@@ -161,7 +150,7 @@ async def test_redis_not_answering_times_out(redis_server: RedisServer) -> None:
             assert await stores.ping() is False
         finally:
             redis_server.resume()
-        await poll(stores.ping)
+        await until(stores.ping, "Redis to answer PING")
         assert await stores.replay.reserve("k2", 30.0) is True
         # A timed-out command may still have been applied: Redis read it before it froze.
         assert await stores.replay.reserve("k", 30.0) in (True, False)
@@ -213,10 +202,10 @@ async def test_reconnect_keeps_trying_when_select_times_out(redis_server: RedisS
             await unavailable_within(stores.replay.reserve("k", 30.0), 1.0)
             # connections made to the frozen server: the second one comes only if the first one's
             # SELECT timing out did not stop the reconnecting
-            await poll(lambda: succeed(len(built) >= 3), within_s=5.0)
+            await until(lambda: len(built) >= 3, "three connections built", timeout=5.0)
         finally:
             redis_server.resume()
-        await poll(stores.ping)
+        await until(stores.ping, "Redis to answer PING")
         assert await stores.replay.reserve("k2", 30.0) is True
         assert await stores.pool.execute("DBSIZE") >= 1
     finally:

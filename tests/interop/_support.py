@@ -1,13 +1,11 @@
-"""Helpers for the interop tests: the health server under test, bounded polling, the Node gate."""
+"""Helpers for the interop tests: the health server under test and the Node gate."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from twisted.internet import reactor, task
 
 from gatewayd.health import HealthService
 from gatewayd.testing.server import RunningServer
@@ -41,15 +39,6 @@ class HealthServer:
             f"active={len(self.server.app.active)} watchers={self.health.watcher_count()} "
             f"h2_streams={[list(s) for s in self.h2_streams()]}"
         )
-
-
-async def poll(predicate: Callable[[], bool], describe: Callable[[], str], timeout: float = 5.0) -> None:
-    """Wait (bounded) until ``predicate()`` holds, checking every 10 ms on the reactor."""
-    deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
-    while not predicate():
-        if reactor.seconds() > deadline:  # type: ignore[attr-defined]
-            raise AssertionError(f"still not true after {timeout} s: {describe()}")
-        await task.deferLater(reactor, 0.01, lambda: None)  # type: ignore[arg-type]
 
 
 def require_node() -> pytest.MarkDecorator:

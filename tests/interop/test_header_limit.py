@@ -13,8 +13,9 @@ import pytest_twisted
 from twisted.internet import threads
 
 from gatewayd.rpc.codes import Code
+from gatewayd.testing.wait import until
 from tests.interop._clients import run_node
-from tests.interop._support import HealthServer, poll, require_node
+from tests.interop._support import HealthServer, require_node
 
 pytestmark = require_node()
 
@@ -44,7 +45,7 @@ async def test_http1_headers_over_the_limit_get_431(health_server: HealthServer)
     results = await run_node({"baseUrl": health_server.url, "steps": steps})
     _assert_431(results["over"]["end"])
     assert results["after"]["messages"] == [{"status": "SERVING"}], results
-    await poll(health_server.idle, health_server.state)
+    await until(health_server.idle, health_server.state)
 
 
 @pytest_twisted.ensureDeferred
@@ -100,4 +101,4 @@ async def test_http2_headers_over_the_limit_are_refused_and_the_server_goes_on(h
             assert got["messages"] == [] and got["end"]["code"] != Code.OK, (transport, case, got)
         after = results[f"{transport}/after"]
         assert after["messages"] == [{"status": "SERVING"}], (transport, after)
-    await poll(health_server.idle, health_server.state)
+    await until(health_server.idle, health_server.state)

@@ -16,8 +16,9 @@ from twisted.internet import defer
 
 from gatewayd.health import NOT_SERVING
 from gatewayd.rpc.codes import Code
+from gatewayd.testing.wait import until
 from tests.interop._clients import BUF, PROTO_DIR, ToolProcess, run_tool
-from tests.interop._support import HealthServer, poll
+from tests.interop._support import HealthServer
 
 pytestmark = pytest.mark.skipif(not BUF.exists(), reason="buf (PyPI buf-bin) is not installed in .venv")
 
@@ -66,4 +67,4 @@ async def test_watch_streams_changes_and_a_killed_client_frees_its_stream(health
             tool.signal("TERM")
     for tool in tools:
         await tool.ended
-    await poll(health_server.idle, health_server.state)
+    await until(health_server.idle, health_server.state)

@@ -16,7 +16,8 @@ from twisted.internet import defer, reactor, threads
 
 from gatewayd._proto.grpc.health.v1 import health_pb2
 from gatewayd.health import NOT_SERVING, SERVING
-from tests.interop._support import HealthServer, poll
+from gatewayd.testing.wait import until
+from tests.interop._support import HealthServer
 
 CHECK = "/grpc.health.v1.Health/Check"
 WATCH = "/grpc.health.v1.Health/Watch"
@@ -123,7 +124,7 @@ async def test_watch_sees_serving_then_not_serving_and_cancel_frees_the_stream(
     assert code is grpc.StatusCode.CANCELLED
     # The channel is closed with the thread, so this also covers the connection's teardown;
     # tests/interop/test_health_node.py checks the RST_STREAM path on a connection kept open.
-    await poll(health_server.idle, health_server.state)
+    await until(health_server.idle, health_server.state)
 
 
 @pytest_twisted.ensureDeferred
@@ -133,4 +134,4 @@ async def test_watch_deadline_ends_with_deadline_exceeded(health_server: HealthS
     assert received == [SERVING]
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
     # grpcio sent grpc-timeout: the server's own timer must end the call and free it.
-    await poll(health_server.idle, health_server.state)
+    await until(health_server.idle, health_server.state)

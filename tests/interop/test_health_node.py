@@ -13,8 +13,9 @@ import pytest_twisted
 
 from gatewayd.health import NOT_SERVING
 from gatewayd.rpc.codes import Code
+from gatewayd.testing.wait import until
 from tests.interop._clients import NodeClient, run_node
-from tests.interop._support import HealthServer, poll, require_node
+from tests.interop._support import HealthServer, require_node
 
 pytestmark = require_node()
 
@@ -101,7 +102,7 @@ async def test_watch_sees_the_change_then_cancel_frees_every_stream(health_serve
             assert got["end"]["cancelledByClient"] and got["end"]["code"] == Code.CANCELLED, got
         # The Node process is still alive and its HTTP/2 sessions stay open: the streams are
         # freed by RST_STREAM (HTTP/2) or the request's socket closing (HTTP/1.1) alone.
-        await poll(health_server.idle, health_server.state)
+        await until(health_server.idle, health_server.state)
         assert len(health_server.server.factory.h2_connections) == sum(1 for v in VARIANTS if v[1] == "2")
     finally:
         if client.exit_code is None:
@@ -127,7 +128,7 @@ async def test_watch_deadline_is_enforced_by_the_server(health_server: HealthSer
         assert end["elapsedMs"] >= 250, got
         if step["transport"] != "connect":
             assert end["metadata"].get("grpc-status") == "4", got
-    await poll(health_server.idle, health_server.state)
+    await until(health_server.idle, health_server.state)
 
 
 @pytest_twisted.ensureDeferred
@@ -141,7 +142,7 @@ async def test_watch_client_timeout_ends_with_deadline_exceeded(health_server: H
         # before the first message arrives.
         assert got["messages"] in ([], [{"status": "SERVING"}]), got
         assert got["end"]["code"] == Code.DEADLINE_EXCEEDED, got
-    await poll(health_server.idle, health_server.state)
+    await until(health_server.idle, health_server.state)
 
 
 @pytest_twisted.ensureDeferred
@@ -172,7 +173,7 @@ async def test_cancel_on_a_shared_connection_resets_only_that_stream(health_serv
         def two_left() -> bool:
             return health_server.health.watcher_count() == 2 and [len(s) for s in health_server.h2_streams()] == [2]
 
-        await poll(two_left, health_server.state)
+        await until(two_left, health_server.state)
         assert len(health_server.server.app.active) == 2
         health_server.health.set("", NOT_SERVING)
         await client.wait_event("cancelled", "paused")
@@ -180,7 +181,7 @@ async def test_cancel_on_a_shared_connection_resets_only_that_stream(health_serv
         assert results["early"]["messages"] == [{"status": "SERVING"}]
         for step_id in ("late1", "late2"):
             assert results[step_id]["messages"] == [{"status": "SERVING"}, {"status": "NOT_SERVING"}], results
-        await poll(health_server.idle, health_server.state)
+        await until(health_server.idle, health_server.state)
         assert len(health_server.server.factory.h2_connections) == 1
     finally:
         if client.exit_code is None:
@@ -200,7 +201,7 @@ async def test_more_streams_than_the_concurrency_limit_on_one_connection(health_
     ends = [results[step["id"]]["end"] for step in group]
     assert all(r["messages"] == [{"status": "SERVING"}] for r in results.values()), results
     assert all(e["cancelledByClient"] and e["code"] == Code.CANCELLED for e in ends), ends
-    await poll(health_server.idle, health_server.state)
+    await until(health_server.idle, health_server.state)
 
 
 @pytest_twisted.ensureDeferred
@@ -236,4 +237,4 @@ async def test_http1_connection_is_kept_alive_across_calls(health_server: Health
         assert codes[f"{transport}/watch"] == Code.DEADLINE_EXCEEDED, results
         assert results[f"{transport}/watch"]["messages"] == [{"status": "SERVING"}], results
     assert len(built) == 2, f"expected one kept-alive connection per transport, got {len(built)}"
-    await poll(health_server.idle, health_server.state)
+    await until(health_server.idle, health_server.state)
