@@ -37,7 +37,8 @@ class Stack:
         self.procs.clear()
 
 
-def start_stack(work: Path, stores: str = "memory", max_streams: int = 100, nodelay: bool = False) -> Stack:
+def start_stack(work: Path, stores: str = "memory", max_streams: int = 100, nodelay: bool = False,
+                backend_timeout_s: float = 5.0) -> Stack:
     """Start redis (when ``stores == "redis"``), the dev backend and the gateway; wait until ready.
 
     ``nodelay``: run both Twisted processes through ``bench/twist_nodelay.py`` (TCP_NODELAY everywhere).
@@ -72,6 +73,7 @@ max_concurrent_streams = {max_streams}
 [backend]
 base_url = "http://127.0.0.1:{http}"
 push_endpoint = "tcp:host=127.0.0.1:port={push}"
+timeout_s = {backend_timeout_s}
 [keys]
 signing_key = "{key}"
 [stores]

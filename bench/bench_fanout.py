@@ -25,12 +25,13 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--burst", type=int, default=20)
     parser.add_argument("--wave", type=int, default=0, help="open streams this many at a time (0: all at once)")
+    parser.add_argument("--backend-timeout", type=float, default=5.0, help="backend.timeout_s (default 5)")
     parser.add_argument("--profile", action="store_true", help="sample the gateway with py-spy during the run")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     conns, streams = (int(x) for x in args.layout.lower().split("x"))
     work = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
-    stack = start_stack(work, "memory", max_streams=max(100, streams + 10))
+    stack = start_stack(work, "memory", max_streams=max(100, streams + 10), backend_timeout_s=args.backend_timeout)
     try:
         sessions = work / "sessions.json"
         sessions.write_text(json.dumps(login(stack.port, args.sessions)))
@@ -48,7 +49,7 @@ def main() -> None:
             print(f"profile: {work / 'profile.summary'}", flush=True)
         if done.returncode != 0:
             raise SystemExit(f"fanout client failed: {done.stderr[-2000:]}")
-        emit(json.loads(done.stdout.strip().splitlines()[-1]), args.out)
+        emit({**json.loads(done.stdout.strip().splitlines()[-1]), "backend_timeout_s": args.backend_timeout}, args.out)
     finally:
         stack.stop()
 
