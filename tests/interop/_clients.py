@@ -16,10 +16,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import defer, error, protocol, reactor
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet import defer
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.python.failure import Failure
+
+from gatewayd.testing.procs import ChildProcess, child_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NODE_SCRIPT = ROOT / "tests" / "interop" / "node" / "client.mjs"
@@ -35,23 +35,8 @@ def node_available() -> bool:
     return shutil.which("node") is not None and NODE_MODULES.is_dir()
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Clients must reach 127.0.0.1 directly, whatever the machine's proxy settings.
-    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        env.pop(key, None)
-    env["NO_PROXY"] = env["no_proxy"] = "*"
-    return env
-
-
 def _remove_file(result: object, name: str) -> object:
     os.unlink(name)
-    return result
-
-
-def _cancel_timer(result: object, timer: IDelayedCall) -> object:
-    if timer.active():
-        timer.cancel()
     return result
 
 
@@ -61,17 +46,16 @@ class _Waiter:
         self.deferred: defer.Deferred[Event] = defer.Deferred()
 
 
-class NodeClient(protocol.ProcessProtocol):
+class NodeClient(ChildProcess):
     """One ``node client.mjs PLAN`` process; ``events`` holds every JSON line it printed."""
 
     def __init__(self, plan: dict[str, Any]) -> None:
+        super().__init__()
         self.plan = plan
         self.events: list[Event] = []
         self.stderr = b""
         self._partial = b""
         self._waiters: list[_Waiter] = []
-        self.ended: defer.Deferred[int] = defer.Deferred()
-        self.exit_code: int | None = None
 
     # -- starting and talking ---------------------------------------------------------
 
@@ -87,18 +71,8 @@ class NodeClient(protocol.ProcessProtocol):
                 f.write(text)
             text = "@" + name
             client.ended.addBoth(_remove_file, name)
-        reactor.spawnProcess(  # type: ignore[attr-defined]
-            client, "node", ["node", str(NODE_SCRIPT), text], env=_child_env(), path=str(ROOT)
-        )
-        client.ended.addBoth(_cancel_timer, reactor.callLater(timeout, client._kill))  # type: ignore[attr-defined]
+        client.spawn(["node", str(NODE_SCRIPT), text], str(ROOT), timeout)
         return client
-
-    def _kill(self) -> None:
-        if self.transport is not None:
-            try:
-                self.transport.signalProcess("KILL")
-            except error.ProcessExitedAlready:
-                pass
 
     def send_line(self, line: str = "go") -> None:
         """Answer a ``pause`` step."""
@@ -164,13 +138,10 @@ class NodeClient(protocol.ProcessProtocol):
     def errReceived(self, data: bytes) -> None:
         self.stderr += data
 
-    def processEnded(self, reason: Failure) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        self.exit_code = -1 if code is None else code
+    def process_ended(self) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.deferred.errback(AssertionError(self._describe("process ended before the event")))
-        self.ended.callback(self.exit_code)
 
 
 def run_node(plan: dict[str, Any], timeout: float = 20.0) -> defer.Deferred[dict[str, dict[str, Any]]]:
@@ -180,33 +151,24 @@ def run_node(plan: dict[str, Any], timeout: float = 20.0) -> defer.Deferred[dict
 
 def run_tool(argv: Sequence[str]) -> defer.Deferred[tuple[bytes, bytes, int]]:
     """Run a command to completion off the reactor's back: (stdout, stderr, exit code)."""
-    return getProcessOutputAndValue(argv[0], list(argv[1:]), env=_child_env(), path=str(ROOT))
+    return getProcessOutputAndValue(argv[0], list(argv[1:]), env=child_env(), path=str(ROOT))
 
 
-class ToolProcess(protocol.ProcessProtocol):
+class ToolProcess(ChildProcess):
     """A long-running command (``buf curl`` on a stream) whose output a test waits on."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.stdout = b""
         self.stderr = b""
         self._waiters: list[tuple[bytes, int, defer.Deferred[None]]] = []
-        self.ended: defer.Deferred[int] = defer.Deferred()
-        self.exit_code: int | None = None
 
     @classmethod
     def start(cls, argv: Sequence[str], timeout: float = 20.0) -> ToolProcess:
         """Spawn ``argv``; it is killed if still running after ``timeout`` seconds."""
         tool = cls()
-        reactor.spawnProcess(tool, argv[0], list(argv), env=_child_env(), path=str(ROOT))  # type: ignore[attr-defined]
-        tool.ended.addBoth(_cancel_timer, reactor.callLater(timeout, tool.signal, "KILL"))  # type: ignore[attr-defined]
+        tool.spawn(argv, str(ROOT), timeout)
         return tool
-
-    def signal(self, name: str) -> None:
-        if self.transport is not None:
-            try:
-                self.transport.signalProcess(name)
-            except error.ProcessExitedAlready:
-                pass
 
     def wait_output(self, needle: bytes, count: int = 1) -> defer.Deferred[None]:
         """Fires once stdout holds ``needle`` at least ``count`` times."""
@@ -235,10 +197,7 @@ class ToolProcess(protocol.ProcessProtocol):
     def errReceived(self, data: bytes) -> None:
         self.stderr += data
 
-    def processEnded(self, reason: Failure) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        self.exit_code = -1 if code is None else code
+    def process_ended(self) -> None:
         waiters, self._waiters = self._waiters, []
         for needle, _count, d in waiters:
             d.errback(AssertionError(self._describe(f"ended without {needle!r}")))
-        self.ended.callback(self.exit_code)

@@ -139,6 +139,6 @@ async def test_subscribe_over_http2_with_connect_node(
                     lambda: f"hub {len(gateway.gateway.hub)}, h2 streams {h2_stream_count(gateway)}")
     finally:
         if node.exit_code is None:
-            node._kill()
+            node.signal("KILL")
             await bounded(node.ended)
         await actor.close()
