@@ -21,6 +21,7 @@ from gatewayd._proto.gateway.v1.gateway_pb2 import (
     ExecuteCommandResponse,
     GatewayEvent,
 )
+from gatewayd.client.deferreds import settle
 from gatewayd.client.errors import NotLoggedInError, PublicApiError, RpcCallError, VerificationError
 from gatewayd.client.keys import DeviceKey
 from gatewayd.client.sign import RandomBytes, SecondsClock, sign_request, sign_subscribe
@@ -216,7 +217,7 @@ class GatewayClient:
 
         stream = self.transport.server_streaming(SUBSCRIBE_EVENTS_PATH, request.SerializeToString(), on_message)
         outer: Deferred[None] = Deferred(lambda _: stream.cancel())
-        stream.addBoth(finished).addBoth(lambda r: _settle(outer, r))
+        stream.addBoth(finished).addBoth(lambda r: settle(outer, r if isinstance(r, Failure) else None))
         return outer
 
     def close(self) -> Deferred[None]:
@@ -224,15 +225,6 @@ class GatewayClient:
         return defer.DeferredList(
             [self.transport.close(), self._pool.closeCachedConnections()], consumeErrors=True
         ).addCallback(lambda _: None)
-
-
-def _settle(outer: Deferred[Any], result: Any) -> None:
-    if outer.called:
-        return
-    if isinstance(result, Failure):
-        outer.errback(result)
-    else:
-        outer.callback(None)
 
 
 def _deadline_exceeded(result: Any, timeout: float) -> Any:

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandResponse, GatewayEvent
+from gatewayd.client.deferreds import settle_each
 from gatewayd.client.errors import VerificationError
 from gatewayd.signing import event_signing_input, key_id_for, response_signing_input, sha256, verify
 
@@ -108,13 +109,7 @@ class KeyCache:
 
     def _fetched(self, result: Any) -> None:
         waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if waiter.called:
-                continue
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(None)
+        settle_each(waiters, None if not isinstance(result, Failure) else result)
 
     def _store(self, keys: Mapping[str, bytes]) -> None:
         self._keys = dict(keys)

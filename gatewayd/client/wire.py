@@ -38,6 +38,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from gatewayd.client.deferreds import settle, settle_each
 from gatewayd.client.errors import GatewayUnreachableError, RpcCallError
 from gatewayd.rpc.codes import Code, code_for_http_status
 from gatewayd.rpc.errors import RpcError
@@ -134,13 +135,7 @@ class GrpcTransport:
         if not isinstance(result, Failure):
             self._connection = result
         waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if waiter.called:
-                continue
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+        settle_each(waiters, result)
 
     def _call(self, path: str, request: bytes, on_message: OnMessage, metadata: list[tuple[str, str]]
               ) -> Deferred[None]:
@@ -162,7 +157,7 @@ class GrpcTransport:
 
         outer: Deferred[None] = Deferred(cancel)
         d = self._connect().addCallback(send).addCallback(status).addErrback(_unreachable)
-        d.addBoth(lambda r: _settle(outer, r))
+        d.addBoth(lambda r: settle(outer, r))
         return outer
 
     def unary(self, path: str, request: bytes, timeout_s: float | None = None) -> Deferred[bytes]:
@@ -289,6 +284,48 @@ class _HttpTransport:
 
         return _read(response, feed).addCallback(ended)
 
+    def _request(self, path: str, headers: dict[str, str], body: bytes, steps: list[Deferred[Any]],
+                 answered: Callable[[IResponse], Deferred[Any]]) -> Deferred[Any]:
+        """POST, then ``answered(response)``; cancelling the result cancels the running step."""
+        outer: Deferred[Any] = Deferred(_canceller(steps))
+        d = _chain(self._post(path, headers, body), steps).addCallback(answered)
+        d.addErrback(_unreachable)
+        d.addBoth(lambda r: settle(outer, r))
+        return outer
+
+
+class _EndedStream:
+    """The frames of a stream that ends with one flagged frame (gRPC-Web trailers, Connect end-stream).
+
+    Plain frames go to ``on_message``; the end frame's payload is kept, ``decode_end``-ed
+    as it arrives; a frame after it, or a compressed one, is an INTERNAL error.
+    """
+
+    def __init__(self, on_message: OnMessage, end_flag: int, decode_end: Callable[[bytes], Any],
+                 after_end: str, no_end: str) -> None:
+        self._on_message = on_message
+        self._end_flag = end_flag
+        self._decode_end = decode_end
+        self._after_end = after_end
+        self._no_end = no_end
+        self._end: list[Any] = []
+
+    def on_frame(self, flags: int, payload: bytes) -> None:
+        if self._end:
+            raise RpcCallError(Code.INTERNAL, self._after_end)
+        if flags & self._end_flag:
+            self._end.append(self._decode_end(payload))
+        elif flags & FLAG_COMPRESSED:
+            raise RpcCallError(Code.INTERNAL, "compressed message, but no encoding was negotiated")
+        else:
+            self._on_message(payload)
+
+    def end(self, _: None) -> Any:
+        """The decoded end frame; INTERNAL if the stream had none."""
+        if not self._end:
+            raise RpcCallError(Code.INTERNAL, self._no_end)
+        return self._end[0]
+
 
 def _canceller(steps: list[Deferred[Any]]) -> Callable[[Deferred[Any]], None]:
     """Cancelling the outer call cancels whichever step is still running."""
@@ -327,33 +364,12 @@ class GrpcWebTransport(_HttpTransport):
             if response.code != 200:
                 return _chain(_read_all(response, self._max_message_bytes), steps).addCallback(
                     lambda _: _http_error(response.code))
-            trailers: list[dict[str, str]] = []
+            stream = _EndedStream(on_message, FLAG_GRPC_WEB_TRAILERS, _grpc_web_trailers,
+                                  "message after the gRPC-Web trailers", "gRPC-Web response without trailers")
+            return _chain(self._framed(response, stream.on_frame), steps).addCallback(stream.end).addCallback(
+                _status)
 
-            def on_frame(flags: int, payload: bytes) -> None:
-                if trailers:
-                    raise RpcCallError(Code.INTERNAL, "message after the gRPC-Web trailers")
-                if flags & FLAG_GRPC_WEB_TRAILERS:
-                    try:
-                        trailers.append(decode_grpc_web_trailers(payload))
-                    except RpcError as e:
-                        raise RpcCallError(e.code, e.message) from None
-                elif flags & FLAG_COMPRESSED:
-                    raise RpcCallError(Code.INTERNAL, "compressed message, but no encoding was negotiated")
-                else:
-                    on_message(payload)
-
-            def ended(_: None) -> None:
-                if not trailers:
-                    raise RpcCallError(Code.INTERNAL, "gRPC-Web response without trailers")
-                _status(trailers[0])
-
-            return _chain(self._framed(response, on_frame), steps).addCallback(ended)
-
-        outer: Deferred[None] = Deferred(_canceller(steps))
-        d = _chain(self._post(path, headers, encode_frame(request)), steps).addCallback(answered)
-        d.addErrback(_unreachable)
-        d.addBoth(lambda r: _settle(outer, r))
-        return outer
+        return self._request(path, headers, encode_frame(request), steps, answered)
 
     def unary(self, path: str, request: bytes, timeout_s: float | None = None) -> Deferred[bytes]:
         messages: list[bytes] = []
@@ -379,11 +395,7 @@ class ConnectTransport(_HttpTransport):
             head = _headers(response)
             return body.addCallback(_connect_error, response.code, head)
 
-        outer: Deferred[bytes] = Deferred(_canceller(steps))
-        d = _chain(self._post(path, headers, request), steps).addCallback(answered)
-        d.addErrback(_unreachable)
-        d.addBoth(lambda r: _settle(outer, r))
-        return outer
+        return self._request(path, headers, request, steps, answered)
 
     def server_streaming(self, path: str, request: bytes, on_message: OnMessage) -> Deferred[None]:
         steps: list[Deferred[Any]] = []
@@ -394,41 +406,20 @@ class ConnectTransport(_HttpTransport):
                 head = _headers(response)
                 return _chain(_read_all(response, self._max_message_bytes), steps).addCallback(
                     _connect_error, response.code, head)
-            end: list[bytes] = []
+            stream = _EndedStream(on_message, FLAG_CONNECT_END_STREAM, bytes,
+                                  "message after the Connect end-stream message",
+                                  "Connect stream without an end-stream message")
+            return _chain(self._framed(response, stream.on_frame), steps).addCallback(stream.end).addCallback(
+                _connect_end_stream)
 
-            def on_frame(flags: int, payload: bytes) -> None:
-                if end:
-                    raise RpcCallError(Code.INTERNAL, "message after the Connect end-stream message")
-                if flags & FLAG_CONNECT_END_STREAM:
-                    end.append(payload)
-                elif flags & FLAG_COMPRESSED:
-                    raise RpcCallError(Code.INTERNAL, "compressed message, but no encoding was negotiated")
-                else:
-                    on_message(payload)
-
-            def ended(_: None) -> None:
-                if not end:
-                    raise RpcCallError(Code.INTERNAL, "Connect stream without an end-stream message")
-                _connect_end_stream(end[0])
-
-            return _chain(self._framed(response, on_frame), steps).addCallback(ended)
-
-        outer: Deferred[None] = Deferred(_canceller(steps))
-        d = _chain(self._post(path, headers, encode_frame(request)), steps).addCallback(answered)
-        d.addErrback(_unreachable)
-        d.addBoth(lambda r: _settle(outer, r))
-        return outer
+        return self._request(path, headers, encode_frame(request), steps, answered)
 
 
-def _settle(outer: Deferred[Any], result: Any) -> None:
-    """Pass ``result`` on to ``outer`` unless the caller already cancelled it."""
-    if outer.called:
-        return None
-    if isinstance(result, Failure):
-        outer.errback(result)
-    else:
-        outer.callback(result)
-    return None
+def _grpc_web_trailers(payload: bytes) -> dict[str, str]:
+    try:
+        return decode_grpc_web_trailers(payload)
+    except RpcError as e:
+        raise RpcCallError(e.code, e.message) from None
 
 
 def _status(pairs: Mapping[str, str]) -> None:
