@@ -13,8 +13,8 @@ from gatewayd.signing import GatewayKey, event_signing_input, response_signing_i
 RESPONSE_PROTOCOL_VERSION = 1
 
 
-class ResponseSigner:
-    """Builds and signs ExecuteCommandResponses with the gateway's current key."""
+class _Signer:
+    """What both signers share: the key, the clock, and the stamp every signed thing carries."""
 
     def __init__(self, key: GatewayKey, clock: Clock) -> None:
         self._key = key
@@ -24,14 +24,21 @@ class ResponseSigner:
     def key_id(self) -> str:
         return self._key.key_id
 
+    def _stamp(self, payload: bytes, timestamp_ms: int | None = None) -> tuple[bytes, int, str]:
+        """``(payload_hash, timestamp_ms, key_id)``; the timestamp defaults to the gateway's clock."""
+        timestamp = now_ms(self._clock) if timestamp_ms is None else timestamp_ms
+        return sha256(payload), timestamp, self._key.key_id
+
+
+class ResponseSigner(_Signer):
+    """Builds and signs ExecuteCommandResponses with the gateway's current key."""
+
     def sign(
         self, device_session_id: str, request_id: str, result_code: str, payload: bytes
     ) -> ExecuteCommandResponse:
         """The response to ``request_id``, stamped with the gateway's time; signed over the
         response signing input with the caller's ``device_session_id``."""
-        payload_hash = sha256(payload)
-        timestamp = now_ms(self._clock)
-        key_id = self._key.key_id
+        payload_hash, timestamp, key_id = self._stamp(payload)
         signature = self._key.sign(
             response_signing_input(
                 RESPONSE_PROTOCOL_VERSION, device_session_id, request_id, timestamp, result_code,
@@ -52,24 +59,14 @@ class ResponseSigner:
         )
 
 
-class EventSigner:
+class EventSigner(_Signer):
     """Builds and signs GatewayEvents, once per event (the result is fanned out as is)."""
-
-    def __init__(self, key: GatewayKey, clock: Clock) -> None:
-        self._key = key
-        self._clock = clock
-
-    @property
-    def key_id(self) -> str:
-        return self._key.key_id
 
     def sign(
         self, event_type: str, event_id: str, payload: bytes, timestamp_ms: int | None = None
     ) -> GatewayEvent:
         """The signed event; ``timestamp_ms`` defaults to the gateway's clock."""
-        payload_hash = sha256(payload)
-        timestamp = now_ms(self._clock) if timestamp_ms is None else timestamp_ms
-        key_id = self._key.key_id
+        payload_hash, timestamp, key_id = self._stamp(payload, timestamp_ms)
         signature = self._key.sign(event_signing_input(event_type, event_id, timestamp, payload_hash, key_id))
         return GatewayEvent(
             event_type=event_type,
