@@ -11,37 +11,10 @@ from twisted.python.failure import Failure
 from gatewayd.backend.rest import BackendAnswer, BackendUnavailable
 from gatewayd.config import Route
 from gatewayd.pipeline.context import RequestContext
+from gatewayd.pipeline.result_codes import result_code_for_status
 from gatewayd.pipeline.signer import ResponseSigner
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
-
-# PROTOCOL.md section 5: the backend's HTTP status as the response's result_code.
-_RESULT_CODES = {
-    400: "invalid_argument",
-    401: "unauthenticated",
-    403: "permission_denied",
-    404: "not_found",
-    409: "already_exists",
-    412: "failed_precondition",
-    429: "resource_exhausted",
-    501: "unimplemented",
-    503: "unavailable",
-    504: "deadline_exceeded",
-}
-
-
-def result_code_for_status(status: int) -> str:
-    """``ok`` for 2xx, the table's code, other 4xx ``invalid_argument``, anything else ``internal``.
-
-    The protocol names 5xx as ``internal``; 1xx and 3xx (a backend that redirects)
-    are the backend misbehaving too, so they are ``internal`` as well.
-    """
-    if 200 <= status < 300:
-        return "ok"
-    code = _RESULT_CODES.get(status)
-    if code is not None:
-        return code
-    return "invalid_argument" if 400 <= status < 500 else "internal"
 
 
 class RouteCaller(Protocol):

@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+from gatewayd.pipeline.result_codes import result_code_for_status
 from gatewayd.public.abuse import RequestKind
 from gatewayd.public.validation import PublicError
 from gatewayd.rpc.codes import Code
@@ -24,16 +25,6 @@ SUCCESS_FIELDS: dict[RequestKind, tuple[str, ...]] = {
 MAX_FIELD_CHARS = 256
 MAX_MESSAGE_CHARS = 160
 
-#: PROTOCOL.md section 5's status -> code table, for backends that send no (known) code.
-_CODE_BY_STATUS = {
-    400: "invalid_argument",
-    401: "unauthenticated",
-    403: "permission_denied",
-    404: "not_found",
-    409: "already_exists",
-    412: "failed_precondition",
-    429: "resource_exhausted",
-}
 _KNOWN_CODES = frozenset(code.connect_name for code in Code if code is not Code.OK)
 _STOCK_MESSAGES = {
     "invalid_argument": "the request was refused",
@@ -89,7 +80,7 @@ def client_error(status: int, body: bytes, retry_after: str | None = None) -> Pu
     error = error if isinstance(error, dict) else {}
     code = error.get("code")
     if not isinstance(code, str) or code not in _KNOWN_CODES:
-        code = _CODE_BY_STATUS.get(status, "invalid_argument")
+        code = result_code_for_status(status)  # a 4xx: the table's code, else invalid_argument
     valid_retry_after = retry_after and retry_after.isdigit() and len(retry_after) < 8
     retry_after_s = int(retry_after) if retry_after and valid_retry_after else None
     if status == 429 and retry_after_s is None:

@@ -9,7 +9,7 @@ import pytest
 from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandRequest, GatewayEvent, SubscribeEventsRequest
 from gatewayd.backend.rest import BackendAnswer
 from gatewayd.pipeline.pipeline import EXECUTE_COMMAND_PATH, SUBSCRIBE_EVENTS_PATH, gateway_methods
-from gatewayd.pipeline.route import result_code_for_status
+from gatewayd.pipeline.result_codes import result_code_for_status
 from gatewayd.pipeline.signer import EventSigner
 from gatewayd.rpc.methods import MethodTable
 from gatewayd.signing import event_signing_input, key_id_for, response_signing_input, sha256, verify
