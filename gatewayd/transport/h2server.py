@@ -199,7 +199,7 @@ class H2Stream:
         self.conn.h2.send_headers(self.stream_id, [(b":status", b"%d" % status), *headers], end_stream)
         if end_stream:
             self.conn._stream_done(self)
-        self.conn._flush()
+        self.conn._flush_soon()
 
     def send_data(self, data: bytes, end_stream: bool = False) -> None:
         if self.closed:
@@ -209,7 +209,7 @@ class H2Stream:
             self._queued_bytes += len(data)
         self._end_queued = end_stream
         self._push()
-        self.conn._flush()
+        self.conn._flush_soon()
 
     def send_trailers(self, trailers: HeaderList) -> None:
         if self.closed:
@@ -217,7 +217,7 @@ class H2Stream:
         self._trailers = trailers
         self._end_queued = True
         self._push()
-        self.conn._flush()
+        self.conn._flush_soon()
 
     def reset(self, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
         if self.closed:
@@ -227,7 +227,7 @@ class H2Stream:
         except h2.exceptions.ProtocolError:
             pass
         self.conn._stream_done(self)
-        self.conn._flush()
+        self.conn._flush_soon()
 
     def on_drain(self, callback: Callable[[], None] | None) -> None:
         self._drain_callback = callback
@@ -307,6 +307,9 @@ class H2ServerConnection(Protocol):
         self._settings_bucket = _Bucket(clock, limits.control_frame_rate, limits.control_frame_burst)
         self._ping_bucket = _Bucket(clock, limits.control_frame_rate, limits.control_frame_burst)
         self._idle_call: IDelayedCall | None = None
+        self._idle_since: float | None = None
+        self._flush_call: IDelayedCall | None = None
+        self._receiving = False
         self._keepalive_call: IDelayedCall | None = None
         self._keepalive_timeout: IDelayedCall | None = None
         self._shutdown_ping_call: IDelayedCall | None = None
@@ -343,7 +346,9 @@ class H2ServerConnection(Protocol):
         self.h2.increment_flow_control_window(self.limits.initial_window_size)
         transport.registerProducer(self, True)
         self._flush()
-        self._arm_idle()
+        self._idle_since = self.clock.seconds()
+        if self.limits.idle_timeout_s > 0:
+            self._idle_call = self.clock.callLater(self.limits.idle_timeout_s, self._idle_check)
         if self.limits.keepalive_interval_s > 0:
             self._keepalive_call = self.clock.callLater(self.limits.keepalive_interval_s, self._send_keepalive)
 
@@ -355,15 +360,21 @@ class H2ServerConnection(Protocol):
         except h2.exceptions.ProtocolError as e:
             self._protocol_error(e)
             return
-        for event in events:
-            self._dispatch(event)
-            if self._lost:
-                return
+        self._receiving = True
+        try:
+            for event in events:
+                self._dispatch(event)
+                if self._lost:
+                    return
+        finally:
+            self._receiving = False
         self._flush()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._lost = True
-        for call in (self._idle_call, self._keepalive_call, self._keepalive_timeout, self._shutdown_ping_call):
+        calls = (self._idle_call, self._keepalive_call, self._keepalive_timeout, self._shutdown_ping_call,
+                 self._flush_call)
+        for call in calls:
             if call is not None and call.active():
                 call.cancel()
         streams = list(self.streams.values())
@@ -377,9 +388,21 @@ class H2ServerConnection(Protocol):
             self._closed_d.callback(None)
 
     def _flush(self) -> None:
+        self._flush_call = None
         data = self.h2.data_to_send()
         if data and not self._lost:
             self.transport.write(data)  # type: ignore[union-attr]
+
+    def _flush_soon(self) -> None:
+        """Write what h2 has queued once this reactor turn is done.
+
+        Inside ``dataReceived`` that is its own final flush; elsewhere (a handler
+        answering later, the hub fanning out) one delayed call per connection
+        gathers every frame written in the turn into one socket write.
+        """
+        if self._receiving or self._flush_call is not None:
+            return
+        self._flush_call = self.clock.callLater(0, self._flush)
 
     def _go_away(self, error_code: int, reason: str, queued: bool = False) -> None:
         """GOAWAY and close; ``queued``: h2 has already queued the GOAWAY (it does on protocol errors)."""
@@ -458,7 +481,7 @@ class H2ServerConnection(Protocol):
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         self.last_stream_id = max(self.last_stream_id, sid)
-        self._arm_idle(cancel_only=True)
+        self._idle_since = None
         if len(self.streams) >= self.limits.max_concurrent_streams:
             # Running handlers count against the limit, not only streams h2 sees open.
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
@@ -541,19 +564,23 @@ class H2ServerConnection(Protocol):
             if self.closing and self._shutdown_phase >= 2:
                 self._finish_shutdown()
             else:
-                self._arm_idle()
+                self._idle_since = self.clock.seconds()
 
-    def _arm_idle(self, cancel_only: bool = False) -> None:
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
+    def _idle_check(self) -> None:
+        # One timer per connection, re-armed for what is left of the idle time: cheaper
+        # than arming and cancelling a timer each time the last stream closes.
         self._idle_call = None
-        if not cancel_only and self.limits.idle_timeout_s > 0 and not self._lost:
-            self._idle_call = self.clock.callLater(self.limits.idle_timeout_s, self._idle_timeout)
-
-    def _idle_timeout(self) -> None:
-        self._idle_call = None
-        if not self.streams:
-            self._go_away(h2.errors.ErrorCodes.NO_ERROR, "idle timeout")
+        if self._lost:
+            return
+        timeout = self.limits.idle_timeout_s
+        since = self._idle_since
+        if since is not None and not self.streams:
+            idle_for = self.clock.seconds() - since
+            if idle_for >= timeout:
+                self._go_away(h2.errors.ErrorCodes.NO_ERROR, "idle timeout")
+                return
+            timeout -= idle_for
+        self._idle_call = self.clock.callLater(timeout, self._idle_check)
 
     # -- keepalive ----------------------------------------------------------------
 
