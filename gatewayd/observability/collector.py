@@ -20,20 +20,23 @@ from gatewayd.backend.push_consumer import State
 PUSH_CONSUMER_STATES: tuple[State, ...] = ("idle", "connecting", "connected", "backoff", "stopped")
 
 
-def _len(obj: Any, *path: str) -> int | None:
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    """``obj.a.b...`` along ``path``, or None where an attribute is missing or None."""
     for name in path:
         obj = getattr(obj, name, None)
         if obj is None:
             return None
-    return len(obj)
+    return obj
+
+
+def _len(obj: Any, *path: str) -> int | None:
+    found = _at(obj, path)
+    return None if found is None else len(found)
 
 
 def _number(obj: Any, *path: str) -> float | None:
-    for name in path:
-        obj = getattr(obj, name, None)
-        if obj is None:
-            return None
-    return float(obj)
+    found = _at(obj, path)
+    return None if found is None else float(found)
 
 
 class GatewayCollector(Collector):
@@ -49,35 +52,31 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         g = self._gateway
-        gauges = [
-            ("gatewayd_push_streams_open", "Open SubscribeEvents streams.", _len(g, "hub")),
-            ("gatewayd_connections_open", "Open client connections (HTTP/1.1 and HTTP/2).",
+        families = [
+            (GaugeMetricFamily, "gatewayd_push_streams_open", "Open SubscribeEvents streams.", _len(g, "hub")),
+            (GaugeMetricFamily, "gatewayd_connections_open", "Open client connections (HTTP/1.1 and HTTP/2).",
              _len(g, "factory", "connections")),
-            ("gatewayd_http2_connections_open", "Open HTTP/2 client connections.",
+            (GaugeMetricFamily, "gatewayd_http2_connections_open", "Open HTTP/2 client connections.",
              _len(g, "factory", "h2_connections")),
-            ("gatewayd_rpc_calls_in_flight", "RPCs started and not yet finished (streams included).",
-             _len(g, "rpc", "active")),
-        ]
-        for name, doc, value in gauges:
-            if value is not None:
-                yield GaugeMetricFamily(name, doc, value=value)
-        counters = [
-            ("gatewayd_push_events_in", "Client events received from the backend's push stream.",
+            (GaugeMetricFamily, "gatewayd_rpc_calls_in_flight",
+             "RPCs started and not yet finished (streams included).", _len(g, "rpc", "active")),
+            (CounterMetricFamily, "gatewayd_push_events_in", "Client events received from the backend's push stream.",
              _number(g, "dispatcher", "events_in")),
-            ("gatewayd_push_events_delivered", "Client events written to streams (one per matching stream).",
-             _number(g, "hub", "delivered")),
-            ("gatewayd_push_invalidations", "Session invalidations received from the backend.",
+            (CounterMetricFamily, "gatewayd_push_events_delivered",
+             "Client events written to streams (one per matching stream).", _number(g, "hub", "delivered")),
+            (CounterMetricFamily, "gatewayd_push_invalidations", "Session invalidations received from the backend.",
              _number(g, "dispatcher", "invalidations")),
-            ("gatewayd_push_consumer_events_received", "Messages read from the backend's push stream.",
-             _number(g, "push", "events_received")),
-            ("gatewayd_push_consumer_malformed_messages", "Push stream messages that did not decode.",
-             _number(g, "push", "malformed_messages")),
-            ("gatewayd_push_consumer_unknown_events", "Push events of a kind this gateway does not know.",
-             _number(g, "push", "unknown_events")),
+            (CounterMetricFamily, "gatewayd_push_consumer_events_received",
+             "Messages read from the backend's push stream.", _number(g, "push", "events_received")),
+            (CounterMetricFamily, "gatewayd_push_consumer_malformed_messages",
+             "Push stream messages that did not decode.", _number(g, "push", "malformed_messages")),
+            (CounterMetricFamily, "gatewayd_push_consumer_unknown_events",
+             "Push events of a kind this gateway does not know.", _number(g, "push", "unknown_events")),
         ]
-        for name, doc, number in counters:
-            if number is not None:
-                yield CounterMetricFamily(name, doc, value=number)
+        # A part the gateway does not have (yet) is left out rather than reported as 0.
+        for family, name, doc, value in families:
+            if value is not None:
+                yield family(name, doc, value=value)
         push = getattr(g, "push", None)
         state = getattr(push, "state", None)
         if state is not None:
