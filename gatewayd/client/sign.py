@@ -54,13 +54,17 @@ def signed_envelope(
         message_type=message_type,
         payload_hash=payload_hash,
     )
-    signature = key.sign(
+    return envelope, sign_envelope(key, envelope)
+
+
+def sign_envelope(key: DeviceKey, envelope: RequestEnvelope) -> bytes:
+    """The device's Ed25519 signature over ``envelope``'s request signing input (PROTOCOL.md section 3)."""
+    return key.sign(
         request_signing_input(
             envelope.protocol_version, envelope.device_session_id, envelope.request_id,
             envelope.timestamp_ms, envelope.message_type, envelope.payload_hash,
         )
     )
-    return envelope, signature
 
 
 def sign_request(

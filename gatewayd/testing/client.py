@@ -30,9 +30,9 @@ from gatewayd._proto.gateway.v1.gateway_pb2 import (
 )
 from gatewayd.client.client import DeviceSession, GatewayClient
 from gatewayd.client.keys import DeviceKey
-from gatewayd.client.sign import SUBSCRIBE_MESSAGE_TYPE, new_request_id
+from gatewayd.client.sign import SUBSCRIBE_MESSAGE_TYPE, new_request_id, sign_envelope
 from gatewayd.config import Config
-from gatewayd.signing import EMPTY_SHA256, request_signing_input, sha256
+from gatewayd.signing import EMPTY_SHA256, sha256
 from gatewayd.testing.wait import bounded, until
 
 DEV_CODE = "000000"
@@ -82,7 +82,7 @@ def signed_execute_request(
     envelope = _envelope(device_session_id, message_type, payload_hash if payload_hash is not None
                          else sha256(payload), timestamp_ms, clock, request_id, protocol_version)
     return ExecuteCommandRequest(envelope=envelope, payload_bytes=payload,
-                                 signature=signature if signature is not None else _sign(key, envelope))
+                                 signature=signature if signature is not None else sign_envelope(key, envelope))
 
 
 def signed_subscribe_request(
@@ -100,7 +100,7 @@ def signed_subscribe_request(
     envelope = _envelope(device_session_id, message_type, EMPTY_SHA256, timestamp_ms, clock, request_id,
                          protocol_version)
     return SubscribeEventsRequest(envelope=envelope,
-                                  signature=signature if signature is not None else _sign(key, envelope))
+                                  signature=signature if signature is not None else sign_envelope(key, envelope))
 
 
 def _envelope(device_session_id: str, message_type: str, payload_hash: bytes, timestamp_ms: int | None,
@@ -117,11 +117,6 @@ def _envelope(device_session_id: str, message_type: str, payload_hash: bytes, ti
         message_type=message_type,
         payload_hash=payload_hash,
     )
-
-
-def _sign(key: DeviceKey, e: RequestEnvelope) -> bytes:
-    return key.sign(request_signing_input(e.protocol_version, e.device_session_id, e.request_id,
-                                          e.timestamp_ms, e.message_type, e.payload_hash))
 
 
 async def login(public_url: str, email: str, key: DeviceKey | None = None, code: str = DEV_CODE,
