@@ -25,6 +25,25 @@ SERVER_CORE = "0"
 CLIENT_CORE = "1"
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so ``finally`` blocks stop the processes we started."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def run_bounded(cmd: Sequence[str], timeout_s: float, cwd: Path = ROOT) -> int:
+    """Run ``cmd``; past ``timeout_s`` send SIGTERM (so it cleans up), then SIGKILL. Returns its status."""
+    proc = subprocess.Popen(list(cmd), cwd=cwd)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            return proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench._common import CLIENT_CORE, PYTHON, Spread, cpu_seconds, emit
+from bench._common import CLIENT_CORE, PYTHON, Spread, cpu_seconds, emit, exit_on_sigterm
 from bench._stack import login, start_stack
 from bench.profile import Profiler, summarize
 
@@ -51,6 +51,7 @@ def main() -> None:
                         help="one extra run per protocol under py-spy; summary in the work folder, not timed")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    exit_on_sigterm()
     shape: tuple[int, int] | None = None
     if args.shape:
         c, m = args.shape.lower().split("x")

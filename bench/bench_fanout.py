@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench._common import CLIENT_CORE, PYTHON, emit
+from bench._common import CLIENT_CORE, PYTHON, emit, exit_on_sigterm
 from bench._stack import login, start_stack
 from bench.profile import Profiler, summarize
 
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="sample the gateway with py-spy during the run")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    exit_on_sigterm()
     conns, streams = (int(x) for x in args.layout.lower().split("x"))
     work = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
     stack = start_stack(work, "memory", max_streams=max(100, streams + 10), backend_timeout_s=args.backend_timeout)

@@ -23,6 +23,7 @@ from bench._common import (
     Spread,
     cpu_seconds,
     emit,
+    exit_on_sigterm,
     free_port,
     percentile,
     start,
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    exit_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="bench-health-"))
     bodies = {"grpc": work / "body.grpc", "json": work / "body.json"}
     bodies["grpc"].write_bytes(GRPC_BODY)

@@ -10,6 +10,8 @@ pinned: ``taskset -c 0``. Stores: memory, or Redis with ``--redis-url``.
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 from nacl.signing import SigningKey
 from twisted.internet import defer, task
 
-from bench._common import CLIENT_CORE, emit, free_port, start, wait_port
+from bench._common import CLIENT_CORE, emit, exit_on_sigterm, free_port, start, wait_port
 from bench.loadgen import sign_requests
 from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandRequest
 from gatewayd.config import Budget, Config, LimitsConfig
@@ -113,6 +115,9 @@ def main() -> None:
     parser.add_argument("--state-dir", default="/tmp/bench-stages")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    exit_on_sigterm()
+    signal.signal(signal.SIGALRM, lambda signum, frame: sys.exit(128 + signum))
+    signal.alarm(900)  # bounded in time even if the backend hangs
 
     redis = None
     if args.redis and not args.redis_url:

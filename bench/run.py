@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import PYTHON, ROOT, SERVER_CORE, machine
+from bench._common import PYTHON, ROOT, SERVER_CORE, machine, run_bounded
 
 BENCHES = ["health", "execute", "stages", "fanout"]
 
@@ -106,7 +105,9 @@ def main() -> None:
     for name in args.only:
         for cmd in cmds[name]:
             print(f"$ {' '.join(cmd)}", flush=True)
-            subprocess.run(cmd, cwd=ROOT, check=False, timeout=1800)
+            status = run_bounded(cmd, 1800)
+            if status:
+                print(f"exit status {status}", flush=True)
     print(f"\nresults: {out}\n")
     print(render(out))
 
