@@ -7,6 +7,8 @@ and a recovery on the same port; ``pause()`` and ``resume()`` (SIGSTOP and
 SIGCONT) simulate a server that accepts connections but never answers.
 
 Use the fixture with ``from gatewayd.testing.redis import redis_server  # noqa: F401``.
+``redis_stores(url)`` builds the gateway's Redis stores against it; ``ready(...)`` waits
+(bounded) until they answer PING.
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+
+from gatewayd.config import StoresConfig
+from gatewayd.stores import build_stores
+from gatewayd.stores.redis import RedisStores
+from gatewayd.testing.wait import until
 
 #: Upper bound for a server to start answering PING or to exit.
 _START_TIMEOUT_S = 10.0
@@ -135,3 +143,18 @@ def redis_server() -> Iterator[RedisServer]:
     """A started private ``RedisServer``, closed after the test."""
     with RedisServer() as server:
         yield server
+
+
+def redis_stores(url: str, prefix: str = "t:", timeout_s: float = 0.5, reactor: Any = None) -> RedisStores:
+    """The gateway's Redis stores on ``url``, keys under ``prefix``, each command bounded by ``timeout_s``."""
+    if reactor is None:
+        from twisted.internet import reactor
+    stores = build_stores(StoresConfig(kind="redis", redis_url=url, key_prefix=prefix, timeout_s=timeout_s), reactor)
+    assert isinstance(stores, RedisStores)
+    return stores
+
+
+async def ready(*all_stores: RedisStores) -> None:
+    """Wait (bounded) until every one of ``all_stores`` answers PING."""
+    for stores in all_stores:
+        await until(stores.ping, "Redis to answer PING")

@@ -7,14 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest_twisted
-from twisted.internet import reactor
 
-from gatewayd.config import Budget, PublicConfig, StoresConfig
+from gatewayd.config import Budget, PublicConfig
 from gatewayd.public.testing import Answer, PublicHarness, h2c, http1
-from gatewayd.stores import build_stores
-from gatewayd.stores.redis import RedisStores
-from gatewayd.testing.redis import RedisServer, redis_server  # noqa: F401
-from gatewayd.testing.wait import until
+from gatewayd.testing.redis import RedisServer, ready, redis_server, redis_stores  # noqa: F401
 
 SEND = "/api/v1/public/auth/send-email-code"
 CONFIRM = "/api/v1/public/auth/confirm-email-code"
@@ -152,20 +148,13 @@ async def test_forwarded_for_is_believed_from_a_trusted_peer() -> None:
 # -- shared through Redis -------------------------------------------------------------------------
 
 
-def redis_stores(url: str) -> RedisStores:
-    stores = build_stores(StoresConfig(kind="redis", redis_url=url, key_prefix="gw:", timeout_s=0.5), reactor)
-    assert isinstance(stores, RedisStores)
-    return stores
-
-
 @pytest_twisted.ensureDeferred
 async def test_two_gateways_share_budgets_through_redis(redis_server: RedisServer) -> None:  # noqa: F811
-    stores_a, stores_b = redis_stores(redis_server.url), redis_stores(redis_server.url)
+    stores_a, stores_b = redis_stores(redis_server.url, "gw:"), redis_stores(redis_server.url, "gw:")
     config = PublicConfig(login_ip=Budget(rate=SLOW, burst=3), send_email=Budget(rate=SLOW, burst=2))
     a = b = None
     try:
-        await until(stores_a.ping, "Redis to answer PING")
-        await until(stores_b.ping, "Redis to answer PING")
+        await ready(stores_a, stores_b)
         a = await PublicHarness.start(config=config, rate=stores_a.rate, trusted_proxies=["127.0.0.1"])
         b = await PublicHarness.start(config=config, rate=stores_b.rate, trusted_proxies=["127.0.0.1"])
         # Per email, across gateways and IPs.
@@ -195,10 +184,10 @@ async def test_two_gateways_share_budgets_through_redis(redis_server: RedisServe
 
 @pytest_twisted.ensureDeferred
 async def test_redis_down_fails_closed(redis_server: RedisServer) -> None:  # noqa: F811
-    stores = redis_stores(redis_server.url)
+    stores = redis_stores(redis_server.url, "gw:")
     h = None
     try:
-        await until(stores.ping, "Redis to answer PING")
+        await ready(stores)
         h = await PublicHarness.start(rate=stores.rate)
         assert (await send(h, "a@example.com")).status == 200
         redis_server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,25 +12,27 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from gatewayd.config import Budget, StoresConfig
-from gatewayd.stores import RateDecision, StoreUnavailable, build_stores
+from gatewayd.stores import RateDecision, StoreUnavailable
 from gatewayd.stores.redis import RedisStores
-from gatewayd.testing.redis import RedisServer, free_port, redis_server  # noqa: F401
+from gatewayd.testing.redis import RedisServer, free_port, ready, redis_server, redis_stores  # noqa: F401
 from gatewayd.testing.wait import until
 
 TIMEOUT_S = 0.5
 
 
 def make_stores(url: str, prefix: str = "t:", timeout_s: float = TIMEOUT_S) -> RedisStores:
-    stores = build_stores(
-        StoresConfig(kind="redis", redis_url=url, key_prefix=prefix, timeout_s=timeout_s), reactor
-    )
-    assert isinstance(stores, RedisStores)
-    return stores
+    return redis_stores(url, prefix, timeout_s)
 
 
-async def ready(*all_stores: RedisStores) -> None:
-    for stores in all_stores:
-        await until(stores.ping, "Redis to answer PING")
+@pytest_twisted.async_yield_fixture
+async def stores(redis_server: RedisServer) -> AsyncIterator[RedisStores]:  # noqa: F811
+    """Stores on the test's Redis, answering PING; closed after the test."""
+    s = make_stores(redis_server.url)
+    try:
+        await ready(s)
+        yield s
+    finally:
+        await s.close()
 
 
 async def unavailable_within(d: Any, bound_s: float) -> StoreUnavailable:
@@ -97,42 +100,33 @@ async def test_rate_budget_is_shared_between_two_gateways(redis_server: RedisSer
 
 
 @pytest_twisted.ensureDeferred
-async def test_rate_script_is_sent_again_after_redis_forgets_it(redis_server: RedisServer) -> None:  # noqa: F811
-    stores = make_stores(redis_server.url)
+async def test_rate_script_is_sent_again_after_redis_forgets_it(stores: RedisStores) -> None:
     budget = Budget(rate=1.0, burst=2)
-    try:
-        await ready(stores)
-        assert (await stores.rate.consume("k", budget)).allowed
-        assert await stores.pool.execute("SCRIPT", "FLUSH") == "OK"
-        assert (await stores.rate.consume("k", budget)).allowed
-        decision = await stores.rate.consume("k", budget)
-        assert not decision.allowed and 0.9 < decision.retry_after_s <= 1.0
-        with pytest.raises(ValueError):
-            stores.rate.consume("k", budget, cost=3)
-    finally:
-        await stores.close()
+    assert (await stores.rate.consume("k", budget)).allowed
+    assert await stores.pool.execute("SCRIPT", "FLUSH") == "OK"
+    assert (await stores.rate.consume("k", budget)).allowed
+    decision = await stores.rate.consume("k", budget)
+    assert not decision.allowed and 0.9 < decision.retry_after_s <= 1.0
+    with pytest.raises(ValueError):
+        stores.rate.consume("k", budget, cost=3)
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_stopped_fails_closed_promptly_then_recovers(redis_server: RedisServer) -> None:  # noqa: F811
-    stores = make_stores(redis_server.url)
+async def test_redis_stopped_fails_closed_promptly_then_recovers(
+        redis_server: RedisServer, stores: RedisStores) -> None:  # noqa: F811
     budget = Budget(rate=100.0, burst=10)
-    try:
-        await ready(stores)
-        assert await stores.replay.reserve("before", 30.0) is True
-        redis_server.stop()
-        # both stores, while the loss is noticed and after: promptly, well within the timeout
-        await unavailable_within(stores.replay.reserve("during", 30.0), TIMEOUT_S)
-        await unavailable_within(stores.rate.consume("k", budget), TIMEOUT_S)
-        await unavailable_within(stores.replay.reserve("during", 30.0), TIMEOUT_S)
-        assert await stores.ping() is False
-        redis_server.start()
-        took = await until(stores.ping, "Redis to answer PING")
-        assert took < 2.0  # reconnect backoff starts at 0.1 s
-        assert await stores.replay.reserve("during", 30.0) is True
-        assert (await stores.rate.consume("k", budget)).allowed
-    finally:
-        await stores.close()
+    assert await stores.replay.reserve("before", 30.0) is True
+    redis_server.stop()
+    # both stores, while the loss is noticed and after: promptly, well within the timeout
+    await unavailable_within(stores.replay.reserve("during", 30.0), TIMEOUT_S)
+    await unavailable_within(stores.rate.consume("k", budget), TIMEOUT_S)
+    await unavailable_within(stores.replay.reserve("during", 30.0), TIMEOUT_S)
+    assert await stores.ping() is False
+    redis_server.start()
+    took = await until(stores.ping, "Redis to answer PING")
+    assert took < 2.0  # reconnect backoff starts at 0.1 s
+    assert await stores.replay.reserve("during", 30.0) is True
+    assert (await stores.rate.consume("k", budget)).allowed
 
 
 @pytest_twisted.ensureDeferred
