@@ -91,6 +91,11 @@ async def test_backend_4xx_is_passed_on(harness: PublicHarness) -> None:
 GOOD_SEND = json.dumps({"email": "dave@example.com"}).encode()
 GOOD_CONFIRM = json.dumps({"challenge_id": "ch_1", "code": "000000", "client_public_key": KEY}).encode()
 
+def confirm_body(**fields: Any) -> bytes:
+    """A confirm-email-code body: a well-formed one with ``fields`` replaced (or added, at the end)."""
+    return json.dumps({"challenge_id": "ch_1", "code": "000000", "client_public_key": KEY, **fields}).encode()
+
+
 REFUSED = [
     # (path, headers, body, status)
     (SEND, {}, GOOD_SEND, 415),
@@ -118,75 +123,16 @@ REFUSED = [
     (SEND, JSON, b'\xff\xfe{"email": "dave@example.com"}', 400),
     (SEND, JSON, b"[" * 3000, 400),
     (CONFIRM, JSON, b'{"challenge_id": "ch_1", "code": "000000"}', 400),
-    (
-        CONFIRM,
-        JSON,
-        json.dumps({"challenge_id": "ch 1", "code": "0", "client_public_key": KEY}).encode(),
-        400,
-    ),
-    (
-        CONFIRM,
-        JSON,
-        json.dumps({"challenge_id": "c" * 129, "code": "0", "client_public_key": KEY}).encode(),
-        400,
-    ),
-    (CONFIRM, JSON, json.dumps({"challenge_id": "ch_1", "code": "", "client_public_key": KEY}).encode(), 400),
-    (
-        CONFIRM,
-        JSON,
-        json.dumps({"challenge_id": "ch_1", "code": "0" * 33, "client_public_key": KEY}).encode(),
-        400,
-    ),
-    (
-        CONFIRM,
-        JSON,
-        json.dumps({"challenge_id": "ch_1", "code": "00 00", "client_public_key": KEY}).encode(),
-        400,
-    ),
-    (
-        CONFIRM,
-        JSON,
-        json.dumps(
-            {
-                "challenge_id": "ch_1",
-                "code": "000000",
-                "client_public_key": base64.b64encode(bytes(31)).decode(),
-            }
-        ).encode(),
-        400,
-    ),
-    (
-        CONFIRM,
-        JSON,
-        json.dumps(
-            {
-                "challenge_id": "ch_1",
-                "code": "000000",
-                "client_public_key": base64.b64encode(bytes(33)).decode(),
-            }
-        ).encode(),
-        400,
-    ),
-    (
-        CONFIRM,
-        JSON,
-        json.dumps({"challenge_id": "ch_1", "code": "000000", "client_public_key": KEY.rstrip("=")}).encode(),
-        400,
-    ),
-    (
-        CONFIRM,
-        JSON,
-        json.dumps({"challenge_id": "ch_1", "code": "000000", "client_public_key": "!" * 44}).encode(),
-        400,
-    ),
-    (
-        CONFIRM,
-        JSON,
-        json.dumps(
-            {"challenge_id": "ch_1", "code": "000000", "client_public_key": KEY, "device": "x"}
-        ).encode(),
-        400,
-    ),
+    (CONFIRM, JSON, confirm_body(challenge_id="ch 1", code="0"), 400),
+    (CONFIRM, JSON, confirm_body(challenge_id="c" * 129, code="0"), 400),
+    (CONFIRM, JSON, confirm_body(code=""), 400),
+    (CONFIRM, JSON, confirm_body(code="0" * 33), 400),
+    (CONFIRM, JSON, confirm_body(code="00 00"), 400),
+    (CONFIRM, JSON, confirm_body(client_public_key=base64.b64encode(bytes(31)).decode()), 400),
+    (CONFIRM, JSON, confirm_body(client_public_key=base64.b64encode(bytes(33)).decode()), 400),
+    (CONFIRM, JSON, confirm_body(client_public_key=KEY.rstrip("=")), 400),
+    (CONFIRM, JSON, confirm_body(client_public_key="!" * 44), 400),
+    (CONFIRM, JSON, confirm_body(device="x"), 400),
     (
         CONFIRM,
         JSON,
