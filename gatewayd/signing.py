@@ -125,6 +125,30 @@ class KeyFileError(Exception):
     """A key file is missing, unreadable or malformed; the message names the file."""
 
 
+def read_seed(path: Path, what: str) -> bytes:
+    """The 32-byte Ed25519 seed in a key file (base64 on one line); ``KeyFileError`` naming
+    ``what`` and the file otherwise."""
+    try:
+        text = path.read_text().strip()
+    except OSError as e:
+        raise KeyFileError(f"{what} {path}: {e.strerror or e}") from None
+    try:
+        seed = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise KeyFileError(f"{what} {path}: not base64") from None
+    if len(seed) != 32:
+        raise KeyFileError(f"{what} {path}: expected a 32-byte seed, found {len(seed)} bytes")
+    return seed
+
+
+def write_seed(path: Path, seed: bytes) -> None:
+    """Write a key file with mode 0600 (never readable by others, even briefly)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.b64encode(seed).decode() + "\n")
+    os.chmod(path, 0o600)  # an existing file keeps its mode on O_CREAT
+
+
 class GatewayKey:
     """The Ed25519 key that signs responses and events."""
 
@@ -144,24 +168,12 @@ class GatewayKey:
     @classmethod
     def load(cls, path: Path) -> GatewayKey:
         """Read a key file: the base64 32-byte Ed25519 seed on one line."""
-        try:
-            text = path.read_text().strip()
-        except OSError as e:
-            raise KeyFileError(f"signing key {path}: {e.strerror or e}") from None
-        try:
-            seed = base64.b64decode(text, validate=True)
-        except ValueError:
-            raise KeyFileError(f"signing key {path}: not base64") from None
-        if len(seed) != 32:
-            raise KeyFileError(f"signing key {path}: expected a 32-byte seed, found {len(seed)} bytes")
-        return cls(SigningKey(seed))
+        return cls(SigningKey(read_seed(path, "signing key")))
 
     def save(self, path: Path) -> None:
         """Write the seed to ``path`` with mode 0600 (never readable by others, even briefly)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(bytes(self._signing_key)).decode() + "\n")
+        write_seed(path, bytes(self._signing_key))
 
     @classmethod
     def load_or_create(cls, path: Path) -> GatewayKey:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import base64
-import binascii
-import os
 from pathlib import Path
 
 from nacl.signing import SigningKey
+
+from gatewayd.signing import KeyFileError, read_seed, write_seed
 
 
 class DeviceKeyError(Exception):
@@ -41,22 +41,12 @@ class DeviceKey:
 
     def save(self, path: Path) -> None:
         """Write the seed to ``path``, created with mode 0600 (never readable by others, even briefly)."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(bytes(self._signing_key)).decode("ascii") + "\n")
-        os.chmod(path, 0o600)  # an existing file keeps its mode on O_CREAT
+        write_seed(path, bytes(self._signing_key))
 
     @classmethod
     def load(cls, path: Path) -> DeviceKey:
         """Read a key written by ``save``."""
         try:
-            text = path.read_text().strip()
-        except OSError as e:
-            raise DeviceKeyError(f"device key {path}: {e.strerror or e}") from None
-        try:
-            seed = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise DeviceKeyError(f"device key {path}: not base64") from None
-        if len(seed) != 32:
-            raise DeviceKeyError(f"device key {path}: expected a 32-byte seed, found {len(seed)} bytes")
-        return cls.from_seed(seed)
+            return cls.from_seed(read_seed(path, "device key"))
+        except KeyFileError as e:
+            raise DeviceKeyError(str(e)) from None
