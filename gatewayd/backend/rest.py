@@ -23,16 +23,17 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from gatewayd.config import Route
@@ -175,6 +176,27 @@ def parse_session(body: bytes) -> Session:
     return Session(data["device_session_id"], data["user_id"], key, data["status"])
 
 
+@implementer(IAgentEndpointFactory)
+class _BackendEndpoint:
+    """The one backend host's endpoint, built once.
+
+    A plain Agent builds a HostnameEndpoint (IDNA-encoding the host) for every
+    request, even when a pooled connection then serves it: a tenth of the
+    gateway's CPU per call at thousands of calls a second.
+    """
+
+    def __init__(self, reactor: Any, parts: SplitResult) -> None:
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        endpoint: Any = HostnameEndpoint(reactor, host, port)
+        if parts.scheme == "https":
+            endpoint = wrapClientTLS(BrowserLikePolicyForHTTPS().creatorForNetloc(host.encode(), port), endpoint)
+        self._endpoint = endpoint
+
+    def endpointForURI(self, uri: Any) -> Any:
+        return self._endpoint
+
+
 class BackendClient:
     """HTTP calls to the backend of PROTOCOL.md section 5 over a persistent connection pool."""
 
@@ -196,7 +218,7 @@ class BackendClient:
         self._base = base_url.rstrip("/")
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = max_connections
-        self._agent = Agent(reactor, pool=self._pool)
+        self._agent = Agent.usingEndpointFactory(reactor, _BackendEndpoint(reactor, parts), pool=self._pool)
         # Built once: a Host header present up front spares Agent a copy of the headers per call.
         self._host = parts.netloc.encode("ascii")
         self._json = [b"application/json"]
