@@ -37,6 +37,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from gatewayd.config import Route
+from gatewayd.transport.nodelay import NoDelayEndpoint
 
 SESSIONS_PATH = "/api/v1/internal/sessions/"
 USER_PATH = "/api/v1/user/"
@@ -191,7 +192,7 @@ class _BackendEndpoint:
         endpoint: Any = HostnameEndpoint(reactor, host, port)
         if parts.scheme == "https":
             endpoint = wrapClientTLS(BrowserLikePolicyForHTTPS().creatorForNetloc(host.encode(), port), endpoint)
-        self._endpoint = endpoint
+        self._endpoint = NoDelayEndpoint(endpoint)
 
     def endpointForURI(self, uri: Any) -> Any:
         return self._endpoint

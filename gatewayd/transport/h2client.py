@@ -45,6 +45,7 @@ from twisted.python.failure import Failure
 from gatewayd.rpc.codes import Code, code_for_http_status
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.framing import FLAG_COMPRESSED, FrameDecoder, decode_grpc_message, encode_frame
+from gatewayd.transport.nodelay import set_nodelay
 
 _CONNECTION_DONE = Failure(ConnectionDone())
 
@@ -148,6 +149,7 @@ class H2ClientConnection(Protocol):
     # --- Twisted Protocol -----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        set_nodelay(self.transport)
         if self._authority is None:
             peer = self._transport().getPeer()
             host, port = getattr(peer, "host", "localhost"), getattr(peer, "port", None)

@@ -17,6 +17,7 @@ from gatewayd.transport.exchange import HttpApplication
 from gatewayd.transport.h2server import H2Limits, H2ServerConnection
 from gatewayd.transport.h2web import web_fallback_for
 from gatewayd.transport.http1 import GatewaySite
+from gatewayd.transport.nodelay import set_nodelay
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -28,6 +29,9 @@ class SniffingProtocol(Protocol):
         self.factory = factory
         self.inner: Protocol | None = None
         self._buffer = b""
+
+    def connectionMade(self) -> None:
+        set_nodelay(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.inner is not None:
