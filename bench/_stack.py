@@ -26,6 +26,8 @@ BIG = "{ rate = 1000000.0, burst = 1000000 }"
 
 @dataclass
 class Stack:
+    """The running processes of one benchmark setup; ``stop`` ends them in reverse start order."""
+
     work: Path
     port: int = 0
     procs: list[Proc] = field(default_factory=list)
