@@ -51,6 +51,9 @@ class ServerConfig:
     keepalive_interval_s: float = 0.0
     keepalive_timeout_s: float = 20.0
     drain_timeout_s: float = 10.0
+    rapid_reset_window: int = 200
+    control_frame_burst: int = 200
+    control_frame_rate: float = 20.0
     stream_buffer_bytes: int = 256 * 1024
     heartbeat_interval_s: float = 0.0
     trusted_proxies: tuple[str, ...] = ()

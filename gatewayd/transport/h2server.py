@@ -23,6 +23,7 @@ import re
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import h2.config
@@ -102,32 +103,22 @@ def _parse_request_headers(raw: list[tuple[bytes, bytes]]) -> tuple[str, str, di
     return method, path, headers
 
 
+@dataclass(frozen=True, slots=True)
 class H2Limits:
     """Connection limits, with defaults; built from ``ServerConfig``."""
 
-    def __init__(
-        self,
-        max_concurrent_streams: int = 100,
-        max_header_list_bytes: int = 16 * 1024,
-        idle_timeout_s: float = 300.0,
-        keepalive_interval_s: float = 0.0,
-        keepalive_timeout_s: float = 20.0,
-        initial_window_size: int = 1024 * 1024,
-        rapid_reset_window: int = 200,
-        control_frame_burst: int = 200,
-        control_frame_rate: float = 20.0,
-        shutdown_ping_timeout_s: float = 2.0,
-    ) -> None:
-        self.max_concurrent_streams = max_concurrent_streams
-        self.max_header_list_bytes = max_header_list_bytes
-        self.idle_timeout_s = idle_timeout_s
-        self.keepalive_interval_s = keepalive_interval_s
-        self.keepalive_timeout_s = keepalive_timeout_s
-        self.initial_window_size = initial_window_size
-        self.rapid_reset_window = rapid_reset_window
-        self.control_frame_burst = control_frame_burst
-        self.control_frame_rate = control_frame_rate
-        self.shutdown_ping_timeout_s = shutdown_ping_timeout_s
+    max_concurrent_streams: int = 100
+    max_header_list_bytes: int = 16 * 1024
+    idle_timeout_s: float = 300.0
+    keepalive_interval_s: float = 0.0
+    keepalive_timeout_s: float = 20.0
+    initial_window_size: int = 1024 * 1024
+    # GOAWAY(ENHANCE_YOUR_CALM) once half of about this many recent streams were reset unanswered.
+    rapid_reset_window: int = 200
+    # SETTINGS and PING frames: a token bucket per connection.
+    control_frame_burst: int = 200
+    control_frame_rate: float = 20.0
+    shutdown_ping_timeout_s: float = 2.0
 
 
 class _Bucket:
