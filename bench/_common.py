@@ -158,11 +158,23 @@ def machine() -> dict[str, str]:
     }
 
 
+def code_version() -> str:
+    """HEAD's short hash, with ``+dirty`` when gatewayd/ has uncommitted edits (the tree is shared)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gatewayd", "twisted"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def emit(result: dict[str, Any], path: Path | None) -> None:
     """Print one JSON result line (and append it to ``path``)."""
     # The machine is shared: every result carries the 1-minute load average and the time it was taken.
     result = {"loadavg": Path("/proc/loadavg").read_text().split()[0],
-              "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), **result}
+              "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "code": code_version(), **result}
     line = json.dumps(result, sort_keys=True)
     print(line, flush=True)
     if path is not None:
