@@ -4,29 +4,47 @@
     gatewayctl exec MESSAGE_TYPE [JSON] [--protocol grpc|grpc-web|connect]
     gatewayctl keys
     gatewayctl subscribe [--protocol ...]
+    gatewayctl keygen --out PATH [--public-out PATH] [--force]
 
-Exit codes: 0 success; 1 the gateway refused the call (the RPC code is
-printed); 2 usage; 3 not logged in or unusable config folder; 4 an answer
-failed verification; 5 the gateway cannot be reached; 6 ``exec`` was
-answered, with a result_code other than ``ok``.
+Exit codes: 0 success (and ``subscribe`` ended by SIGINT or SIGTERM); 1 the
+gateway refused the call (the RPC code is printed); 2 usage; 3 not logged in,
+unusable config folder, or a file ``keygen`` would write exists (without
+``--force``) or cannot be written; 4 an answer failed verification; 5 the
+gateway cannot be reached; 6 ``exec`` was answered, with a result_code other
+than ``ok``; 130 any other command interrupted by SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
+import socket
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn, TextIO
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal, NoReturn, TextIO
 
 from twisted.internet import defer, error
-from twisted.internet.task import react
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IResolutionReceiver
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gatewayd.client.client import GatewayClient
-from gatewayd.client.config_dir import ConfigDir, ConfigDirError, StoredSession, default_config_dir
+from gatewayd.client.config_dir import (
+    ConfigDir,
+    ConfigDirError,
+    StoredSession,
+    default_config_dir,
+    write_new_file,
+)
 from gatewayd.client.errors import (
     GatewayUnreachableError,
     NotLoggedInError,
@@ -36,6 +54,7 @@ from gatewayd.client.errors import (
 )
 from gatewayd.client.verify import VerifiedEvent
 from gatewayd.client.wire import PROTOCOLS
+from gatewayd.signing import GatewayKey
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 ENV_GATEWAY = "GATEWAYCTL_GATEWAY"
@@ -47,6 +66,9 @@ EXIT_CONFIG = 3
 EXIT_VERIFICATION = 4
 EXIT_UNREACHABLE = 5
 EXIT_NOT_OK = 6
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C'd command
+
+_log = Logger()
 
 
 class CliExit(Exception):
@@ -80,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     subscribe = commands.add_parser("subscribe", help="print verified events as JSON lines until interrupted")
     subscribe.add_argument("--protocol", choices=PROTOCOLS, default="connect")
+
+    keygen = commands.add_parser("keygen", help="write a new gateway signing key (for keys.signing_key); "
+                                                "prints its key_id and public key")
+    keygen.add_argument("--out", required=True, help="the signing key file to write (base64 seed, mode 0600)")
+    keygen.add_argument("--public-out", help="also write the public key file (for keys.published, mode 0644)")
+    keygen.add_argument("--force", action="store_true", help="replace files that already exist")
     return parser
 
 
@@ -94,6 +122,9 @@ class Command:
         self.stderr = stderr
         self.stdin = stdin
         self.config = ConfigDir(default_config_dir() if not args.config_dir else _path(args.config_dir))
+        #: True while the main thread blocks outside the reactor (the login code prompt): a signal
+        #: must then interrupt the read itself, since the reactor cannot run the interruption.
+        self.reading_stdin = False
 
     def gateway_url(self, stored: StoredSession | None) -> str:
         if self.args.gateway:
@@ -121,7 +152,8 @@ class Command:
         self.stdout.flush()
 
     async def run(self) -> int:
-        handler = {"login": self.login, "exec": self.execute, "keys": self.keys, "subscribe": self.subscribe}
+        handler = {"login": self.login, "exec": self.execute, "keys": self.keys, "subscribe": self.subscribe,
+                   "keygen": self.keygen}
         return int(await handler[self.args.command]())
 
     async def login(self) -> int:
@@ -132,7 +164,8 @@ class Command:
             if not code:
                 self.stderr.write(f"a code was sent to {self.args.email}; code: ")
                 self.stderr.flush()
-                code = self.stdin.readline().strip()
+                with self._blocking_read():
+                    code = self.stdin.readline().strip()
                 if not code:
                     raise CliExit(EXIT_USAGE, "no code given")
             session = await client.confirm_email_code(challenge, code)
@@ -164,14 +197,22 @@ class Command:
                          "request_id": response.request_id, "key_id": response.key_id})
         return EXIT_OK if response.ok else EXIT_NOT_OK
 
+    @contextmanager
+    def _blocking_read(self) -> Iterator[None]:
+        self.reading_stdin = True
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise CliExit(EXIT_INTERRUPTED, "interrupted") from None
+        finally:
+            self.reading_stdin = False
+
     async def keys(self) -> int:
         client = self.client(need_session=False)
         try:
             keys = await client.fetch_gateway_keys()
         finally:
             await client.close()
-        import base64
-
         self.print_json({"gateway": client.base_url, "keys": [
             {"key_id": k, "public_key": base64.b64encode(v).decode()} for k, v in keys.items()]})
         return EXIT_OK
@@ -182,29 +223,38 @@ class Command:
         def on_event(event: VerifiedEvent) -> None:
             self.print_json(event.as_json())
 
-        stream = client.subscribe(on_event)
-        interrupted: list[int] = []
-
-        def interrupt(signum: int, _frame: Any) -> None:
-            interrupted.append(signum)
-            self.reactor.callFromThread(stream.cancel)
-
-        previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+        # Runs until the server ends the stream or the command is interrupted (Invocation.interrupt
+        # cancels the await below, which cancels the stream; the finally still closes the client).
         try:
-            await stream
-        except defer.CancelledError:
-            if not interrupted:
-                raise
+            await client.subscribe(on_event)
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
             await client.close()
         return EXIT_OK
 
+    async def keygen(self) -> int:
+        """A new gateway key: the seed in ``--out`` (0600), optionally the public key in ``--public-out``."""
+        key = GatewayKey.generate()
+        out = _path(self.args.out)
+        public_out = _path(self.args.public_out) if self.args.public_out else None
+        if public_out is not None and public_out.resolve() == out.resolve():
+            raise CliExit(EXIT_USAGE, "--out and --public-out name the same file")
+        public_b64 = base64.b64encode(key.public_key).decode()
+        if not self.args.force:  # refuse before writing anything, so no half-made pair is left behind
+            for path in (out, public_out):
+                if path is not None and (path.exists() or path.is_symlink()):
+                    raise CliExit(EXIT_CONFIG, f"{path} exists; use --force to replace it")
+        write_new_file(out, key.save, mode=0o600, replace=self.args.force)
+        if public_out is not None:
+            write_new_file(public_out, lambda p: p.write_text(public_b64 + "\n"), mode=0o644,
+                           replace=self.args.force)
+        answer = {"key_id": key.key_id, "public_key": public_b64, "signing_key": str(out)}
+        if public_out is not None:
+            answer["public_key_file"] = str(public_out)
+        self.print_json(answer)
+        return EXIT_OK
 
-def _path(value: str) -> Any:
-    from pathlib import Path
 
+def _path(value: str) -> Path:
     return Path(value).expanduser()
 
 
@@ -230,27 +280,171 @@ def exit_code_for(failure: Failure) -> tuple[int, str]:
     return EXIT_REFUSED, f"unexpected error: {failure.getErrorMessage()}"
 
 
-def run(argv: Sequence[str], reactor: Any, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr,
-        stdin: TextIO = sys.stdin) -> defer.Deferred[None]:
-    """Run one command on ``reactor``; the Deferred fails with ``SystemExit(code)`` unless it succeeded."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as e:
-        return defer.fail(e)
+class Invocation:
+    """One gatewayctl command in flight.
 
-    async def main() -> None:
+    ``done`` fires when the command has ended, with ``None`` for exit 0 or
+    ``SystemExit(code)`` otherwise; the message for a non-zero code is already
+    on ``stderr``. ``interrupt()`` is what SIGINT and SIGTERM do: the command's
+    pending step is cancelled, it closes its connections, and ``subscribe``
+    ends with exit 0, any other command with ``EXIT_INTERRUPTED``.
+    """
+
+    def __init__(self, argv: Sequence[str], reactor: Any, stdout: TextIO = sys.stdout,
+                 stderr: TextIO = sys.stderr, stdin: TextIO = sys.stdin) -> None:
+        self.interrupted = False
+        self.command: Command | None = None
+        self._stderr = stderr
         try:
-            code = await Command(args, reactor, stdout, stderr, stdin).run()
+            args = build_parser().parse_args(list(argv))
+        except SystemExit as e:
+            self.done: defer.Deferred[None] = defer.fail(e)
+            return
+        self.command = Command(args, reactor, stdout, stderr, stdin)
+        self.done = defer.Deferred.fromCoroutine(self._main(self.command))
+
+    async def _main(self, command: Command) -> None:
+        try:
+            code = await command.run()
+        except defer.CancelledError:
+            if not self.interrupted:
+                code, message = exit_code_for(Failure())
+                self._stderr.write(f"gatewayctl: {message}\n")
+            elif command.args.command == "subscribe":
+                code = EXIT_OK  # following events until told to stop is how subscribe succeeds
+            else:
+                code = EXIT_INTERRUPTED
+                self._stderr.write("gatewayctl: interrupted\n")
         except Exception:
             code, message = exit_code_for(Failure())
-            stderr.write(f"gatewayctl: {message}\n")
+            self._stderr.write(f"gatewayctl: {message}\n")
         if code:
             raise SystemExit(code)
 
-    return defer.ensureDeferred(main())
+    def interrupt(self) -> None:
+        """End the command early (idempotent; nothing once it has ended)."""
+        if self.done.called or self.interrupted:
+            return
+        self.interrupted = True
+        self.done.cancel()
+
+
+def run(argv: Sequence[str], reactor: Any, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr,
+        stdin: TextIO = sys.stdin) -> defer.Deferred[None]:
+    """Run one command on ``reactor``; the Deferred fails with ``SystemExit(code)`` unless it succeeded.
+
+    To interrupt it as a signal would, use ``Invocation`` and its ``interrupt()``.
+    """
+    return Invocation(argv, reactor, stdout, stderr, stdin).done
+
+
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        """Nothing to stop: a lookup thread finishes on its own and its answer is dropped."""
+
+
+_FAMILIES = {None: socket.AF_UNSPEC, frozenset([IPv4Address]): socket.AF_INET,
+             frozenset([IPv6Address]): socket.AF_INET6, frozenset([IPv4Address, IPv6Address]): socket.AF_UNSPEC}
+
+
+@implementer(IHostnameResolver)
+class DaemonThreadResolver:
+    """Resolves IP literals at once, in the reactor thread, and other names with ``getaddrinfo`` on a
+    daemon thread of their own.
+
+    Why: Twisted's default resolver runs ``getaddrinfo`` on the reactor's thread pool,
+    which reactor shutdown joins; a Ctrl-C during that join (or behind a hung lookup)
+    ended gatewayctl with a KeyboardInterrupt traceback. A literal address needs no
+    thread, and a daemon thread is never joined.
+    """
+
+    def __init__(self, reactor: Any, getaddrinfo: Any = socket.getaddrinfo) -> None:
+        self._reactor = reactor
+        self._getaddrinfo = getaddrinfo
+
+    def resolveHostName(self, resolutionReceiver: IResolutionReceiver, hostName: str, portNumber: int = 0,
+                        addressTypes: Sequence[type] | None = None,
+                        transportSemantics: str = "TCP") -> IHostResolution:
+        resolution = _Resolution(hostName)
+        family = _FAMILIES.get(None if addressTypes is None else frozenset(addressTypes), socket.AF_UNSPEC)
+        protocol: Literal["TCP", "UDP"] = "UDP" if transportSemantics == "UDP" else "TCP"
+        kind = socket.SOCK_DGRAM if protocol == "UDP" else socket.SOCK_STREAM
+        resolutionReceiver.resolutionBegan(resolution)
+
+        def deliver(names: list[Any]) -> None:
+            for af, _kind, _proto, _canon, sockaddr in names:
+                if af in (socket.AF_INET, socket.AF_INET6):
+                    address_type = IPv4Address if af == socket.AF_INET else IPv6Address
+                    resolutionReceiver.addressResolved(address_type(protocol, *sockaddr))
+            resolutionReceiver.resolutionComplete()
+
+        try:
+            # AI_NUMERICHOST never touches DNS: it answers at once for a literal and fails for a name.
+            deliver(self._getaddrinfo(hostName, portNumber, family, kind, 0, socket.AI_NUMERICHOST))
+            return resolution
+        except OSError:
+            pass
+
+        def lookup() -> None:
+            try:
+                names = self._getaddrinfo(hostName, portNumber, family, kind)
+            except OSError:
+                names = []
+            self._reactor.callFromThread(deliver, names)
+
+        threading.Thread(target=lookup, name=f"gatewayctl-resolve-{hostName}", daemon=True).start()
+        return resolution
+
+
+def run_process(reactor: Any, argv: Sequence[str], stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr,
+                stdin: TextIO = sys.stdin) -> int:
+    """Run one command as the whole process on a reactor not yet running; return its exit code.
+
+    Unlike ``twisted.internet.task.react``, the reactor runs without Twisted's
+    signal handlers: SIGINT and SIGTERM interrupt the *command*, which then
+    closes its connections and ends with its own exit code, instead of stopping
+    the reactor under it (that lost the connections as errors: "unavailable",
+    exit 5, on SIGTERM). Our handlers stay in place until the process exits, so a
+    signal during shutdown is never a KeyboardInterrupt traceback.
+    """
+    reactor.installNameResolver(DaemonThreadResolver(reactor))
+    invocation = Invocation(argv, reactor, stdout, stderr, stdin)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        command = invocation.command
+        if command is not None and command.reading_stdin:
+            raise KeyboardInterrupt  # the reactor is blocked in the read; end the read itself
+        reactor.callFromThread(invocation.interrupt)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    code = EXIT_OK
+
+    def finished(result: Any) -> None:
+        nonlocal code
+        if isinstance(result, Failure):
+            if isinstance(result.value, SystemExit):
+                code = int(result.value.code or 0)
+            else:
+                _log.failure("gatewayctl failed", result)
+                code = EXIT_REFUSED
+        reactor.callWhenRunning(reactor.stop)
+
+    invocation.done.addBoth(finished)
+    reactor.run(installSignalHandlers=False)
+    # The command is over: a late signal must not kill the exiting interpreter (Python's finalization
+    # puts SIG_DFL back in place of a Python handler, never of SIG_IGN).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The ``gatewayctl`` console script."""
-    react(lambda reactor: run(sys.argv[1:] if argv is None else argv, reactor))
+    from twisted.internet import reactor
+
+    sys.exit(run_process(reactor, sys.argv[1:] if argv is None else argv))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,3 +108,27 @@ class ConfigDir:
             os.chmod(self.session_path, 0o600)
         except OSError as e:
             raise ConfigDirError(f"session {self.session_path}: {e.strerror or e}") from None
+
+
+def write_new_file(path: Path, write: Callable[[Path], object], *, mode: int, replace: bool = False) -> None:
+    """Make ``path`` appear complete and with ``mode`` in one step, or not at all.
+
+    ``write`` fills a temporary file beside ``path``; it is then linked into
+    place (failing if ``path`` exists: ``ConfigDirError``) or, with ``replace``,
+    renamed over it. A replaced file never keeps its old, perhaps wider, mode.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(temporary)
+        os.chmod(temporary, mode)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)  # atomic: fails with EEXIST rather than overwrite
+    except FileExistsError:
+        raise ConfigDirError(f"{path} exists; use --force to replace it") from None
+    except OSError as e:
+        raise ConfigDirError(f"{path}: {e.strerror or e}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
