@@ -17,16 +17,23 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, error, protocol, reactor, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IResolutionReceiver
+from zope.interface import implementer
 
 from gatewayd.client.cli import (
     EXIT_CONFIG,
+    EXIT_INTERRUPTED,
     EXIT_NOT_OK,
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    DaemonThreadResolver,
+    Invocation,
     run,
 )
+from gatewayd.signing import GatewayKey, load_public_key
 from gatewayd.testing.client import RunningGateway, routes_with, start_gateway
 
 BIN = Path(sys.executable).parent
@@ -73,7 +80,8 @@ async def test_login_then_exec_over_every_protocol(gateway: RunningGateway, ctl:
     session = json.loads(out)
     assert session["device_session_id"] and session["user_id"]
     for proto in ("grpc", "grpc-web", "connect"):
-        code, out, err = await ctl("exec", "user.notes.create", json.dumps({"text": proto}), "--protocol", proto)
+        payload = json.dumps({"text": proto})
+        code, out, err = await ctl("exec", "user.notes.create", payload, "--protocol", proto)
         assert (code, err) == (EXIT_OK, "")
         answer = json.loads(out)
         assert (answer["result_code"], answer["payload"]["text"]) == ("ok", proto)
@@ -137,7 +145,158 @@ async def test_keys_prints_the_published_keys(ctl: Ctl, gateway: RunningGateway)
     assert [k["key_id"] for k in keys] == [gateway.gateway.keyring.signer.key_id]
 
 
+@pytest_twisted.ensureDeferred
+async def test_interrupted_subscribe_ends_ok_and_closes_its_stream(ctl: Ctl, gateway: RunningGateway) -> None:
+    assert (await ctl("login", "--email", "interrupt@example.com", "--code", "000000"))[0] == EXIT_OK
+    out, err = io.StringIO(), io.StringIO()
+    invocation = Invocation(["--config-dir", str(ctl.config_dir), "--gateway", gateway.url, "subscribe",
+                             "--protocol", "grpc"], reactor, out, err, io.StringIO())
+    await _poll(lambda: out.getvalue().count("\n") >= 1, "the first event")
+    hub = gateway.gateway.hub
+    assert len(hub) == 1
+    invocation.interrupt()
+    await invocation.done  # exit 0: the Deferred fails with SystemExit otherwise
+    assert (err.getvalue(), json.loads(out.getvalue())["event_type"]) == ("", "gateway.server_time")
+    await _poll(lambda: len(hub) == 0, "the hub to drop the stream")
+
+
+@pytest_twisted.ensureDeferred
+async def test_interrupted_exec_exits_130(ctl: Ctl, gateway: RunningGateway) -> None:
+    assert (await ctl("login", "--email", "silent@example.com", "--code", "000000"))[0] == EXIT_OK
+    received: list[bytes] = []
+
+    class Silent(protocol.Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            received.append(data)
+
+    factory = protocol.ServerFactory()
+    factory.protocol = Silent
+    silent = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        err = io.StringIO()
+        address = silent.getHost()
+        assert isinstance(address, IPv4Address)
+        invocation = Invocation(["--config-dir", str(ctl.config_dir), "--gateway", f"http://127.0.0.1:{address.port}",
+                                 "exec", "user.profile.get"], reactor, io.StringIO(), err, io.StringIO())
+        await _poll(lambda: b"".join(received).count(b"\r\n\r\n") >= 1, "the request")  # never answered
+        assert not invocation.done.called
+        invocation.interrupt()
+        with pytest.raises(SystemExit) as info:
+            await invocation.done
+        assert (info.value.code, err.getvalue()) == (EXIT_INTERRUPTED, "gatewayctl: interrupted\n")
+    finally:
+        await defer.maybeDeferred(silent.stopListening)
+
+
+# --- keygen ---------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_keygen_writes_a_loadable_key_pair(ctl: Ctl, tmp_path: Path) -> None:
+    out, pub = tmp_path / "keys" / "gateway-2.key", tmp_path / "keys" / "gateway-2.pub"
+    code, stdout, err = await ctl("keygen", "--out", str(out), "--public-out", str(pub))
+    assert (code, err) == (EXIT_OK, "")
+    printed = json.loads(stdout)
+    key, published = GatewayKey.load(out), load_public_key(pub)
+    assert printed["key_id"] == key.key_id == published.key_id
+    assert printed["public_key"] == published.as_json()["public_key"]
+    assert published.public_key == key.public_key
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert stat.S_IMODE(pub.stat().st_mode) == 0o644
+    assert sorted(p.name for p in out.parent.iterdir()) == ["gateway-2.key", "gateway-2.pub"]  # no temp files
+    # The key signs what the published key verifies.
+    from gatewayd.signing import verify
+
+    assert verify(published.public_key, b"rotation", key.sign(b"rotation"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_keygen_refuses_to_overwrite_unless_forced(ctl: Ctl, tmp_path: Path) -> None:
+    out, pub = tmp_path / "gateway.key", tmp_path / "gateway.pub"
+    assert (await ctl("keygen", "--out", str(out)))[0] == EXIT_OK
+    assert not pub.exists()
+    first = out.read_text()
+    pub.write_text("not mine\n")
+    for argv in (["--out", str(out)], ["--out", str(tmp_path / "other.key"), "--public-out", str(pub)]):
+        code, stdout, err = await ctl("keygen", *argv)
+        assert (code, stdout) == (EXIT_CONFIG, "")
+        assert "exists; use --force" in err
+    assert (out.read_text(), pub.read_text()) == (first, "not mine\n")
+    assert not (tmp_path / "other.key").exists()  # nothing half-made
+
+    os.chmod(out, 0o644)
+    code, stdout, _ = await ctl("keygen", "--out", str(out), "--public-out", str(pub), "--force")
+    assert code == EXIT_OK
+    assert GatewayKey.load(out).key_id == json.loads(stdout)["key_id"] == load_public_key(pub).key_id
+    assert out.read_text() != first
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # a replaced key file does not keep a wider mode
+
+    code, _, err = await ctl("keygen", "--out", str(out), "--public-out", str(out), "--force")
+    assert code == EXIT_USAGE and "same file" in err
+
+
+# --- the resolver gatewayctl installs -------------------------------------------------------
+
+
+@implementer(IResolutionReceiver)
+class _Receiver:
+    def __init__(self) -> None:
+        self.addresses: list[Any] = []
+        self.complete = defer.Deferred[None]()
+
+    def resolutionBegan(self, resolution: Any) -> None:
+        self.name = resolution.name
+
+    def addressResolved(self, address: Any) -> None:
+        self.addresses.append(address)
+
+    def resolutionComplete(self) -> None:
+        self.complete.callback(None)
+
+
+def test_resolver_answers_ip_literals_at_once_without_a_thread() -> None:
+    def no_lookup(*args: Any) -> Any:
+        if len(args) < 6:
+            raise AssertionError(f"a name lookup for a literal: {args}")
+        return socket.getaddrinfo(*args)
+
+    resolver = DaemonThreadResolver(reactor, getaddrinfo=no_lookup)
+    for host, kind in (("127.0.0.1", "IPv4Address"), ("::1", "IPv6Address")):
+        receiver = _Receiver()
+        resolver.resolveHostName(receiver, host, 8080)
+        assert receiver.complete.called  # synchronously: no thread, no reactor turn
+        assert [(type(a).__name__, a.host, a.port) for a in receiver.addresses] == [(kind, host, 8080)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_resolver_looks_names_up_on_a_daemon_thread() -> None:
+    threads: list[Any] = []
+
+    def lookup(host: str, port: int, *args: Any) -> Any:
+        if len(args) > 2 and args[3] & socket.AI_NUMERICHOST:
+            raise socket.gaierror(socket.EAI_NONAME, "not numeric")
+        import threading
+
+        threads.append(threading.current_thread())
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.7", port))]
+
+    receiver = _Receiver()
+    DaemonThreadResolver(reactor, getaddrinfo=lookup).resolveHostName(receiver, "gateway.example", 443)
+    await receiver.complete.addTimeout(5, reactor)
+    assert [(a.host, a.port) for a in receiver.addresses] == [("192.0.2.7", 443)]
+    assert len(threads) == 1 and threads[0].daemon
+
+
 # --- console scripts against `twist gatewayd --dev` ----------------------------------------
+
+
+async def _poll(condition: Any, what: str, timeout_s: float = 5.0) -> None:
+    deadline = reactor.seconds() + timeout_s
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
 
 
 def _free_port() -> int:
@@ -196,19 +355,12 @@ async def _gatewayctl(env: dict[str, str], *argv: str) -> tuple[int | None, str,
     return code, proc.out.decode(), proc.err.decode()
 
 
-async def _console_round_trip(env: dict[str, str], email: str) -> None:
-    """login, exec over each protocol, subscribe until SIGINT: each a gatewayctl process."""
-    code, out, err = await _gatewayctl(env, "login", "--email", email, "--code", "000000")
-    assert code == EXIT_OK, err
-    assert json.loads(out)["device_session_id"]
-    for proto in ("grpc", "grpc-web", "connect"):
-        code, out, err = await _gatewayctl(env, "exec", "user.profile.get", "--protocol", proto)
-        assert code == EXIT_OK, err
-        answer = json.loads(out)
-        assert (answer["result_code"], answer["payload"]["email"]) == ("ok", email)
-
-    # subscribe prints gateway.server_time, then stops cleanly on SIGINT.
-    sub, sub_transport = _spawn([str(BIN / "gatewayctl"), "subscribe", "--protocol", "grpc"], env)
+async def _subscribe_until_signal(env: dict[str, str], protocol_name: str, signame: str,
+                                  gateway: str | None = None) -> None:
+    """``gatewayctl subscribe`` prints gateway.server_time, then ends on ``signame`` quietly, with exit 0."""
+    argv = [str(BIN / "gatewayctl"), *(["--gateway", gateway] if gateway else []), "subscribe",
+            "--protocol", protocol_name]
+    sub, sub_transport = _spawn(argv, env)
     first_line: defer.Deferred[None] = defer.Deferred()
 
     def on_line() -> None:
@@ -220,10 +372,27 @@ async def _console_round_trip(env: dict[str, str], email: str) -> None:
     try:
         await first_line
     finally:
-        sub_transport.signalProcess("INT")
+        sub_transport.signalProcess(signame)
         sub_code = await sub.ended
-    assert json.loads(sub.out.splitlines()[0])["event_type"] == "gateway.server_time"
-    assert sub_code == EXIT_OK, sub.err.decode(errors="replace")
+    case = (protocol_name, signame, gateway)
+    assert json.loads(sub.out.splitlines()[0])["event_type"] == "gateway.server_time", case
+    assert (case, sub_code, sub.err.decode(errors="replace")) == (case, EXIT_OK, "")
+
+
+async def _console_round_trip(env: dict[str, str], email: str,
+                              signals: tuple[tuple[str, str], ...] = (("grpc", "INT"),)) -> None:
+    """login, exec over each protocol, subscribe until each of ``signals``: each a gatewayctl process."""
+    code, out, err = await _gatewayctl(env, "login", "--email", email, "--code", "000000")
+    assert code == EXIT_OK, err
+    assert json.loads(out)["device_session_id"]
+    for proto in ("grpc", "grpc-web", "connect"):
+        code, out, err = await _gatewayctl(env, "exec", "user.profile.get", "--protocol", proto)
+        assert code == EXIT_OK, err
+        answer = json.loads(out)
+        assert (answer["result_code"], answer["payload"]["email"]) == ("ok", email)
+
+    for protocol_name, signame in signals:
+        await _subscribe_until_signal(env, protocol_name, signame)
 
 
 @pytest_twisted.ensureDeferred
@@ -243,7 +412,12 @@ async def test_gatewayctl_against_twist_gatewayd_dev(tmp_path: Path) -> None:
          "--state-dir", str(tmp_path / "state")], env)
     try:
         await _wait_for_port(port, server)
-        await _console_round_trip(env, "twist@example.com")
+        # SIGTERM used to stop the reactor under the stream ("unavailable", exit 5).
+        signals = (("grpc", "INT"), ("grpc", "TERM"), ("grpc-web", "INT"), ("connect", "TERM"))
+        await _console_round_trip(env, "twist@example.com", signals)
+        # A host name is looked up off the reactor's thread pool (whose join at shutdown a Ctrl-C
+        # interrupted with a KeyboardInterrupt traceback).
+        await _subscribe_until_signal(env, "connect", "INT", gateway=f"http://localhost:{port}")
     finally:
         if not server.ended.called:
             server_transport.signalProcess(signal.SIGTERM)
