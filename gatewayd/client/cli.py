@@ -348,7 +348,8 @@ class _Resolution:
 
 
 _FAMILIES = {None: socket.AF_UNSPEC, frozenset([IPv4Address]): socket.AF_INET,
-             frozenset([IPv6Address]): socket.AF_INET6, frozenset([IPv4Address, IPv6Address]): socket.AF_UNSPEC}
+             frozenset([IPv6Address]): socket.AF_INET6,
+             frozenset([IPv4Address, IPv6Address]): socket.AF_UNSPEC}
 
 
 @implementer(IHostnameResolver)
