@@ -29,6 +29,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -38,6 +39,8 @@ from zope.interface import implementer
 
 from gatewayd.config import Route
 from gatewayd.transport.nodelay import NoDelayEndpoint
+
+log = Logger()
 
 SESSIONS_PATH = "/api/v1/internal/sessions/"
 USER_PATH = "/api/v1/user/"
@@ -277,11 +280,22 @@ class BackendClient:
     ) -> Deferred[BackendAnswer]:
         inner: Deferred[Any] = self._agent.request(method, url, headers, cast(IBodyProducer | None, body))
         inner.addCallback(self._read)
-        # One timeout for connect + request + body; on expiry the connection is aborted.
-        inner.addTimeout(self._timeout_s, self._reactor)
         # The caller's cancellation surfaces from Agent in several shapes (ConnectingCancelledError,
-        # ResponseNeverReceived, ...), as does a timeout; only this flag tells them apart.
-        cancelled = False
+        # ResponseNeverReceived, ...), as does a timeout; only these flags tell them apart.
+        cancelled = timed_out = False
+
+        def expire() -> None:
+            nonlocal timed_out
+            # Not inner.called: that is already true while inner waits on Agent's inner steps.
+            if not outer.called:
+                timed_out = True
+                inner.cancel()  # aborts the connection
+
+        # One timeout for connect + request + body. Timers run before the reactor reads its
+        # sockets, so on a saturated reactor an answer already waiting in a socket would lose
+        # to its own timeout: expire one turn later, after the next read.
+        reactor: Any = self._reactor
+        timer = reactor.callLater(self._timeout_s, reactor.callLater, 0, expire)
 
         def cancel(_: Deferred[BackendAnswer]) -> None:
             nonlocal cancelled
@@ -291,12 +305,17 @@ class BackendClient:
         outer: Deferred[BackendAnswer] = Deferred(cancel)
 
         def settle(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
             if outer.called:
                 return
             if not isinstance(result, Failure):
                 outer.callback(result)
             elif cancelled:
                 outer.errback(Failure(CancelledError()))
+            elif timed_out:
+                log.warn("backend request timed out after {timeout_s}s", timeout_s=self._timeout_s)
+                outer.errback(BackendUnavailable("backend timed out"))
             elif result.check(BackendUnavailable):
                 outer.errback(result)
             else:

@@ -309,3 +309,54 @@ async def test_cancelling_a_call_stays_a_cancellation_and_closes_the_connection(
     finally:
         await client.close()
         await silent.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_waiting_in_the_socket_beats_its_timeout_on_a_busy_reactor() -> None:
+    """A saturated reactor runs its due timers before it reads its sockets: an answer that
+    arrived while the reactor was busy must still win over its own timeout."""
+    import socket
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from gatewayd.testing.wait import until
+
+    received, reactor_busy = threading.Event(), threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            received.set()
+            reactor_busy.wait(5)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Busy(Protocol):
+        """Keeps the reactor busy in its I/O phase, past the timeout, while the answer arrives."""
+
+        def dataReceived(self, data: bytes) -> None:
+            reactor_busy.set()
+            time.sleep(0.6)
+
+    backend = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=backend.serve_forever, daemon=True)
+    thread.start()
+    busy = reactor.listenTCP(0, Factory.forProtocol(Busy), interface="127.0.0.1")
+    poke = socket.create_connection(("127.0.0.1", busy.getHost().port))
+    client = BackendClient(reactor, f"http://127.0.0.1:{backend.server_address[1]}", timeout_s=0.2,
+                           max_connections=2)
+    try:
+        answer = client.get_session("ds_busy")
+        await until(received.is_set, "the backend to get the request")
+        poke.sendall(b"x")
+        assert await answer is None
+    finally:
+        poke.close()
+        await client.close()
+        await busy.stopListening()
+        backend.shutdown()
+        thread.join(5)
