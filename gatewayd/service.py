@@ -283,8 +283,8 @@ def listen_endpoint(reactor: Any, config: Config) -> Any:
     pem = Path(config.server.tls_certificate).read_bytes() + Path(config.server.tls_private_key).read_bytes()
     cert = ssl.PrivateCertificate.loadPEM(pem)
     options = ssl.CertificateOptions(
-        privateKey=cert.privateKey.original,
-        certificate=cert.original,
+        privateKey=cert.privateKey.original.to_cryptography_key(),
+        certificate=cert.original.to_cryptography(),
         acceptableProtocols=[b"h2", b"http/1.1"],
     )
 
