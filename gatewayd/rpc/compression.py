@@ -38,6 +38,9 @@ def gunzip(data: bytes, limit: int) -> bytes:
         raise RpcError(Code.RESOURCE_EXHAUSTED, f"decompressed message exceeds the limit of {limit} bytes")
     if not d.eof:
         raise RpcError(Code.INVALID_ARGUMENT, "truncated gzip data")
+    if d.unused_data:
+        # A second gzip member (or junk) after the first: refuse rather than drop it silently.
+        raise RpcError(Code.INVALID_ARGUMENT, "unexpected data after the gzip stream")
     return out
 
 

@@ -100,21 +100,40 @@ def rpc_path_shape(path: str) -> bool:
     return len(parts) == 3 and not parts[0] and "." in parts[1] and bool(parts[2])
 
 
-def select_protocol(method: str, path: str, headers: Mapping[str, str], http2: bool) -> type[WireProtocol] | None:
-    """The protocol class for a request, or ``None`` when it is not an RPC at all."""
-    from gatewayd.rpc.protocol_connect import ConnectStreaming, ConnectUnary
-    from gatewayd.rpc.protocol_grpc import Grpc
-    from gatewayd.rpc.protocol_grpcweb import GrpcWeb, GrpcWebText
+_BY_CONTENT_TYPE: dict[str, type[WireProtocol]] = {}
 
+
+def _content_types() -> dict[str, type[WireProtocol]]:
+    # Filled on first use: the protocol modules import this one.
+    if not _BY_CONTENT_TYPE:
+        from gatewayd.rpc.protocol_connect import ConnectStreaming
+        from gatewayd.rpc.protocol_grpc import Grpc
+        from gatewayd.rpc.protocol_grpcweb import GrpcWeb, GrpcWebText
+
+        for protocol, content_types in (
+            (Grpc, ("application/grpc", "application/grpc+proto")),
+            (GrpcWeb, ("application/grpc-web", "application/grpc-web+proto")),
+            (GrpcWebText, ("application/grpc-web-text", "application/grpc-web-text+proto")),
+            (ConnectStreaming, ("application/connect+proto", "application/connect+json")),
+        ):
+            for content_type in content_types:
+                _BY_CONTENT_TYPE[content_type] = protocol
+    return _BY_CONTENT_TYPE
+
+
+def select_protocol(method: str, path: str, headers: Mapping[str, str], http2: bool) -> type[WireProtocol] | None:
+    """The protocol class for a request, or ``None`` when it is not an RPC at all.
+
+    Content types are matched exactly (parameters such as ``charset`` aside):
+    ``application/grpcfoo`` is no gRPC. Connect unary's ``application/proto`` and
+    ``application/json`` are RPCs only on ``/package.Service/Method`` paths.
+    """
     ct = headers.get("content-type", "").split(";")[0].strip().lower()
-    if ct.startswith("application/grpc-web-text"):
-        return GrpcWebText
-    if ct.startswith("application/grpc-web"):
-        return GrpcWeb
-    if ct.startswith("application/grpc"):
-        return Grpc
-    if ct.startswith("application/connect+"):
-        return ConnectStreaming
+    protocol = _content_types().get(ct)
+    if protocol is not None:
+        return protocol
     if ct in ("application/proto", "application/json") and rpc_path_shape(path):
+        from gatewayd.rpc.protocol_connect import ConnectUnary
+
         return ConnectUnary
     return None

@@ -369,3 +369,24 @@ def test_check_encoding_and_accepts() -> None:
     assert not compression.accepts_gzip("identity")
     assert not compression.accepts_gzip(None)
     assert gzip.decompress(compression.gzip_bytes(b"abc")) == b"abc"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/grpcfoo", "application/grpc+json", "application/grpc-webx", "application/connect+xml",
+     "application/connect+", "text/plain"],
+)
+def test_near_miss_content_types_are_no_protocol(content_type: str) -> None:
+    from gatewayd.rpc.wire import select_protocol
+
+    assert select_protocol("POST", "/pkg.Service/Method", {"content-type": content_type}, True) is None
+
+
+def test_gzip_with_data_after_the_stream_is_refused() -> None:
+    import gzip
+
+    from gatewayd.rpc.compression import gunzip
+
+    with pytest.raises(RpcError) as refused:
+        gunzip(gzip.compress(b"one") + gzip.compress(b"two"), 1024)
+    assert refused.value.code is Code.INVALID_ARGUMENT
