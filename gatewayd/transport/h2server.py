@@ -119,6 +119,8 @@ class H2Limits:
     control_frame_burst: int = 200
     control_frame_rate: float = 20.0
     shutdown_ping_timeout_s: float = 2.0
+    # New streams handled per reactor turn and connection; the rest wait a turn (fairness).
+    streams_per_turn: int = 64
 
 
 class _Bucket:
@@ -335,6 +337,9 @@ class H2ServerConnection(Protocol):
         self._idle_since: float | None = None
         self._flush_call: IDelayedCall | None = None
         self._receiving = False
+        self._events: deque[Any] = deque()
+        self._reading_paused = False
+        self._resume_call: IDelayedCall | None = None
         self._keepalive_call: IDelayedCall | None = None
         self._keepalive_timeout: IDelayedCall | None = None
         self._shutdown_ping_call: IDelayedCall | None = None
@@ -385,20 +390,52 @@ class H2ServerConnection(Protocol):
         except h2.exceptions.ProtocolError as e:
             self._protocol_error(e)
             return
+        self._events.extend(events)
+        if self._resume_call is None:
+            self._handle_events()
+
+    def _handle_events(self) -> None:
+        """Handle h2's events in order, at most ``limits.streams_per_turn`` new streams at a time.
+
+        One socket read can hold hundreds of requests (a reconnect storm, a
+        client pipelining subscriptions). Handled in one go they would keep the
+        reactor from everything else, timers and other connections included, for
+        seconds. Past the budget, reading from this connection pauses and the
+        rest waits for the next reactor turn.
+        """
+        self._resume_call = None
+        events = self._events
+        budget = self.limits.streams_per_turn
         self._receiving = True
         try:
-            for event in events:
+            while events:
+                event = events.popleft()
                 self._dispatch(event)
                 if self._lost:
+                    events.clear()
                     return
+                if type(event) is h2.events.RequestReceived:
+                    budget -= 1
+                    if budget <= 0 and events:
+                        break
         finally:
             self._receiving = False
         self._flush()
+        transport: Any = self.transport
+        if events:
+            if not self._reading_paused:
+                self._reading_paused = True
+                transport.pauseProducing()
+            self._resume_call = self.clock.callLater(0, self._handle_events)
+        elif self._reading_paused:
+            self._reading_paused = False
+            transport.resumeProducing()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._lost = True
+        self._events.clear()
         calls = (self._idle_call, self._keepalive_call, self._keepalive_timeout, self._shutdown_ping_call,
-                 self._flush_call)
+                 self._flush_call, self._resume_call)
         for call in calls:
             if call is not None and call.active():
                 call.cancel()
