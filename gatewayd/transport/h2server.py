@@ -119,8 +119,39 @@ class H2Limits:
     control_frame_burst: int = 200
     control_frame_rate: float = 20.0
     shutdown_ping_timeout_s: float = 2.0
-    # New streams handled per reactor turn and connection; the rest wait a turn (fairness).
-    streams_per_turn: int = 64
+    # New streams all connections together start per reactor turn; the rest wait a turn.
+    streams_per_turn: int = 128
+
+
+class TurnBudget:
+    """How many new streams all connections may still start in this reactor turn.
+
+    One socket read can hold hundreds of requests (a reconnect storm, a client
+    pipelining subscriptions), and a turn can see many such reads. Handled in
+    one go they would keep the reactor from everything else, timers and the
+    answers of the backend included, for seconds. Streams past the budget wait
+    for a later turn, with reading from their connection paused meanwhile.
+    """
+
+    __slots__ = ("_clock", "_per_turn", "_reset_call", "left")
+
+    def __init__(self, clock: IReactorTime, per_turn: int) -> None:
+        self._clock = clock
+        self._per_turn = per_turn
+        self.left = per_turn
+        self._reset_call: IDelayedCall | None = None
+
+    def take(self) -> bool:
+        if self._reset_call is None:
+            self._reset_call = self._clock.callLater(0, self._reset)
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+    def _reset(self) -> None:
+        self._reset_call = None
+        self.left = self._per_turn
 
 
 class _Bucket:
@@ -307,8 +338,10 @@ class H2ServerConnection(Protocol):
         clock: IReactorTime,
         limits: H2Limits,
         web_fallback: Callable[[H2Stream], ExchangeHandler],
+        turn_budget: TurnBudget | None = None,
     ) -> None:
         self.app = app
+        self.turn_budget = turn_budget or TurnBudget(clock, limits.streams_per_turn)
         self.clock = clock
         self.limits = limits
         self.web_fallback = web_fallback
@@ -395,29 +428,21 @@ class H2ServerConnection(Protocol):
             self._handle_events()
 
     def _handle_events(self) -> None:
-        """Handle h2's events in order, at most ``limits.streams_per_turn`` new streams at a time.
-
-        One socket read can hold hundreds of requests (a reconnect storm, a
-        client pipelining subscriptions). Handled in one go they would keep the
-        reactor from everything else, timers and other connections included, for
-        seconds. Past the budget, reading from this connection pauses and the
-        rest waits for the next reactor turn.
-        """
+        """Handle h2's events in order while the turn's ``TurnBudget`` allows new streams."""
         self._resume_call = None
         events = self._events
-        budget = self.limits.streams_per_turn
+        budget = self.turn_budget
         self._receiving = True
         try:
             while events:
-                event = events.popleft()
+                event = events[0]
+                if type(event) is h2.events.RequestReceived and not budget.take():
+                    break
+                events.popleft()
                 self._dispatch(event)
                 if self._lost:
                     events.clear()
                     return
-                if type(event) is h2.events.RequestReceived:
-                    budget -= 1
-                    if budget <= 0 and events:
-                        break
         finally:
             self._receiving = False
         self._flush()
