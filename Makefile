@@ -21,7 +21,7 @@ run: $(STAMP)
 	  [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; \
 	  node web/build.mjs; \
 	else echo "node not found: the web app at /app/ is skipped"; fi
-	$(BIN)/twist gatewayd --dev
+	$(BIN)/twist --log-format=text gatewayd --dev
 
 test: $(STAMP)
 	./scripts/test-setup.sh

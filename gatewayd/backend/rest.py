@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
@@ -180,6 +180,12 @@ def parse_session(body: bytes) -> Session:
     return Session(data["device_session_id"], data["user_id"], key, data["status"])
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """The pool's per-connection factory, without a "Starting factory" log line per connection."""
+
+    noisy = False
+
+
 @implementer(IAgentEndpointFactory)
 class _BackendEndpoint:
     """The one backend host's endpoint, built once.
@@ -221,6 +227,7 @@ class BackendClient:
         self._max_body_bytes = max_body_bytes
         self._base = base_url.rstrip("/")
         self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool._factory = _QuietClientFactory
         self._pool.maxPersistentPerHost = max_connections
         self._agent = Agent.usingEndpointFactory(reactor, _BackendEndpoint(reactor, parts), pool=self._pool)
         # Built once: a Host header present up front spares Agent a copy of the headers per call.
