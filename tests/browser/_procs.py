@@ -6,19 +6,14 @@ line that matches; it is killed if it outlives its timeout.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 
 from twisted.internet import defer, error, protocol, reactor
 
+from gatewayd.testing.procs import child_env
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment minus proxy settings: every child talks to 127.0.0.1 directly."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-    env["NO_PROXY"] = env["no_proxy"] = "*"
-    env.update(extra)
-    return env
+__all__ = ["LineProcess", "child_env"]
 
 
 class LineProcess(protocol.ProcessProtocol):

@@ -12,80 +12,73 @@ from gatewayd.config import ServerConfig
 from gatewayd.health import HealthService
 from gatewayd.rpc.methods import MethodTable
 from gatewayd.transport.cors import CorsPolicy
+from gatewayd.transport.listener import GatewayFactory
 from gatewayd.transport.server import build_factory
 
 STREAMS = 300
 
 
-def _many_checks() -> tuple[h2.connection.H2Connection, bytes]:
-    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-    client.initiate_connection()
-    headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/grpc.health.v1.Health/Check"),
-               (b":authority", b"x"), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
-    for _ in range(STREAMS):
-        sid = client.get_next_available_stream_id()
-        client.send_headers(sid, headers)
-        client.send_data(sid, b"\x00\x00\x00\x00\x00", end_stream=True)
-    return client, client.data_to_send()
-
-
-def test_requests_beyond_the_budget_wait_a_turn_with_reading_paused() -> None:
-    clock = Clock()
-    methods = MethodTable()
-    for method in HealthService([""]).methods():
-        methods.add(method)
-    config = ServerConfig(max_concurrent_streams=STREAMS + 10)
-    factory, _ = build_factory(methods, clock, config, cors=CorsPolicy())
-    connection = factory.build_h2()
-    transport = StringTransport()
-    connection.makeConnection(transport)
-    client, data = _many_checks()
-    client.receive_data(transport.value())
-    transport.clear()
-
-    def answered() -> int:
-        events = client.receive_data(transport.value())
-        transport.clear()
-        return sum(1 for e in events if isinstance(e, h2.events.StreamEnded))
-
-    connection.dataReceived(data)
-    per_turn = connection.limits.streams_per_turn
-    assert per_turn < STREAMS
-    done = answered()
-    assert done == per_turn
-    assert transport.producerState == "paused"
-    # The rest follows on later reactor turns (a Clock runs them all in one advance).
-    clock.advance(0)
-    done += answered()
-    assert done == STREAMS
-    assert transport.producerState == "producing"
-
-
-def test_connections_share_one_budget_per_turn() -> None:
-    clock = Clock()
+def _factory(clock: Clock) -> GatewayFactory:
     methods = MethodTable()
     for method in HealthService([""]).methods():
         methods.add(method)
     factory, _ = build_factory(methods, clock, ServerConfig(max_concurrent_streams=STREAMS + 10), cors=CorsPolicy())
-    pairs = []
-    for _ in range(2):
-        connection = factory.build_h2()
-        transport = StringTransport()
-        connection.makeConnection(transport)
-        client, data = _many_checks()
-        client.receive_data(transport.value())
-        transport.clear()
-        pairs.append((connection, transport, client, data))
+    return factory
 
-    def answered(transport: StringTransport, client: h2.connection.H2Connection) -> int:
-        events = client.receive_data(transport.value())
-        transport.clear()
+
+class _Client:
+    """A client connection to an in-memory server connection, with STREAMS checks ready to send."""
+
+    def __init__(self, factory: GatewayFactory) -> None:
+        self.server = factory.build_h2()
+        self.transport = StringTransport()
+        self.server.makeConnection(self.transport)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.h2.initiate_connection()
+        headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/grpc.health.v1.Health/Check"),
+                   (b":authority", b"x"), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
+        for _ in range(STREAMS):
+            sid = self.h2.get_next_available_stream_id()
+            self.h2.send_headers(sid, headers)
+            self.h2.send_data(sid, b"\x00\x00\x00\x00\x00", end_stream=True)
+        self.requests = self.h2.data_to_send()
+        self.answered()
+
+    def answered(self) -> int:
+        """Responses completed since the last call."""
+        events = self.h2.receive_data(self.transport.value())
+        self.transport.clear()
         return sum(1 for e in events if isinstance(e, h2.events.StreamEnded))
 
-    for connection, _, _, data in pairs:
-        connection.dataReceived(data)
-    first_turn = [answered(transport, client) for _, transport, client, _ in pairs]
-    assert sum(first_turn) == factory.limits.streams_per_turn
-    assert all(transport.producerState == "paused" for _, transport, _, _ in pairs)
+    @property
+    def reading(self) -> str:
+        return str(self.transport.producerState)
+
+
+def test_requests_beyond_the_budget_wait_a_turn_with_reading_paused() -> None:
+    clock = Clock()
+    factory = _factory(clock)
+    client = _Client(factory)
+    per_turn = factory.limits.streams_per_turn
+    assert per_turn < STREAMS
+    client.server.dataReceived(client.requests)
+    done = client.answered()
+    assert done == per_turn
+    assert client.reading == "paused"
+    # The rest follows on later reactor turns (a Clock runs them all in one advance).
     clock.advance(0)
-    assert sum(first_turn) + sum(answered(t, c) for _, t, c, _ in pairs) == 2 * STREAMS
+    assert done + client.answered() == STREAMS
+    assert client.reading == "producing"
+
+
+def test_connections_share_one_budget_per_turn() -> None:
+    clock = Clock()
+    factory = _factory(clock)
+    clients = [_Client(factory), _Client(factory)]
+    for client in clients:
+        client.server.dataReceived(client.requests)
+    first_turn = sum(client.answered() for client in clients)
+    assert first_turn == factory.limits.streams_per_turn
+    assert [client.reading for client in clients] == ["paused", "paused"]
+    clock.advance(0)
+    assert first_turn + sum(client.answered() for client in clients) == 2 * STREAMS
