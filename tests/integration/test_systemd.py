@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,6 +170,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def _wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Return once ``pid`` is stopped (state T in /proc), so it can no longer accept."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not stop")
+        time.sleep(0.01)
+
+
 def _get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -201,19 +211,24 @@ def test_two_instances_share_one_activation_socket(activation_socket: socket.soc
     """Several instances with the same socket (``Sockets=gatewayd.socket``) all accept from it.
 
     Each dev-mode instance has its own generated key, listed first at
-    /api/v1/public/gateway-keys, which tells which instance answered.
+    /api/v1/public/gateway-keys, which tells which instance answered. Which
+    process the kernel hands a connection to is up to it, so each instance is
+    shown serving while the other is frozen (SIGSTOP): only it can accept then.
     """
     port = activation_socket.getsockname()[1]
     processes = [_activated(activation_socket, tmp_path, name) for name in ("a", "b")]
     try:
-        signers: set[str] = set()
-        for _ in range(200):
-            status, body = _get(port, "/api/v1/public/gateway-keys")
+        signers: list[str] = []
+        for frozen in processes:
+            frozen.send_signal(signal.SIGSTOP)
+            _wait_stopped(frozen.pid)
+            try:
+                status, body = _get(port, "/api/v1/public/gateway-keys")
+            finally:
+                frozen.send_signal(signal.SIGCONT)
             assert status == 200, body
-            signers.add(json.loads(body)["keys"][0]["key_id"])
-            if len(signers) == 2:
-                break
-        assert len(signers) == 2, f"one instance answered 200 connections: {signers}"
+            signers.append(json.loads(body)["keys"][0]["key_id"])
+        assert len(set(signers)) == 2, f"the same instance answered both times: {signers}"
     finally:
         for process in processes:
             _stop(process)
