@@ -19,11 +19,8 @@ promises:
 
 from __future__ import annotations
 
-import re
-import struct
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import h2.config
@@ -32,8 +29,6 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from h2.connection import ConnectionState
-from h2.stream import StreamState
 from hyperframe.frame import GoAwayFrame
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -42,161 +37,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gatewayd.transport.exchange import ExchangeHandler, HeaderList, HttpApplication
+from gatewayd.transport.h2limits import H2Limits, TokenBucket, TurnBudget
+from gatewayd.transport.h2wire import parse_request_headers, send_data_frame
 
 log = Logger()
 
 _MAX_STREAM_ID = 2**31 - 1
 _SHUTDOWN_PING = b"gwdrain!"
-
-
-_PSEUDO = frozenset((b":method", b":path", b":scheme", b":authority"))
-_CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
-_FORBIDDEN_VALUE_BYTES = re.compile(rb"[\x00\r\n]")
-_FORBIDDEN_NAME_BYTES = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
-
-
-def _parse_request_headers(raw: list[tuple[bytes, bytes]]) -> tuple[str, str, dict[str, str]] | None:
-    """Method, path and headers (lowercase names, repeats joined with ", ") of a request,
-    or ``None`` when the block is malformed (RFC 9113 section 8.2 and 8.3)."""
-    method = path = scheme = None
-    headers: dict[str, str] = {}
-    regular = False
-    for name, value in raw:
-        if _FORBIDDEN_VALUE_BYTES.search(value):
-            return None
-        if name[:1] == b":":
-            if regular or name not in _PSEUDO:
-                return None
-            v = value.decode("latin-1")
-            if name == b":method":
-                if method is not None:
-                    return None
-                method = v
-            elif name == b":path":
-                if path is not None or not v:
-                    return None
-                path = v
-            elif name == b":scheme":
-                if scheme is not None:
-                    return None
-                scheme = v
-            elif "host" in headers:
-                return None
-            else:
-                headers["host"] = v
-            continue
-        regular = True
-        if not name or _FORBIDDEN_NAME_BYTES.search(name) or name in _CONNECTION_SPECIFIC:
-            return None
-        if name == b"te" and value != b"trailers":
-            return None
-        n = name.decode("ascii")
-        v = value.decode("latin-1")
-        if n in headers:
-            if n == "host":
-                continue  # :authority wins over a Host header
-            headers[n] = headers[n] + ", " + v
-        else:
-            headers[n] = v
-    if method is None or path is None or scheme is None:
-        return None
-    return method, path, headers
-
-
-@dataclass(frozen=True, slots=True)
-class H2Limits:
-    """Connection limits, with defaults; built from ``ServerConfig``."""
-
-    max_concurrent_streams: int = 100
-    max_header_list_bytes: int = 16 * 1024
-    idle_timeout_s: float = 300.0
-    keepalive_interval_s: float = 0.0
-    keepalive_timeout_s: float = 20.0
-    initial_window_size: int = 1024 * 1024
-    # GOAWAY(ENHANCE_YOUR_CALM) once half of about this many recent streams were reset unanswered.
-    rapid_reset_window: int = 200
-    # SETTINGS and PING frames: a token bucket per connection.
-    control_frame_burst: int = 200
-    control_frame_rate: float = 20.0
-    shutdown_ping_timeout_s: float = 2.0
-    # New streams all connections together start per reactor turn; the rest wait a turn.
-    streams_per_turn: int = 128
-
-
-class TurnBudget:
-    """How many new streams all connections may still start in this reactor turn.
-
-    One socket read can hold hundreds of requests (a reconnect storm, a client
-    pipelining subscriptions), and a turn can see many such reads. Handled in
-    one go they would keep the reactor from everything else, timers and the
-    answers of the backend included, for seconds. Streams past the budget wait
-    for a later turn, with reading from their connection paused meanwhile.
-    """
-
-    __slots__ = ("_clock", "_per_turn", "_reset_call", "left")
-
-    def __init__(self, clock: IReactorTime, per_turn: int) -> None:
-        self._clock = clock
-        self._per_turn = per_turn
-        self.left = per_turn
-        self._reset_call: IDelayedCall | None = None
-
-    def take(self) -> bool:
-        if self._reset_call is None:
-            self._reset_call = self._clock.callLater(0, self._reset)
-        if self.left <= 0:
-            return False
-        self.left -= 1
-        return True
-
-    def _reset(self) -> None:
-        self._reset_call = None
-        self.left = self._per_turn
-
-
-class _Bucket:
-    """A token bucket on the reactor clock, for control-frame floods."""
-
-    __slots__ = ("_burst", "_clock", "_rate", "_stamp", "_tokens")
-
-    def __init__(self, clock: IReactorTime, rate: float, burst: int) -> None:
-        self._clock, self._rate, self._burst = clock, rate, float(burst)
-        self._tokens = float(burst)
-        self._stamp = clock.seconds()
-
-    def take(self) -> bool:
-        now = self._clock.seconds()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-
-_DATA_FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length + type 0 (DATA), flags, stream id
-_SENDS_DATA = frozenset((StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE))
-
-
-def send_data_frame(conn: h2.connection.H2Connection, stream: Any, data: bytes) -> None:
-    """``conn.send_data(stream_id, data)`` without END_STREAM, for the fan-out hot path.
-
-    The caller has checked ``data`` against the flow-control windows and the
-    frame size. In the states where sending DATA is allowed, h2's state
-    machines make no transition for it and its send_data only serializes one
-    frame and lowers both windows: done here directly, it is about a third of
-    the cost per stream. Anything unusual takes h2's own path;
-    tests/unit/test_h2_data_frames.py pins the bytes and windows to h2's.
-    """
-    if stream.state_machine.state not in _SENDS_DATA or conn.state_machine.state is not ConnectionState.SERVER_OPEN:
-        conn.send_data(stream.stream_id, data)
-        return
-    size = len(data)
-    buffer = conn._data_to_send
-    buffer += _DATA_FRAME_HEADER.pack(size << 8, 0, stream.stream_id)
-    buffer += data
-    stream.outbound_flow_control_window -= size
-    conn.outbound_flow_control_window -= size
 
 
 class H2Stream:
@@ -364,8 +211,8 @@ class H2ServerConnection(Protocol):
         self.closing = False
         self._opened_window = 0
         self._premature_resets = 0
-        self._settings_bucket = _Bucket(clock, limits.control_frame_rate, limits.control_frame_burst)
-        self._ping_bucket = _Bucket(clock, limits.control_frame_rate, limits.control_frame_burst)
+        self._settings_bucket = TokenBucket(clock, limits.control_frame_rate, limits.control_frame_burst)
+        self._ping_bucket = TokenBucket(clock, limits.control_frame_rate, limits.control_frame_burst)
         self._idle_call: IDelayedCall | None = None
         self._idle_since: float | None = None
         self._flush_call: IDelayedCall | None = None
@@ -574,7 +421,7 @@ class H2ServerConnection(Protocol):
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         self._count_opened()
-        parsed = _parse_request_headers(event.headers)
+        parsed = parse_request_headers(event.headers)
         if parsed is None:
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return

@@ -14,7 +14,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from gatewayd.transport.exchange import HttpApplication
-from gatewayd.transport.h2server import H2Limits, H2ServerConnection, TurnBudget
+from gatewayd.transport.h2limits import H2Limits, TurnBudget
+from gatewayd.transport.h2server import H2ServerConnection
 from gatewayd.transport.h2web import web_fallback_for
 from gatewayd.transport.http1 import GatewaySite
 from gatewayd.transport.nodelay import set_nodelay

@@ -14,7 +14,7 @@ from gatewayd.rpc.methods import MethodTable
 from gatewayd.rpc.server import RpcApplication
 from gatewayd.transport.cors import CorsPolicy
 from gatewayd.transport.exchange import Exchange
-from gatewayd.transport.h2server import H2Limits
+from gatewayd.transport.h2limits import H2Limits
 from gatewayd.transport.http1 import GatewaySite, rpc_body_limit
 from gatewayd.transport.listener import GatewayFactory
 
