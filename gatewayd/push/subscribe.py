@@ -34,6 +34,7 @@ class SubscribeEvents:
         self.clock = clock
         self._prefix = "st_" + os.urandom(6).hex() + "_"
         self._counter = 0
+        self._greeting: tuple[int, Encoded] | None = None
 
     def __call__(self, call: Call, request: SubscribeEventsRequest, stream: ServerStream) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._run(call, request, stream))
@@ -44,13 +45,23 @@ class SubscribeEvents:
             raise RpcError(Code.UNAVAILABLE, "gateway is shutting down")
         sub = self.hub.register(caller.user_id, caller.device_session_id, stream)
         try:
-            stream.send(Encoded(self._server_time()))
+            stream.send(self._server_time())
             await sub.done
         finally:
             self.hub.unregister(sub)
 
-    def _server_time(self) -> Any:
-        self._counter += 1
+    def _server_time(self) -> Encoded:
+        """The signed ``gateway.server_time`` event for this millisecond.
+
+        Streams that open in the same millisecond share one event (one signature,
+        framed once per wire format): in a reconnect storm that is most of them.
+        """
         now_ms = int(self.clock.seconds() * 1000)
+        greeting = self._greeting
+        if greeting is not None and greeting[0] == now_ms:
+            return greeting[1]
+        self._counter += 1
         payload = json.dumps({"server_time_ms": now_ms}, separators=(",", ":")).encode()
-        return self.signer.sign(SERVER_TIME_EVENT, f"{self._prefix}{self._counter}", payload, now_ms)
+        event = Encoded(self.signer.sign(SERVER_TIME_EVENT, f"{self._prefix}{self._counter}", payload, now_ms))
+        self._greeting = (now_ms, event)
+        return event
