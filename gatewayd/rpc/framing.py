@@ -116,6 +116,18 @@ def decode_grpc_web_trailers(payload: bytes) -> dict[str, str]:
     return out
 
 
+def split_grpc_web_body(body: bytes, max_message_bytes: int) -> tuple[list[bytes], dict[str, str]]:
+    """A whole gRPC-Web response body: its messages and its trailers (client and test side)."""
+    messages: list[bytes] = []
+    trailers: dict[str, str] = {}
+    for flags, payload in FrameDecoder(max_message_bytes).feed(body):
+        if flags & FLAG_GRPC_WEB_TRAILERS:
+            trailers = decode_grpc_web_trailers(payload)
+        else:
+            messages.append(payload)
+    return messages, trailers
+
+
 # --- gRPC-Web text (base64) ------------------------------------------------------
 
 class Base64StreamDecoder:

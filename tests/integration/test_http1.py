@@ -17,8 +17,8 @@ from gatewayd.rpc.framing import (
     Base64StreamDecoder,
     FrameDecoder,
     decode_grpc_message,
-    decode_grpc_web_trailers,
     encode_frame,
+    split_grpc_web_body,
 )
 from gatewayd.testing.harness import CHECK, ECHO, FAIL, ORIGIN, STREAM, Harness, check_request, echo_request
 from gatewayd.testing.raw_http1 import http1_request
@@ -30,13 +30,7 @@ PROTO = ("content-type", "application/proto")
 
 
 def web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
-    messages, trailers = [], {}
-    for flags, payload in FrameDecoder(1 << 24).feed(body):
-        if flags & 0x80:
-            trailers = decode_grpc_web_trailers(payload)
-        else:
-            messages.append(payload)
-    return messages, trailers
+    return split_grpc_web_body(body, 1 << 24)
 
 
 @pytest_twisted.ensureDeferred

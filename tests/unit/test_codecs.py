@@ -18,8 +18,8 @@ from gatewayd.rpc.framing import (
     Base64StreamDecoder,
     FrameDecoder,
     decode_grpc_message,
-    decode_grpc_web_trailers,
     encode_frame,
+    split_grpc_web_body,
 )
 from gatewayd.rpc.protocol_connect import ConnectStreaming, ConnectUnary, error_json
 from gatewayd.rpc.protocol_grpc import Grpc, status_pairs
@@ -150,13 +150,7 @@ def test_grpc_timeout_header() -> None:
 
 
 def _split_web_body(body: bytes) -> tuple[list[bytes], dict[str, str]]:
-    messages, trailers = [], {}
-    for flags, payload in FrameDecoder(1 << 20).feed(body):
-        if flags & 0x80:
-            trailers = decode_grpc_web_trailers(payload)
-        else:
-            messages.append(payload)
-    return messages, trailers
+    return split_grpc_web_body(body, 1 << 20)
 
 
 def test_grpc_web_unary_body_ends_with_trailer_frame() -> None:
