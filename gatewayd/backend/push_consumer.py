@@ -30,8 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gatewayd._proto.push.v1 import push_pb2
+from gatewayd.rpc.client import DEFAULT_MAX_MESSAGE_BYTES, H2ClientConnection, connect_h2
 from gatewayd.rpc.codes import Code
-from gatewayd.transport.h2client import DEFAULT_MAX_MESSAGE_BYTES, H2ClientConnection, connect_h2
 
 SUBSCRIBE_PUSH_PATH = "/push.v1.Push/SubscribePush"
 

@@ -6,16 +6,19 @@
 follows its specification:
 
 - ``GrpcTransport``: gRPC over HTTP/2 cleartext (prior knowledge) on
-  ``gatewayd.transport.h2client``, one connection reused across calls;
+  ``gatewayd.rpc.client``, one connection reused across calls;
 - ``GrpcWebTransport``: ``application/grpc-web+proto`` over HTTP/1.1 (treq),
   trailers in the 0x80 frame or, for trailers-only answers, in the headers;
 - ``ConnectTransport``: Connect unary (``application/proto``, JSON errors)
   and Connect streaming (``application/connect+proto``, end-stream message),
   over HTTP/1.1 (treq).
 
+The request headers and the reading of statuses are each protocol's own rules
+(``gatewayd.rpc.protocols``), the very codec the server writes them with; this
+module only moves the bytes.
+
 Promises: a non-OK status errbacks with ``RpcCallError`` carrying the code,
-message and status metadata (``retry-after``...; not available over gRPC,
-whose client connection reports only status and message); a gateway that
+message and status metadata (``retry-after``...); a gateway that
 cannot be reached is ``GatewayUnreachableError`` (an ``RpcCallError`` with UNAVAILABLE); cancelling a call's
 Deferred drops its stream or connection.
 """
@@ -23,7 +26,6 @@ Deferred drops its stream or connection.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -40,18 +42,17 @@ from twisted.web.iweb import IResponse
 
 from gatewayd.client.deferreds import settle, settle_each
 from gatewayd.client.errors import GatewayUnreachableError, RpcCallError
-from gatewayd.rpc.codes import Code, code_for_http_status
+from gatewayd.rpc.client import ConnectionClosedError, H2ClientConnection, connect_h2
+from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.framing import (
     FLAG_COMPRESSED,
     FLAG_CONNECT_END_STREAM,
     FLAG_GRPC_WEB_TRAILERS,
     FrameDecoder,
-    decode_grpc_message,
-    decode_grpc_web_trailers,
     encode_frame,
 )
-from gatewayd.transport.h2client import ConnectionClosedError, H2ClientConnection, connect_h2
+from gatewayd.rpc.protocols import connect, grpc, grpcweb
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 PROTOCOLS = ("grpc", "grpc-web", "connect")
@@ -72,9 +73,10 @@ class RpcTransport(Protocol):
         """Drop every connection this transport holds."""
 
 
-def _metadata(pairs: Mapping[str, str]) -> dict[str, str]:
-    skip = {"grpc-status", "grpc-message", "content-type", "content-length", "date", "server"}
-    return {k: v for k, v in pairs.items() if k not in skip}
+def _raise_status(status: RpcError | None) -> None:
+    """A call's decoded status: nothing for OK, else ``RpcCallError``."""
+    if status is not None:
+        raise RpcCallError(status.code, status.message, status.metadata)
 
 
 def _one(messages: list[bytes]) -> bytes:
@@ -139,30 +141,25 @@ class GrpcTransport:
 
     def _call(self, path: str, request: bytes, on_message: OnMessage, metadata: list[tuple[str, str]]
               ) -> Deferred[None]:
-        started: list[Deferred[tuple[int, str]]] = []
+        started: list[Deferred[RpcError | None]] = []
 
-        def send(conn: H2ClientConnection) -> Deferred[tuple[int, str]]:
-            call = conn.server_streaming(path, request, metadata, on_message)
+        def send(conn: H2ClientConnection) -> Deferred[RpcError | None]:
+            call = conn.call(path, request, metadata, on_message)
             started.append(call)
             return call
-
-        def status(result: tuple[int, str]) -> None:
-            code, message = result
-            if code != 0:
-                raise RpcCallError(code, message)
 
         def cancel(_: Deferred[None]) -> None:
             for call in started:
                 call.cancel()
 
         outer: Deferred[None] = Deferred(cancel)
-        d = self._connect().addCallback(send).addCallback(status).addErrback(_unreachable)
+        d = self._connect().addCallback(send).addCallback(_raise_status).addErrback(_unreachable)
         d.addBoth(lambda r: settle(outer, r))
         return outer
 
     def unary(self, path: str, request: bytes, timeout_s: float | None = None) -> Deferred[bytes]:
         messages: list[bytes] = []
-        metadata = [("grpc-timeout", f"{max(1, int(timeout_s * 1000))}m")] if timeout_s else []
+        metadata = [("grpc-timeout", grpc.encode_timeout(timeout_s))] if timeout_s else []
         return self._call(path, request, messages.append, metadata).addCallback(lambda _: _one(messages))
 
     def server_streaming(self, path: str, request: bytes, on_message: OnMessage) -> Deferred[None]:
@@ -297,18 +294,18 @@ class _HttpTransport:
 class _EndedStream:
     """The frames of a stream that ends with one flagged frame (gRPC-Web trailers, Connect end-stream).
 
-    Plain frames go to ``on_message``; the end frame's payload is kept, ``decode_end``-ed
-    as it arrives; a frame after it, or a compressed one, is an INTERNAL error.
+    Plain frames go to ``on_message``; the end frame's payload is ``decode_end``-ed into
+    the call's status as it arrives; a frame after it, or a compressed one, is an INTERNAL error.
     """
 
-    def __init__(self, on_message: OnMessage, end_flag: int, decode_end: Callable[[bytes], Any],
+    def __init__(self, on_message: OnMessage, end_flag: int, decode_end: Callable[[bytes], RpcError | None],
                  after_end: str, no_end: str) -> None:
         self._on_message = on_message
         self._end_flag = end_flag
         self._decode_end = decode_end
         self._after_end = after_end
         self._no_end = no_end
-        self._end: list[Any] = []
+        self._end: list[RpcError | None] = []
 
     def on_frame(self, flags: int, payload: bytes) -> None:
         if self._end:
@@ -320,11 +317,11 @@ class _EndedStream:
         else:
             self._on_message(payload)
 
-    def end(self, _: None) -> Any:
-        """The decoded end frame; INTERNAL if the stream had none."""
+    def end(self, _: None) -> None:
+        """Raise the status of the end frame (nothing for OK); INTERNAL if the stream had none."""
         if not self._end:
             raise RpcCallError(Code.INTERNAL, self._no_end)
-        return self._end[0]
+        _raise_status(self._end[0])
 
 
 def _canceller(steps: list[Deferred[Any]]) -> Callable[[Deferred[Any]], None]:
@@ -347,27 +344,19 @@ def _chain(d: Deferred[Any], canceller_target: list[Deferred[Any]]) -> Deferred[
 class GrpcWebTransport(_HttpTransport):
     """gRPC-Web, binary (``application/grpc-web+proto``), over HTTP/1.1."""
 
-    CONTENT_TYPE = "application/grpc-web+proto"
-
     def _call(self, path: str, request: bytes, on_message: OnMessage, timeout_s: float | None) -> Deferred[None]:
         steps: list[Deferred[Any]] = []
-        headers = {"content-type": self.CONTENT_TYPE, "accept": self.CONTENT_TYPE, "x-grpc-web": "1",
-                   "x-user-agent": "gatewayd-client"}
-        if timeout_s:
-            headers["grpc-timeout"] = f"{max(1, int(timeout_s * 1000))}m"
+        headers = grpcweb.request_headers(timeout_s)
 
         def answered(response: IResponse) -> Deferred[None]:
             head = _headers(response)
-            if "grpc-status" in head:  # trailers-only
+            if grpcweb.status_in_headers(head, response.code):
+                status = grpcweb.headers_status(head, response.code)
                 return _chain(_read_all(response, self._max_message_bytes), steps).addCallback(
-                    lambda _: _status(head))
-            if response.code != 200:
-                return _chain(_read_all(response, self._max_message_bytes), steps).addCallback(
-                    lambda _: _http_error(response.code))
-            stream = _EndedStream(on_message, FLAG_GRPC_WEB_TRAILERS, _grpc_web_trailers,
+                    lambda _: _raise_status(status))
+            stream = _EndedStream(on_message, FLAG_GRPC_WEB_TRAILERS, grpcweb.decode_trailer_frame,
                                   "message after the gRPC-Web trailers", "gRPC-Web response without trailers")
-            return _chain(self._framed(response, stream.on_frame), steps).addCallback(stream.end).addCallback(
-                _status)
+            return _chain(self._framed(response, stream.on_frame), steps).addCallback(stream.end)
 
         return self._request(path, headers, encode_frame(request), steps, answered)
 
@@ -384,82 +373,34 @@ class ConnectTransport(_HttpTransport):
 
     def unary(self, path: str, request: bytes, timeout_s: float | None = None) -> Deferred[bytes]:
         steps: list[Deferred[Any]] = []
-        headers = {"content-type": "application/proto", "connect-protocol-version": "1"}
-        if timeout_s:
-            headers["connect-timeout-ms"] = str(max(1, int(timeout_s * 1000)))
+        headers = connect.request_headers(connect.UNARY_CONTENT_TYPE, timeout_s)
 
         def answered(response: IResponse) -> Deferred[bytes]:
             body = _chain(_read_all(response, self._max_message_bytes), steps)
             if response.code == 200:
                 return body
-            head = _headers(response)
-            return body.addCallback(_connect_error, response.code, head)
+            return body.addCallback(_connect_error, response.code, _headers(response))
 
         return self._request(path, headers, request, steps, answered)
 
     def server_streaming(self, path: str, request: bytes, on_message: OnMessage) -> Deferred[None]:
         steps: list[Deferred[Any]] = []
-        headers = {"content-type": "application/connect+proto", "connect-protocol-version": "1"}
+        headers = connect.request_headers(connect.STREAM_CONTENT_TYPE)
 
         def answered(response: IResponse) -> Deferred[None]:
             if response.code != 200:
-                head = _headers(response)
                 return _chain(_read_all(response, self._max_message_bytes), steps).addCallback(
-                    _connect_error, response.code, head)
-            stream = _EndedStream(on_message, FLAG_CONNECT_END_STREAM, bytes,
+                    _connect_error, response.code, _headers(response))
+            stream = _EndedStream(on_message, FLAG_CONNECT_END_STREAM, connect.decode_end_stream,
                                   "message after the Connect end-stream message",
                                   "Connect stream without an end-stream message")
-            return _chain(self._framed(response, stream.on_frame), steps).addCallback(stream.end).addCallback(
-                _connect_end_stream)
+            return _chain(self._framed(response, stream.on_frame), steps).addCallback(stream.end)
 
         return self._request(path, headers, encode_frame(request), steps, answered)
 
 
-def _grpc_web_trailers(payload: bytes) -> dict[str, str]:
-    try:
-        return decode_grpc_web_trailers(payload)
-    except RpcError as e:
-        raise RpcCallError(e.code, e.message) from None
-
-
-def _status(pairs: Mapping[str, str]) -> None:
-    raw = pairs.get("grpc-status", "")
-    try:
-        code = int(raw)
-    except ValueError:
-        raise RpcCallError(Code.UNKNOWN, f"malformed grpc-status {raw!r}") from None
-    if code != 0:
-        raise RpcCallError(code, decode_grpc_message(pairs.get("grpc-message", "")), _metadata(pairs))
-
-
-def _http_error(status: int) -> None:
-    raise RpcCallError(code_for_http_status(status), f"HTTP status {status} without gRPC status")
-
-
 def _connect_error(body: bytes, status: int, headers: Mapping[str, str]) -> Any:
-    """A Connect error body: ``{"code", "message"}``; without one, the code follows the HTTP status."""
-    try:
-        document = json.loads(body)
-        code = Code.from_connect_name(document["code"])
-        message = str(document.get("message", ""))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        code, message = code_for_http_status(status), f"HTTP status {status} without a Connect error"
-    raise RpcCallError(code, message, _metadata(headers))
-
-
-def _connect_end_stream(payload: bytes) -> None:
-    try:
-        document = json.loads(payload)
-    except ValueError:
-        raise RpcCallError(Code.INTERNAL, "malformed Connect end-stream message") from None
-    if not isinstance(document, dict):
-        raise RpcCallError(Code.INTERNAL, "malformed Connect end-stream message")
-    err = document.get("error")
-    if not err:
-        return
-    metadata = {str(k).lower(): ",".join(map(str, v)) if isinstance(v, list) else str(v)
-                for k, v in (document.get("metadata") or {}).items()}
-    raise RpcCallError(Code.from_connect_name(str(err.get("code", ""))), str(err.get("message", "")), metadata)
+    _raise_status(connect.decode_unary_error(body, status, headers))
 
 
 def make_transport(protocol: str, reactor: Any, base_url: str, *,

@@ -1,4 +1,8 @@
-"""gRPC/Connect status codes and their HTTP mapping, in one table (as connect-go keeps it)."""
+"""gRPC/Connect status codes, their Connect names, and the HTTP status -> code inference both specs share.
+
+The code -> HTTP status table of Connect unary errors is Connect's own rule and
+lives in ``rpc/protocols/connect.py``.
+"""
 
 from __future__ import annotations
 
@@ -31,43 +35,18 @@ class Code(enum.IntEnum):
         """The lowercase name Connect uses in error bodies (``"invalid_argument"``)."""
         return _CONNECT_NAMES[self]
 
-    @property
-    def http_status(self) -> int:
-        """The HTTP status of a Connect unary error with this code."""
-        return _CONNECT_HTTP_STATUS[self]
-
     @classmethod
     def from_connect_name(cls, name: str) -> Code:
         """The code for a Connect error name; unknown names are ``UNKNOWN``."""
         return _BY_CONNECT_NAME.get(name, cls.UNKNOWN)
 
 
+# Connect spells the names as gRPC's constants in lowercase.
 _CONNECT_NAMES = {code: code.name.lower() for code in Code}
 _BY_CONNECT_NAME = {name: code for code, name in _CONNECT_NAMES.items()}
 
-# The Connect protocol reference's code -> HTTP status table.
-_CONNECT_HTTP_STATUS = {
-    Code.OK: 200,
-    Code.CANCELLED: 499,
-    Code.UNKNOWN: 500,
-    Code.INVALID_ARGUMENT: 400,
-    Code.DEADLINE_EXCEEDED: 504,
-    Code.NOT_FOUND: 404,
-    Code.ALREADY_EXISTS: 409,
-    Code.PERMISSION_DENIED: 403,
-    Code.RESOURCE_EXHAUSTED: 429,
-    Code.FAILED_PRECONDITION: 400,
-    Code.ABORTED: 409,
-    Code.OUT_OF_RANGE: 400,
-    Code.UNIMPLEMENTED: 501,
-    Code.INTERNAL: 500,
-    Code.UNAVAILABLE: 503,
-    Code.DATA_LOSS: 500,
-    Code.UNAUTHENTICATED: 401,
-}
-
 # HTTP status -> code, for an HTTP error that carries no RPC status (gRPC's
-# "HTTP to gRPC status code mapping").
+# "HTTP to gRPC status code mapping"; Connect's "HTTP to Error Code" is the same).
 _HTTP_TO_CODE = {
     400: Code.INTERNAL,
     401: Code.UNAUTHENTICATED,

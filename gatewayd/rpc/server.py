@@ -26,8 +26,8 @@ from gatewayd.rpc.compression import gunzip
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.framing import Base64StreamDecoder, FrameDecoder
 from gatewayd.rpc.methods import Method, MethodTable
-from gatewayd.rpc.protocol_grpc import Grpc, unsupported_transport
-from gatewayd.rpc.wire import WireProtocol, rpc_path_shape, select_protocol
+from gatewayd.rpc.protocols import select
+from gatewayd.rpc.wire import Refusal, WireProtocol, rpc_path_shape
 from gatewayd.transport.cors import CorsPolicy
 from gatewayd.transport.exchange import Exchange, ExchangeHandler, HeaderList
 
@@ -59,20 +59,15 @@ class RpcApplication:
         self.active: set[ServerCall] = set()
 
     def handler_for(self, exchange: Exchange) -> ExchangeHandler | None:
-        headers = exchange.headers
-        if exchange.method == "OPTIONS" and rpc_path_shape(exchange.path):
+        path = exchange.path
+        if exchange.method == "OPTIONS" and rpc_path_shape(path):
             return _Preflight(self, exchange)
-        protocol_cls = select_protocol(exchange.method, exchange.path, headers, exchange.http2)
-        if protocol_cls is None:
-            if rpc_path_shape(exchange.path) and exchange.method == "POST":
-                return _Refusal(exchange, 415, b"unsupported content type for an RPC")
+        selected = select(exchange.method, path, exchange.headers, exchange.http2, self.methods.get(path) is not None)
+        if selected is None:
             return None
-        if exchange.method != "POST":
-            return _Refusal(exchange, 405, b"RPCs are POST requests")
-        if protocol_cls is Grpc and not exchange.http2:
-            return _Refusal(exchange, 0, b"", grpc_over_http1=True)
-        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        return ServerCall(self, exchange, protocol_cls(headers, content_type))
+        if isinstance(selected, Refusal):
+            return _Refused(exchange, selected)
+        return ServerCall(self, exchange, selected)
 
     def notify(self, call: Call, code: Code, started: float) -> None:
         if self.observers:
@@ -155,9 +150,8 @@ class ServerCall:
         except RpcError as e:
             self._fail_early(e)
             return
-        except _UnsupportedMediaType:
-            self._fail_early(_UnsupportedMediaType)
-            return
+        if request is None:
+            return  # refused
         self._run(request)
 
     def body_too_large(self) -> None:
@@ -180,12 +174,16 @@ class ServerCall:
 
     # -- request --------------------------------------------------------------------
 
-    def _decode_request(self) -> Message:
+    def _decode_request(self) -> Message | None:
+        """The request message; ``None`` when the protocol refused the call (and answered)."""
         method = self.method
-        if method is None:
-            raise RpcError(Code.UNIMPLEMENTED, f"unknown method {self.exchange.path}")
-        if not self.proto.framed and method.server_streaming:
-            raise _UnsupportedMediaType
+        verdict = self.proto.check_method(method, self.exchange.path)
+        if isinstance(verdict, RpcError):
+            raise verdict
+        if verdict is not None:
+            self._fail_early(verdict)
+            return None
+        assert method is not None
         encoding = self.proto.request_encoding()
         limit = self.app.max_message_bytes
         if self._decoder is not None:
@@ -290,19 +288,12 @@ class ServerCall:
         if self._handler_d is not None:
             self._handler_d.cancel()
 
-    def _fail_early(self, error: RpcError | type[_UnsupportedMediaType]) -> None:
-        """Refuse the call before a handler ran."""
-        if error is _UnsupportedMediaType:
+    def _fail_early(self, error: RpcError | Refusal) -> None:
+        """Refuse the call before a handler ran: with a status, or with the protocol's plain HTTP answer."""
+        if isinstance(error, Refusal):
             self.finished = True
             self._cleanup()
-            _Refusal(self.exchange, 415, b"unary content type for a streaming method").body_complete()
-            return
-        assert isinstance(error, RpcError)
-        if error.code is Code.UNIMPLEMENTED and self.method is None and self.proto.name.startswith("connect"):
-            # Connect answers an unknown procedure with 404, whatever the codec.
-            self.finished = True
-            self._cleanup()
-            _write_connect_404(self.exchange, error, self.cors_headers)
+            error.write(self.exchange, self.cors_headers)
             return
         self._finish_with(error)
 
@@ -358,26 +349,12 @@ class ServerCall:
         return encode_json(message) if self.proto.json else message.SerializeToString()
 
 
-class _UnsupportedMediaType(Exception):
-    pass
+class _Refused:
+    """Answer a request that is not a well-formed RPC with its refusal, once the body is in."""
 
-
-def _write_connect_404(exchange: Exchange, error: RpcError, extra: HeaderList) -> None:
-    body = json.dumps({"code": "unimplemented", "message": error.message}).encode()
-    exchange.send_headers(
-        404, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *extra]
-    )
-    exchange.send_data(body, end_stream=True)
-
-
-class _Refusal:
-    """Answer a request that is not a well-formed RPC with a plain HTTP status."""
-
-    def __init__(self, exchange: Exchange, status: int, message: bytes, grpc_over_http1: bool = False) -> None:
+    def __init__(self, exchange: Exchange, refusal: Refusal) -> None:
         self.exchange = exchange
-        self.status = status
-        self.message = message
-        self.grpc_over_http1 = grpc_over_http1
+        self.refusal = refusal
         self.done = False
 
     def body_received(self, data: bytes) -> None:
@@ -387,24 +364,17 @@ class _Refusal:
         if self.done:
             return
         self.done = True
-        if self.grpc_over_http1:
-            unsupported_transport(self.exchange)
-            return
-        body = self.message + b"\n"
-        self.exchange.send_headers(
-            self.status, [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
-        )
-        self.exchange.send_data(body, end_stream=True)
+        self.refusal.write(self.exchange)
 
     def aborted(self) -> None:
         self.done = True
 
 
-class _Preflight(_Refusal):
+class _Preflight(_Refused):
     """A CORS preflight for an RPC path."""
 
     def __init__(self, app: RpcApplication, exchange: Exchange) -> None:
-        super().__init__(exchange, 204, b"")
+        super().__init__(exchange, Refusal(204))
         self.app = app
 
     def body_complete(self) -> None:

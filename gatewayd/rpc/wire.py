@@ -1,27 +1,57 @@
-"""What the three wire protocols have in common, and how one is chosen.
+"""What every wire protocol provides, the server side of connect-go's ``protocol.go``.
 
-A ``WireProtocol`` instance lives for one call. It reads the request's
-headers, unwraps the request message from the body, and writes the response:
-a unary answer, a stream of messages, or an error, each the way its
-specification says. ``ServerCall`` (server.py) drives it and knows nothing of
-any one protocol.
+A ``WireProtocol`` class is one wire format: it declares the content types it
+serves and its own refusals (``refuse_transport``, ``check_method``). An
+instance lives for one call: it reads the request's headers, unwraps the
+request message from the body, and writes the response (a unary answer, a
+stream of messages, or an error) the way its specification says.
+``ServerCall`` (server.py) drives it and knows nothing of any one protocol.
+The protocols themselves are the modules of ``rpc/protocols/``; their registry
+(``rpc/protocols/__init__.py``) picks one per request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 from gatewayd.rpc import compression
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.framing import FLAG_COMPRESSED, encode_frame, parse_grpc_timeout
+from gatewayd.rpc.methods import Method
 from gatewayd.transport.exchange import Exchange, HeaderList
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A plain HTTP answer to a request that cannot become a call (405, 415, 404...)."""
+
+    status: int
+    headers: Sequence[tuple[bytes, bytes]] = ()
+    body: bytes = b""
+
+    def write(self, exchange: Exchange, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        headers = [*self.headers, (b"content-length", b"%d" % len(self.body)), *extra]
+        if self.body:
+            exchange.send_headers(self.status, headers)
+            exchange.send_data(self.body, end_stream=True)
+        else:
+            exchange.send_headers(self.status, headers, end_stream=True)
+
+
+def plain_refusal(status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> Refusal:
+    """A refusal with a one-line ``text/plain`` body."""
+    return Refusal(status, [(b"content-type", b"text/plain"), *headers], message.encode() + b"\n")
 
 
 class WireProtocol:
     """Base of the per-protocol codecs; subclasses fill in the specifics."""
 
     name = ""
+    content_types: ClassVar[tuple[str, ...]] = ()  # the media types (no parameters) this class serves
+    rpc_path_only = False  # the content types are RPCs only on /package.Service/Method paths
     framed = True  # request body is length-prefixed messages (all but Connect unary)
     text = False  # gRPC-Web text: base64 bodies
     json_content_type = ""  # the content type that selects protobuf JSON, if the protocol has one
@@ -39,6 +69,19 @@ class WireProtocol:
         self.json = content_type == self.json_content_type
         accept = headers.get(self.accept_encoding_header)
         self.response_gzip = accept is not None and compression.accepts_gzip(accept)
+
+    # -- refusals, before a call starts -------------------------------------------
+
+    @classmethod
+    def refuse_transport(cls, http2: bool) -> Refusal | None:
+        """The answer when this protocol cannot run over the request's HTTP version."""
+        return None
+
+    def check_method(self, method: Method | None, path: str) -> RpcError | Refusal | None:
+        """Whether a call to ``method`` (``None``: no such path) can go ahead in this protocol."""
+        if method is None:
+            return RpcError(Code.UNIMPLEMENTED, f"unknown method {path}")
+        return None
 
     # -- request ------------------------------------------------------------------
 
@@ -100,40 +143,6 @@ def rpc_path_shape(path: str) -> bool:
     return len(parts) == 3 and not parts[0] and "." in parts[1] and bool(parts[2])
 
 
-_BY_CONTENT_TYPE: dict[str, type[WireProtocol]] = {}
-
-
-def _content_types() -> dict[str, type[WireProtocol]]:
-    # Filled on first use: the protocol modules import this one.
-    if not _BY_CONTENT_TYPE:
-        from gatewayd.rpc.protocol_connect import ConnectStreaming
-        from gatewayd.rpc.protocol_grpc import Grpc
-        from gatewayd.rpc.protocol_grpcweb import GrpcWeb, GrpcWebText
-
-        for protocol, content_types in (
-            (Grpc, ("application/grpc", "application/grpc+proto")),
-            (GrpcWeb, ("application/grpc-web", "application/grpc-web+proto")),
-            (GrpcWebText, ("application/grpc-web-text", "application/grpc-web-text+proto")),
-            (ConnectStreaming, ("application/connect+proto", "application/connect+json")),
-        ):
-            for content_type in content_types:
-                _BY_CONTENT_TYPE[content_type] = protocol
-    return _BY_CONTENT_TYPE
-
-
-def select_protocol(method: str, path: str, headers: Mapping[str, str], http2: bool) -> type[WireProtocol] | None:
-    """The protocol class for a request, or ``None`` when it is not an RPC at all.
-
-    Content types are matched exactly (parameters such as ``charset`` aside):
-    ``application/grpcfoo`` is no gRPC. Connect unary's ``application/proto`` and
-    ``application/json`` are RPCs only on ``/package.Service/Method`` paths.
-    """
-    ct = headers.get("content-type", "").split(";")[0].strip().lower()
-    protocol = _content_types().get(ct)
-    if protocol is not None:
-        return protocol
-    if ct in ("application/proto", "application/json") and rpc_path_shape(path):
-        from gatewayd.rpc.protocol_connect import ConnectUnary
-
-        return ConnectUnary
-    return None
+def media_type(headers: Mapping[str, str]) -> str:
+    """The request's content type without parameters, lowercase (``""`` when absent)."""
+    return headers.get("content-type", "").split(";")[0].strip().lower()

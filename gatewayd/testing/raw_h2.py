@@ -30,7 +30,9 @@ from hyperframe.frame import (
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from gatewayd.rpc.framing import FrameDecoder, decode_grpc_message
+from gatewayd.rpc.errors import RpcError
+from gatewayd.rpc.framing import FrameDecoder
+from gatewayd.rpc.protocols.grpc import decode_status
 from gatewayd.testing.wait import Waitable
 
 
@@ -54,16 +56,20 @@ class Response:
         assert self.headers is not None, self
         return int(self.headers[":status"])
 
-    def grpc_status(self) -> int:
-        """grpc-status from the trailers, or from the headers of a trailers-only response."""
+    def rpc_status(self) -> RpcError | None:
+        """The gRPC status (``None`` for OK) from the trailers, or the headers of a trailers-only
+        response, read by the same codec as every gatewayd client."""
         source = self.trailers if self.trailers is not None else self.headers
         assert source is not None and "grpc-status" in source, self
-        return int(source["grpc-status"])
+        return decode_status(source)
+
+    def grpc_status(self) -> int:
+        status = self.rpc_status()
+        return 0 if status is None else int(status.code)
 
     def grpc_message(self) -> str:
-        source = self.trailers if self.trailers is not None else self.headers
-        assert source is not None
-        return decode_grpc_message(source.get("grpc-message", ""))
+        status = self.rpc_status()
+        return "" if status is None else status.message
 
     def messages(self) -> list[tuple[int, bytes]]:
         """The body's length-prefixed messages as ``(flags, payload)``."""

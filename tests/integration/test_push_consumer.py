@@ -13,7 +13,7 @@ from twisted.internet import defer, protocol, reactor
 
 from gatewayd._proto.push.v1 import push_pb2
 from gatewayd.backend.push_consumer import PushConsumer
-from gatewayd.transport.h2client import H2ClientConnection
+from gatewayd.rpc.client import H2ClientConnection
 
 PEER = os.path.join(os.path.dirname(__file__), "..", "peers", "push_server.py")
 TIMEOUT = 10.0

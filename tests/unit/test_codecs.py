@@ -21,10 +21,11 @@ from gatewayd.rpc.framing import (
     encode_frame,
     split_grpc_web_body,
 )
-from gatewayd.rpc.protocol_connect import ConnectStreaming, ConnectUnary, error_json
-from gatewayd.rpc.protocol_grpc import Grpc, status_pairs
-from gatewayd.rpc.protocol_grpcweb import GrpcWeb, GrpcWebText
-from gatewayd.rpc.wire import WireProtocol, rpc_path_shape, select_protocol
+from gatewayd.rpc.protocols import protocol_for
+from gatewayd.rpc.protocols.connect import ConnectStreaming, ConnectUnary, error_json
+from gatewayd.rpc.protocols.grpc import Grpc, status_headers
+from gatewayd.rpc.protocols.grpcweb import GrpcWeb, GrpcWebText
+from gatewayd.rpc.wire import WireProtocol, rpc_path_shape
 from gatewayd.transport.exchange import HeaderList
 
 
@@ -101,9 +102,9 @@ def test_grpc_error_after_stream_started_goes_in_trailers() -> None:
     assert ex.trailers == [(b"grpc-status", b"14"), (b"grpc-message", b"bye")]
 
 
-def test_grpc_status_pairs_without_message() -> None:
-    assert status_pairs(RpcError(Code.NOT_FOUND)) == [(b"grpc-status", b"5")]
-    assert status_pairs(None) == [(b"grpc-status", b"0")]
+def test_grpc_status_headers_without_message() -> None:
+    assert status_headers(RpcError(Code.NOT_FOUND)) == [(b"grpc-status", b"5")]
+    assert status_headers(None) == [(b"grpc-status", b"0")]
 
 
 def test_grpc_response_gzip_only_when_accepted_and_large() -> None:
@@ -303,15 +304,15 @@ def test_connect_streaming_unary_method() -> None:
         ("", None),
     ],
 )
-def test_select_protocol(content_type: str, expected: type[WireProtocol] | None) -> None:
+def test_protocol_for(content_type: str, expected: type[WireProtocol] | None) -> None:
     headers = {"content-type": content_type} if content_type else {}
-    assert select_protocol("POST", "/a.B/C", headers, True) is expected
+    assert protocol_for("/a.B/C", headers) is expected
 
 
 def test_connect_unary_needs_an_rpc_path() -> None:
     # application/json to a REST path is the public surface's, not an RPC.
     rest = "/api/v1/public/auth/send-email-code"
-    assert select_protocol("POST", rest, {"content-type": "application/json"}, False) is None
+    assert protocol_for(rest, {"content-type": "application/json"}) is None
     assert rpc_path_shape("/grpc.health.v1.Health/Check")
     for path in ("/", "/a/b", "/a.b/", "//x", "/a.b/c/d", "a.b/c"):
         assert not rpc_path_shape(path)
@@ -371,9 +372,7 @@ def test_check_encoding_and_accepts() -> None:
      "application/connect+", "text/plain"],
 )
 def test_near_miss_content_types_are_no_protocol(content_type: str) -> None:
-    from gatewayd.rpc.wire import select_protocol
-
-    assert select_protocol("POST", "/pkg.Service/Method", {"content-type": content_type}, True) is None
+    assert protocol_for("/pkg.Service/Method", {"content-type": content_type}) is None
 
 
 def test_gzip_with_data_after_the_stream_is_refused() -> None:

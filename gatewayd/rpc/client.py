@@ -1,4 +1,4 @@
-"""A thin HTTP/2 client connection for gRPC calls, on Twisted and the sans-I/O ``h2`` library.
+"""A gRPC client over HTTP/2: one connection, on Twisted and the sans-I/O ``h2`` library.
 
 Speaks HTTP/2 with prior knowledge (h2c) over whatever transport the endpoint
 gives it, so it also runs over TLS when the endpoint negotiated ``h2`` by ALPN
@@ -8,10 +8,12 @@ and connection-level PING.
 
 Promises:
 
-- a call's Deferred fires with ``(grpc-status, grpc-message)`` once the
-  server ends the stream (from trailers, trailers-only responses too), or
-  with a status inferred by the gRPC rules (non-200 ``:status``, missing
-  ``grpc-status``, RST_STREAM, oversized or truncated message);
+- a call's Deferred fires with its status once the server ends the stream:
+  ``call`` gives ``None`` for OK or an ``RpcError`` (code, message, metadata),
+  ``server_streaming`` the pair ``(grpc-status, grpc-message)``. The status is
+  read from trailers (trailers-only responses too) by gRPC's status codec
+  (``rpc.protocols.grpc.decode_status``), or inferred by the gRPC rules
+  (RST_STREAM, oversized or truncated message);
 - it errbacks with ``ConnectionClosedError`` (``GoAwayError`` for a GOAWAY)
   when the connection ends under it, and with ``CancelledError`` when the
   caller cancels it, which resets the stream with CANCEL;
@@ -42,9 +44,10 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gatewayd.rpc.codes import Code, code_for_http_status
+from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
-from gatewayd.rpc.framing import FLAG_COMPRESSED, FrameDecoder, decode_grpc_message, encode_frame
+from gatewayd.rpc.framing import FLAG_COMPRESSED, FrameDecoder, encode_frame
+from gatewayd.rpc.protocols.grpc import CONTENT_TYPE, decode_status
 from gatewayd.transport.nodelay import set_nodelay
 
 _CONNECTION_DONE = Failure(ConnectionDone())
@@ -106,10 +109,10 @@ class _Call:
     stream_id: int
     on_message: Callable[[bytes], None]
     decoder: FrameDecoder
-    result: Deferred[tuple[int, str]]
+    result: Deferred[RpcError | None]
     outbound: bytes = b""
-    headers: dict[bytes, bytes] = field(default_factory=dict)
-    trailers: dict[bytes, bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    trailers: dict[str, str] | None = None
     done: bool = False
 
 
@@ -194,22 +197,34 @@ class H2ClientConnection(Protocol):
         metadata: Sequence[tuple[str, str]],
         on_message: Callable[[bytes], None],
     ) -> Deferred[tuple[int, str]]:
+        """``call``, firing with ``(grpc-status, grpc-message)`` instead (``(0, "")`` for OK)."""
+        return self.call(path, request_bytes, metadata, on_message).addCallback(_code_and_message)
+
+    def call(
+        self,
+        path: str,
+        request_bytes: bytes,
+        metadata: Sequence[tuple[str, str]],
+        on_message: Callable[[bytes], None],
+    ) -> Deferred[RpcError | None]:
         """Send one request message on a new stream; call ``on_message`` per response message.
 
-        The Deferred fires with ``(grpc-status, grpc-message)``. ``metadata``
-        names are lowercase; ``-bin`` values already base64.
+        The Deferred fires with ``None`` when the call ends OK, else with its
+        status as an ``RpcError`` (not raised: a status is an answer, not a
+        failure of the connection). ``metadata`` names are lowercase; ``-bin``
+        values already base64.
         """
         if self.closed or not self.connected or self._closing_error is not None:
             return defer.fail(self._closing_error or ConnectionClosedError("connection is not open"))
         stream_id = self._h2.get_next_available_stream_id()
-        result: Deferred[tuple[int, str]] = Deferred(lambda _d: self._cancel(stream_id))
+        result: Deferred[RpcError | None] = Deferred(lambda _d: self._cancel(stream_id))
         call = _Call(stream_id, on_message, FrameDecoder(self._max_message_bytes), result)
         headers = [
             (b":method", b"POST"),
             (b":scheme", self._scheme),
             (b":path", path.encode("ascii")),
             (b":authority", (self._authority or "").encode("ascii")),
-            (b"content-type", b"application/grpc"),
+            (b"content-type", CONTENT_TYPE.encode()),
             (b"te", b"trailers"),
             *((k.lower().encode("ascii"), v.encode("ascii")) for k, v in metadata),
         ]
@@ -286,7 +301,7 @@ class H2ClientConnection(Protocol):
             call = self._calls.get(event.stream_id)
             if call is not None:
                 code = _RESET_TO_CODE.get(int(event.error_code or 0), Code.INTERNAL)
-                self._finish(call, code, f"stream reset by server ({_error_name(event.error_code or 0)})")
+                self._finish(call, RpcError(code, f"stream reset by server ({_error_name(event.error_code or 0)})"))
         elif isinstance(event, h2.events.WindowUpdated):
             for call in list(self._calls.values()):
                 if call.outbound:
@@ -316,49 +331,32 @@ class H2ClientConnection(Protocol):
             messages = call.decoder.feed(data)
         except RpcError as exc:
             self._reset(call, ErrorCodes.CANCEL)
-            self._finish(call, exc.code, exc.message)
+            self._finish(call, exc)
             return
         for flags, payload in messages:
             if flags & FLAG_COMPRESSED:
                 self._reset(call, ErrorCodes.CANCEL)
-                self._finish(call, Code.INTERNAL, "compressed message, but no grpc-encoding was negotiated")
+                self._finish(call, RpcError(Code.INTERNAL, "compressed message, but no grpc-encoding was negotiated"))
                 return
             try:
                 call.on_message(payload)
             except Exception:
                 self.log.failure("on_message raised; ending the call")
                 self._reset(call, ErrorCodes.CANCEL)
-                self._finish(call, Code.INTERNAL, "response message handler failed")
+                self._finish(call, RpcError(Code.INTERNAL, "response message handler failed"))
                 return
             if call.done:  # the handler cancelled the call
                 return
 
     def _stream_ended(self, call: _Call) -> None:
         # Trailers-only responses carry the status in the (only) HEADERS frame.
-        trailers = call.trailers if call.trailers is not None else call.headers
-        http_status = call.headers.get(b":status", b"")
-        raw_status = trailers.get(b"grpc-status")
-        if http_status != b"200":
-            try:
-                status = int(http_status)
-            except ValueError:
-                status = 0
-            code = code_for_http_status(status)
-            self._finish(call, code, f"HTTP status {status} without gRPC status")
-            return
-        if raw_status is None:
-            self._finish(call, Code.INTERNAL, "server ended the stream without grpc-status")
-            return
-        if call.decoder.pending:
-            self._finish(call, Code.INTERNAL, "stream ended inside a message")
-            return
-        try:
-            code_value = int(raw_status)
-        except ValueError:
-            self._finish(call, Code.UNKNOWN, f"malformed grpc-status {raw_status!r}")
-            return
-        message = decode_grpc_message(trailers.get(b"grpc-message", b"").decode("ascii", "replace"))
-        self._finish(call, code_value, message)
+        fields = call.trailers if call.trailers is not None else call.headers
+        raw_http_status = call.headers.get(":status", "")
+        http_status = int(raw_http_status) if raw_http_status.isascii() and raw_http_status.isdigit() else 0
+        status = decode_status(fields, http_status)
+        if call.decoder.pending and http_status == 200 and "grpc-status" in fields:
+            status = RpcError(Code.INTERNAL, "stream ended inside a message")
+        self._finish(call, status)
 
     def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
         error_code = int(event.error_code or 0)
@@ -401,12 +399,12 @@ class H2ClientConnection(Protocol):
         except h2.exceptions.ProtocolError:
             pass  # connection already closed
 
-    def _finish(self, call: _Call, code: int, message: str) -> None:
+    def _finish(self, call: _Call, status: RpcError | None) -> None:
         if call.done:
             return
         call.done = True
         self._calls.pop(call.stream_id, None)
-        call.result.callback((int(code), message))
+        call.result.callback(status)
 
     def _fail(self, call: _Call, error: Exception) -> None:
         if call.done:
@@ -435,13 +433,18 @@ class H2ClientConnection(Protocol):
         self._pings.pop(opaque, None)
 
 
-def _header_dict(headers: object) -> dict[bytes, bytes]:
-    out: dict[bytes, bytes] = {}
+def _header_dict(headers: object) -> dict[str, str]:
+    out: dict[str, str] = {}
     for name, value in headers or ():  # type: ignore[attr-defined]
-        key = bytes(name).lower()
+        key = bytes(name).decode("latin-1").lower()
+        text = bytes(value).decode("latin-1")
         # Repeated names (allowed for custom metadata) are joined as HTTP does.
-        out[key] = out[key] + b"," + bytes(value) if key in out else bytes(value)
+        out[key] = out[key] + "," + text if key in out else text
     return out
+
+
+def _code_and_message(status: RpcError | None) -> tuple[int, str]:
+    return (0, "") if status is None else (int(status.code), status.message)
 
 
 def connect_h2(
