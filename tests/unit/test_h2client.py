@@ -18,9 +18,9 @@ from twisted.python.failure import Failure
 
 from gatewayd._proto.push.v1 import push_pb2
 from gatewayd.backend.push_consumer import Backoff, PushConsumer
+from gatewayd.rpc.client import ConnectionClosedError, GoAwayError, H2ClientConnection
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.framing import encode_frame, encode_grpc_message
-from gatewayd.rpc.client import ConnectionClosedError, GoAwayError, H2ClientConnection
 
 PATH = "/push.v1.Push/SubscribePush"
 

@@ -21,10 +21,9 @@ _ACCEPT = (b"grpc-accept-encoding", b"gzip, identity")
 _GZIP = (b"grpc-encoding", b"gzip")
 _OK_TRAILERS: HeaderList = [(b"grpc-status", b"0")]
 
-#: Names that are part of the status or of HTTP itself, not status metadata.
-STATUS_FIELDS = frozenset(
-    {"grpc-status", "grpc-message", "grpc-status-details-bin", "content-type", "content-length", "date", "server"}
-)
+#: Fields that are the status itself, gRPC's own or HTTP's: not status metadata.
+_NOT_METADATA = frozenset({"grpc-status", "grpc-message", "grpc-status-details-bin", "grpc-encoding",
+                           "grpc-accept-encoding", "content-type", "content-length", "date", "server"})
 
 
 # --- the status codec ------------------------------------------------------------------
@@ -64,7 +63,7 @@ def decode_status(fields: Mapping[str, str], http_status: int = 200) -> RpcError
         code = Code(value)
     except ValueError:
         code, message = Code.UNKNOWN, f"grpc-status {value}: {message}"
-    metadata = {k: v for k, v in fields.items() if k not in STATUS_FIELDS and not k.startswith(":")}
+    metadata = {k: v for k, v in fields.items() if k not in _NOT_METADATA and not k.startswith(":")}
     return RpcError(code, message, metadata)
 
 

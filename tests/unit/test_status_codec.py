@@ -1,0 +1,168 @@
+"""One status codec per protocol: what the server writes, the clients read back, byte for byte.
+
+The server side writes through each protocol's ``WireProtocol.write_error`` onto a
+recording exchange; the client side reads those bytes with the decoders that
+``rpc.client``, ``gatewayd.client`` and ``gatewayd.testing`` use.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gatewayd.rpc.codes import Code
+from gatewayd.rpc.errors import RpcError
+from gatewayd.rpc.framing import FLAG_CONNECT_END_STREAM, FLAG_GRPC_WEB_TRAILERS, FrameDecoder
+from gatewayd.rpc.protocols import BY_CONTENT_TYPE, connect, grpc, grpcweb
+from gatewayd.rpc.wire import WireProtocol
+from tests.unit.test_codecs import RecordingExchange
+
+ERRORS = [
+    RpcError(Code.RESOURCE_EXHAUSTED, "100% full: ü\n", {"retry-after": "3"}),
+    RpcError(Code.CANCELLED, "call cancelled"),
+    RpcError(Code.NOT_FOUND),
+]
+
+
+def _fields(pairs: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in pairs}
+
+
+def _same(decoded: RpcError | None, sent: RpcError) -> None:
+    assert decoded is not None
+    assert (decoded.code, decoded.message) == (sent.code, sent.message)
+    assert decoded.metadata == sent.metadata
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.code.name)
+@pytest.mark.parametrize("started", [False, True])
+def test_grpc_status_round_trip(error: RpcError, started: bool) -> None:
+    ex = RecordingExchange()
+    proto = grpc.Grpc({}, "application/grpc")
+    if started:
+        proto.start_stream(ex, [])
+    proto.write_error(ex, error, started, [])
+    fields = _fields(ex.trailers if started else ex.response_headers)  # type: ignore[arg-type]
+    _same(grpc.decode_status(fields), error)
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.code.name)
+@pytest.mark.parametrize("started", [False, True])
+def test_grpc_web_status_round_trip(error: RpcError, started: bool) -> None:
+    ex = RecordingExchange()
+    proto = grpcweb.GrpcWeb({}, "application/grpc-web+proto")
+    if started:
+        proto.start_stream(ex, [])
+    proto.write_error(ex, error, started, [])
+    head = _fields(ex.response_headers)
+    assert grpcweb.status_in_headers(head, 200) is not started
+    if not started:
+        _same(grpcweb.headers_status(head, 200), error)
+        return
+    [(flags, payload)] = FrameDecoder(1 << 20).feed(ex.data)
+    assert flags == FLAG_GRPC_WEB_TRAILERS
+    _same(grpcweb.decode_trailer_frame(payload), error)
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.code.name)
+def test_connect_unary_error_round_trip(error: RpcError) -> None:
+    ex = RecordingExchange()
+    connect.ConnectUnary({}, "application/proto").write_error(ex, error, False, [])
+    assert ex.status is not None
+    _same(connect.decode_unary_error(ex.data, ex.status, _fields(ex.response_headers)), error)
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.code.name)
+@pytest.mark.parametrize("started", [False, True])
+def test_connect_end_stream_round_trip(error: RpcError, started: bool) -> None:
+    ex = RecordingExchange()
+    proto = connect.ConnectStreaming({}, "application/connect+proto")
+    if started:
+        proto.start_stream(ex, [])
+    proto.write_error(ex, error, started, [])
+    assert ex.status == 200
+    [(flags, payload)] = FrameDecoder(1 << 20).feed(ex.data)
+    assert flags == FLAG_CONNECT_END_STREAM
+    _same(connect.decode_end_stream(payload), error)
+
+
+def test_ok_decodes_to_none_everywhere() -> None:
+    assert grpc.decode_status({"grpc-status": "0"}) is None
+    assert grpcweb.decode_trailer_frame(b"grpc-status: 0\r\n") is None
+    assert connect.decode_end_stream(b"{}") is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "http_status", "code", "message"),
+    [
+        ({}, 200, Code.INTERNAL, "server ended the stream without grpc-status"),
+        ({"grpc-status": "x"}, 200, Code.UNKNOWN, "malformed grpc-status 'x'"),
+        ({"grpc-status": "-1"}, 200, Code.UNKNOWN, "malformed grpc-status '-1'"),
+        ({"grpc-status": "99", "grpc-message": "m"}, 200, Code.UNKNOWN, "grpc-status 99: m"),
+        ({"grpc-status": "0"}, 503, Code.UNAVAILABLE, "HTTP status 503 without gRPC status"),
+        ({}, 404, Code.UNIMPLEMENTED, "HTTP status 404 without gRPC status"),
+    ],
+)
+def test_grpc_status_by_the_spec_rules(fields: dict[str, str], http_status: int, code: Code, message: str) -> None:
+    status = grpc.decode_status(fields, http_status)
+    assert status is not None and (status.code, status.message) == (code, message)
+
+
+def test_grpc_status_metadata_leaves_out_the_status_and_http_fields() -> None:
+    status = grpc.decode_status({":status": "200", "content-type": "application/grpc", "grpc-status": "8",
+                                 "grpc-message": "m", "retry-after": "2", "x-trace": "t"})
+    assert status is not None and status.metadata == {"retry-after": "2", "x-trace": "t"}
+
+
+def test_grpc_web_headers_settle_the_call_when_they_carry_a_status_or_are_not_200() -> None:
+    assert not grpcweb.status_in_headers({"content-type": "application/grpc-web"}, 200)
+    status = grpcweb.headers_status({"grpc-status": "5"}, 505)  # the headers' own status wins
+    assert status is not None and status.code == Code.NOT_FOUND
+    status = grpcweb.headers_status({}, 401)
+    assert status is not None and status.code == Code.UNAUTHENTICATED
+
+
+def test_malformed_grpc_web_trailer_frame_is_internal() -> None:
+    status = grpcweb.decode_trailer_frame(b"no colon here\r\n")
+    assert status is not None and status.code == Code.INTERNAL
+
+
+@pytest.mark.parametrize(
+    ("body", "http_status", "code"),
+    [
+        (b'{"code": "unavailable", "message": "m"}', 503, Code.UNAVAILABLE),
+        (b"not json", 429, Code.UNAVAILABLE),  # Connect's HTTP -> code table
+        (b'{"code": 7}', 403, Code.PERMISSION_DENIED),
+        (b'{"code": "no_such_code"}', 400, Code.UNKNOWN),
+        (b"[[[[[[[[", 502, Code.UNAVAILABLE),
+    ],
+)
+def test_connect_unary_error_decoding(body: bytes, http_status: int, code: Code) -> None:
+    assert connect.decode_unary_error(body, http_status, {}).code == code
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"nope", Code.INTERNAL),
+        (b"[]", Code.INTERNAL),
+        (b'{"error": "string"}', Code.UNKNOWN),
+        (b'{"error": {"code": "aborted"}, "metadata": {"a": ["1", "2"], "B": "3"}}', Code.ABORTED),
+    ],
+)
+def test_connect_end_stream_decoding(payload: bytes, code: Code) -> None:
+    status = connect.decode_end_stream(payload)
+    assert status is not None and status.code == code
+
+
+def test_connect_end_stream_metadata_values_are_joined() -> None:
+    status = connect.decode_end_stream(json.dumps({"error": {"code": "aborted"},
+                                                   "metadata": {"A": ["1", "2"], "b": "3"}}).encode())
+    assert status is not None and status.metadata == {"a": "1,2", "b": "3"}
+
+
+def test_registry_indexes_every_codec_of_every_protocol_module() -> None:
+    codecs: list[type[WireProtocol]] = [*grpc.CODECS, *grpcweb.CODECS, *connect.CODECS]
+    assert {ct: c for c in codecs for ct in c.content_types} == BY_CONTENT_TYPE
+    assert len(BY_CONTENT_TYPE) == sum(len(c.content_types) for c in codecs)  # no content type claimed twice
