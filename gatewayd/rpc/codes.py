@@ -32,7 +32,7 @@ class Code(enum.IntEnum):
 
     @property
     def connect_name(self) -> str:
-        """The lowercase name Connect uses in error bodies (``"invalid_argument"``)."""
+        """The lowercase name Connect uses in error bodies (``"invalid_argument"``, ``"canceled"``)."""
         return _CONNECT_NAMES[self]
 
     @classmethod
@@ -41,8 +41,8 @@ class Code(enum.IntEnum):
         return _BY_CONNECT_NAME.get(name, cls.UNKNOWN)
 
 
-# Connect spells the names as gRPC's constants in lowercase.
-_CONNECT_NAMES = {code: code.name.lower() for code in Code}
+# Connect spells the names as gRPC's constants in lowercase, except CANCELLED: "canceled".
+_CONNECT_NAMES = {code: "canceled" if code is Code.CANCELLED else code.name.lower() for code in Code}
 _BY_CONNECT_NAME = {name: code for code, name in _CONNECT_NAMES.items()}
 
 # HTTP status -> code, for an HTTP error that carries no RPC status (gRPC's

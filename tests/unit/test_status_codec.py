@@ -166,3 +166,12 @@ def test_registry_indexes_every_codec_of_every_protocol_module() -> None:
     codecs: list[type[WireProtocol]] = [*grpc.CODECS, *grpcweb.CODECS, *connect.CODECS]
     assert {ct: c for c in codecs for ct in c.content_types} == BY_CONTENT_TYPE
     assert len(BY_CONTENT_TYPE) == sum(len(c.content_types) for c in codecs)  # no content type claimed twice
+
+
+def test_connect_spells_canceled_with_one_l_both_ways() -> None:
+    assert Code.CANCELLED.connect_name == "canceled"
+    assert Code.from_connect_name("canceled") is Code.CANCELLED
+    ex = RecordingExchange()
+    connect.ConnectUnary({}, "application/json").write_error(ex, RpcError(Code.CANCELLED, "c"), False, [])
+    assert ex.status == 499 and json.loads(ex.data) == {"code": "canceled", "message": "c"}
+    assert connect.decode_unary_error(b'{"code": "canceled"}', 499, {}).code is Code.CANCELLED

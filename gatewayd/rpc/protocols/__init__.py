@@ -3,8 +3,10 @@
 Each protocol is one module here whose ``CODECS`` are its ``WireProtocol``
 classes, each declaring its content types and refusals. A new protocol is a new
 module and one entry in ``_MODULES``. What no single protocol owns is here:
-a non-POST request with an RPC content type is 405, and a POST to an RPC path
-with a content type no protocol serves is 415 (Connect and gRPC both say so).
+a non-POST request to an RPC (a served path, or any RPC content type) is 405
+with ``Allow: POST``: Connect allows GET only for methods marked free of side
+effects, and no method here is; a POST to an RPC path with a content type no
+protocol serves is 415 (Connect and gRPC both say so).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ BY_CONTENT_TYPE: dict[str, type[WireProtocol]] = {
     content_type: codec for module in _MODULES for codec in module.CODECS for content_type in codec.content_types
 }
 
-METHOD_NOT_ALLOWED = plain_refusal(405, "RPCs are POST requests")
+METHOD_NOT_ALLOWED = plain_refusal(405, "RPCs are POST requests", [(b"allow", b"POST")])
 UNSUPPORTED_MEDIA_TYPE = plain_refusal(415, "unsupported content type for an RPC")
 
 
@@ -50,7 +52,7 @@ def select(method: str, path: str, headers: Mapping[str, str], http2: bool,
             return None
         if method == "POST":
             return UNSUPPORTED_MEDIA_TYPE
-        return None
+        return METHOD_NOT_ALLOWED if known_path else None
     if method != "POST":
         return METHOD_NOT_ALLOWED
     refusal = codec.refuse_transport(http2)
