@@ -266,8 +266,7 @@ def exit_code_for(failure: Failure) -> tuple[int, str]:
     if isinstance(value, GatewayUnreachableError):
         return EXIT_UNREACHABLE, str(value)
     if isinstance(value, RpcCallError):
-        extra = f" (retry after {value.metadata['retry-after']} s)" if "retry-after" in value.metadata else ""
-        return EXIT_REFUSED, f"the gateway refused the call: {value}{extra}"
+        return EXIT_REFUSED, f"the gateway refused the call: {value}"  # with "(retry after N s)" when told
     if isinstance(value, PublicApiError):
         return EXIT_REFUSED, f"the gateway refused: {value}"
     if isinstance(value, VerificationError):

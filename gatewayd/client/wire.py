@@ -18,7 +18,8 @@ The request headers and the reading of statuses are each protocol's own rules
 module only moves the bytes.
 
 Promises: a non-OK status errbacks with ``RpcCallError`` carrying the code,
-message and status metadata (``retry-after``...); a gateway that
+message, status metadata (``retry-after``...) and error details
+(``google.rpc.RetryInfo``...); a gateway that
 cannot be reached is ``GatewayUnreachableError`` (an ``RpcCallError`` with UNAVAILABLE); cancelling a call's
 Deferred drops its stream or connection.
 """
@@ -76,7 +77,7 @@ class RpcTransport(Protocol):
 def _raise_status(status: RpcError | None) -> None:
     """A call's decoded status: nothing for OK, else ``RpcCallError``."""
     if status is not None:
-        raise RpcCallError(status.code, status.message, status.metadata)
+        raise RpcCallError(status.code, status.message, status.metadata, status.details)
 
 
 def _one(messages: list[bytes]) -> bytes:

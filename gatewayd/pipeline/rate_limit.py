@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 from gatewayd.config import LimitsConfig
 from gatewayd.pipeline.context import RequestContext
 from gatewayd.rpc.codes import Code
+from gatewayd.rpc.details import retry_info
 from gatewayd.rpc.errors import RpcError
 from gatewayd.stores.base import RateLimiter, StoreUnavailable
 
@@ -35,7 +36,8 @@ def peer_host(peer: str) -> str:
 
 
 class RateLimitStage:
-    """Spends one unit of each budget; any denial -> RESOURCE_EXHAUSTED with ``retry-after``.
+    """Spends one unit of each budget; any denial -> RESOURCE_EXHAUSTED with ``retry-after``
+    (whole seconds) and a ``google.rpc.RetryInfo`` detail (to the millisecond).
 
     The four budgets are asked at once (one round trip of latency with Redis);
     a request denied by one budget may still have spent the others, which only
@@ -104,4 +106,5 @@ def _decide(outcomes: list[Any]) -> None:
     denied = [d.retry_after_s for d in outcomes if not d.allowed]
     if denied:
         retry_after = max(1, math.ceil(max(denied)))
-        raise RpcError(Code.RESOURCE_EXHAUSTED, "rate limit exceeded", {"retry-after": str(retry_after)})
+        raise RpcError(Code.RESOURCE_EXHAUSTED, "rate limit exceeded", {"retry-after": str(retry_after)},
+                       [retry_info(max(denied))])

@@ -22,6 +22,7 @@ from gatewayd.client.client import EXECUTE_COMMAND_PATH, DeviceSession
 from gatewayd.client.wire import PROTOCOLS
 from gatewayd.config import Budget
 from gatewayd.rpc.codes import Code
+from gatewayd.rpc.details import retry_delay_s
 from gatewayd.signing import response_signing_input, sha256, verify
 from gatewayd.testing.client import RunningGateway, login, new_email, routes_with, signed_execute_request, start_gateway
 from gatewayd.testing.wait import until
@@ -258,8 +259,11 @@ async def test_rate_limit_is_resource_exhausted_with_retry_after(tmp_path: Any, 
         finally:
             await device.client.close()
         assert error.code == Code.RESOURCE_EXHAUSTED
-        if protocol != "grpc":  # the h2 client connection reports only status and message
-            assert int(error.metadata["retry-after"]) >= 1
+        assert error.metadata["retry-after"] == "100"  # one unit at 0.01/s, whole seconds
+        # The google.rpc.RetryInfo detail, to the millisecond, as each protocol carries it.
+        assert retry_delay_s(error.details) == pytest.approx(100, abs=0.5)
+        assert error.retry_after == retry_delay_s(error.details)
+        assert re.search(r"\(retry after (99\.\d{1,3}|100) s\)$", str(error)), str(error)
         assert "over-budget" not in [r["request_id"] for r in await gw.received()]
         assert len(await gw.received()) == 3
     finally:

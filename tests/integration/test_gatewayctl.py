@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -423,3 +424,22 @@ async def test_gatewayctl_against_twist_gatewayd_dev(tmp_path: Path) -> None:
             server_transport.signalProcess(signal.SIGTERM)
         exit_code = await server.ended
     assert exit_code == 0, server.err.decode(errors="replace")[-2000:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_spent_budget_says_when_to_retry(tmp_path: Path) -> None:
+    from gatewayd.config import Budget
+
+    gw = await start_gateway(str(tmp_path / "state"), limits={"session": Budget(rate=0.01, burst=1)})
+    try:
+        ctl = Ctl(gw.url, tmp_path / "ctl")
+        assert (await ctl("login", "--email", "budget@example.com", "--code", "000000"))[0] == EXIT_OK
+        assert (await ctl("exec", "user.profile.get", "--protocol", "grpc"))[0] == EXIT_OK
+        for proto in ("grpc", "grpc-web", "connect"):
+            code, out, err = await ctl("exec", "user.profile.get", "--protocol", proto)
+            assert (code, out) == (EXIT_REFUSED, ""), (proto, err)
+            # The RetryInfo detail, to the millisecond: at most 100 s for one unit at 0.01/s.
+            said = re.search(r"resource_exhausted: rate limit exceeded \(retry after (\d+(?:\.\d{1,3})?) s\)", err)
+            assert said and 90 < float(said.group(1)) <= 100, (proto, err)
+    finally:
+        await gw.stop()

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from google.rpc.error_details_pb2 import RetryInfo
 from nacl.signing import SigningKey
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -433,6 +434,15 @@ def test_retry_after_is_rounded_up_to_whole_seconds() -> None:
     rig = Rig(limits=limits)
     rig.execute(rig.device.command())
     assert rig.reject(rig.device.command()).metadata == {"retry-after": "1"}
+
+
+def test_spent_budget_carries_retry_info_to_the_millisecond() -> None:
+    limits = GENEROUS.__class__(**{**GENEROUS.__dict__, "session": Budget(rate=3.0, burst=1)})
+    rig = Rig(limits=limits)
+    rig.execute(rig.device.command())
+    [detail] = rig.reject(rig.device.command()).details
+    assert isinstance(detail, RetryInfo)
+    assert detail.retry_delay.ToMilliseconds() == 334  # 1/3 s, rounded up: never sooner than allowed
 
 
 def test_ip_budget_ignores_the_source_port() -> None:

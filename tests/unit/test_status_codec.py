@@ -7,10 +7,15 @@ recording exchange; the client side reads those bytes with the decoders that
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.rpc.error_details_pb2 import RetryInfo
+from google.rpc.status_pb2 import Status
 
+from gatewayd.rpc import details
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.framing import FLAG_CONNECT_END_STREAM, FLAG_GRPC_WEB_TRAILERS, FrameDecoder
@@ -175,3 +180,83 @@ def test_connect_spells_canceled_with_one_l_both_ways() -> None:
     connect.ConnectUnary({}, "application/json").write_error(ex, RpcError(Code.CANCELLED, "c"), False, [])
     assert ex.status == 499 and json.loads(ex.data) == {"code": "canceled", "message": "c"}
     assert connect.decode_unary_error(b'{"code": "canceled"}', 499, {}).code is Code.CANCELLED
+
+
+# --- error details (google.rpc) -------------------------------------------------------------
+
+LIMITED = RpcError(Code.RESOURCE_EXHAUSTED, "rate limit exceeded", {"retry-after": "2"}, [details.retry_info(1.2)])
+
+
+def _retry_delay(decoded: RpcError | None) -> float | None:
+    assert decoded is not None and all(isinstance(d, AnyProto) for d in decoded.details)
+    return details.retry_delay_s(decoded.details)
+
+
+def test_grpc_details_bin_is_a_google_rpc_status_equal_to_the_status() -> None:
+    fields = _fields(grpc.status_headers(LIMITED))
+    value = fields["grpc-status-details-bin"]
+    assert "=" not in value  # binary metadata: unpadded base64
+    status = Status.FromString(base64.b64decode(value + "=" * (-len(value) % 4)))
+    assert (status.code, status.message) == (Code.RESOURCE_EXHAUSTED, "rate limit exceeded")
+    [packed] = status.details
+    assert packed.type_url == "type.googleapis.com/google.rpc.RetryInfo"
+    info = RetryInfo()
+    assert packed.Unpack(info) and info.retry_delay.ToMilliseconds() == 1200
+    assert _retry_delay(grpc.decode_status(fields)) == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_grpc_web_carries_details_in_headers_or_trailer_frame(started: bool) -> None:
+    ex = RecordingExchange()
+    proto = grpcweb.GrpcWeb({}, "application/grpc-web+proto")
+    if started:
+        proto.start_stream(ex, [])
+    proto.write_error(ex, LIMITED, started, [])
+    if started:
+        [(_, payload)] = FrameDecoder(1 << 20).feed(ex.data)
+        decoded = grpcweb.decode_trailer_frame(payload)
+    else:
+        decoded = grpcweb.headers_status(_fields(ex.response_headers), 200)
+    assert _retry_delay(decoded) == pytest.approx(1.2)
+
+
+def test_connect_details_are_type_and_unpadded_base64_value() -> None:
+    ex = RecordingExchange()
+    connect.ConnectUnary({}, "application/json").write_error(ex, LIMITED, False, [])
+    [detail] = json.loads(ex.data)["details"]
+    assert detail["type"] == "google.rpc.RetryInfo"
+    assert detail["value"] == details.b64encode_unpadded(details.retry_info(1.2).SerializeToString())
+    assert "=" not in detail["value"]
+    assert ex.status is not None
+    assert _retry_delay(connect.decode_unary_error(ex.data, ex.status, {})) == pytest.approx(1.2)
+    stream = RecordingExchange()
+    connect.ConnectStreaming({}, "application/connect+json").write_error(stream, LIMITED, False, [])
+    [(_, payload)] = FrameDecoder(1 << 20).feed(stream.data)
+    assert json.loads(payload)["error"]["details"] == [detail]
+    assert _retry_delay(connect.decode_end_stream(payload)) == pytest.approx(1.2)
+
+
+def test_padded_base64_is_accepted_too() -> None:
+    value = base64.b64encode(details.retry_info(0.5).SerializeToString()).decode()
+    document = {"code": "resource_exhausted", "details": [{"type": "google.rpc.RetryInfo", "value": value}]}
+    assert _retry_delay(connect.decode_error(document)) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("value", ["!!!", "AAAA", base64.b64encode(b"\xff\xff\xff").decode()])
+def test_malformed_grpc_details_are_ignored_and_the_status_stands(value: str) -> None:
+    status = grpc.decode_status({"grpc-status": "8", "grpc-message": "m", "grpc-status-details-bin": value})
+    assert status is not None and (status.code, status.message, status.details) == (Code.RESOURCE_EXHAUSTED, "m", ())
+
+
+def test_malformed_connect_details_are_skipped() -> None:
+    good = {"type": "google.rpc.RetryInfo", "value": details.b64encode_unpadded(b"\x0a\x02\x08\x01")}
+    entries = ["x", {"type": 1, "value": "AA"}, {"type": "t"}, {"type": "t", "value": "*"}, good]
+    decoded = connect.decode_error({"code": "resource_exhausted", "details": entries})
+    assert _retry_delay(decoded) == 1.0
+    assert connect.decode_error({"code": "unknown", "details": "nope"}).details == ()  # type: ignore[union-attr]
+
+
+def test_retry_info_never_rounds_down() -> None:
+    assert details.retry_info(0.0001).retry_delay.ToMilliseconds() == 1
+    assert details.retry_delay_s([details.retry_info(2.5)]) == 2.5  # unpacked messages too
+    assert details.retry_delay_s([]) is None

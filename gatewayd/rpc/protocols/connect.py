@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from gatewayd.rpc import compression
+from gatewayd.rpc import compression, details
 from gatewayd.rpc.codes import Code, code_for_http_status
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.framing import FLAG_CONNECT_END_STREAM, encode_frame, parse_connect_timeout
@@ -60,19 +60,40 @@ def http_status(code: Code) -> int:
 
 
 def error_json(error: RpcError) -> dict[str, Any]:
-    """The Connect ``Error`` object: ``code``, and ``message`` when there is one."""
+    """The Connect ``Error`` object: ``code``, ``message`` when there is one, and ``details``:
+    ``{"type": <message name>, "value": <unpadded base64 of the message>}`` each."""
     body: dict[str, Any] = {"code": error.code.connect_name}
     if error.message:
         body["message"] = error.message
+    if error.details:
+        packed = [details.pack(d) for d in error.details]
+        body["details"] = [{"type": details.type_name(p), "value": details.b64encode_unpadded(p.value)}
+                           for p in packed]
     return body
 
 
 def decode_error(document: object) -> RpcError | None:
-    """An ``Error`` object as ``RpcError``; ``None`` when it is not one (no string ``code``)."""
+    """An ``Error`` object as ``RpcError``; ``None`` when it is not one (no string ``code``).
+
+    Details become ``Any`` messages; a detail without a string ``type`` and a
+    base64 ``value`` is skipped (``debug`` is never read, as the spec says).
+    """
     if not isinstance(document, dict) or not isinstance(document.get("code"), str):
         return None
     message = document.get("message")
-    return RpcError(Code.from_connect_name(document["code"]), message if isinstance(message, str) else "")
+    return RpcError(Code.from_connect_name(document["code"]), message if isinstance(message, str) else "",
+                    details=_details(document.get("details")))
+
+
+def _details(entries: object) -> list[details.AnyProto]:
+    out = []
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("type"), str) and isinstance(entry.get("value"), str):
+            try:
+                out.append(details.packed(entry["type"], details.b64decode_any(entry["value"])))
+            except ValueError:
+                continue
+    return out
 
 
 def _json(data: bytes) -> object:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from gatewayd.rpc import details
 from gatewayd.rpc.codes import Code, code_for_http_status
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.framing import decode_grpc_message, encode_grpc_message
@@ -30,12 +31,20 @@ _NOT_METADATA = frozenset({"grpc-status", "grpc-message", "grpc-status-details-b
 
 
 def status_headers(error: RpcError | None) -> HeaderList:
-    """``grpc-status``, ``grpc-message`` (percent-encoded) and the error's metadata."""
+    """``grpc-status``, ``grpc-message`` (percent-encoded), ``grpc-status-details-bin`` when the
+    error has details, and the error's metadata.
+
+    ``grpc-status-details-bin`` is a ``google.rpc.Status`` with the same code and message
+    and the details packed in ``Any``, base64 without padding (binary metadata).
+    """
     if error is None:
         return _OK_TRAILERS
     pairs = [(b"grpc-status", b"%d" % error.code)]
     if error.message:
         pairs.append((b"grpc-message", encode_grpc_message(error.message).encode("ascii")))
+    if error.details:
+        status = details.encode_status(error.code, error.message, error.details)
+        pairs.append((b"grpc-status-details-bin", details.b64encode_unpadded(status).encode("ascii")))
     return pairs + status_metadata(error)
 
 
@@ -46,6 +55,8 @@ def decode_status(fields: Mapping[str, str], http_status: int = 200) -> RpcError
     lowercase names. The rules of PROTOCOL-HTTP2.md: a non-200 HTTP status maps
     to a code by gRPC's table; a missing ``grpc-status`` is INTERNAL, a
     malformed one UNKNOWN, a number outside the known codes UNKNOWN too. The
+    details of ``grpc-status-details-bin`` become the error's ``details`` (as
+    ``Any``; a malformed value is ignored: the status stands without them). The
     remaining fields are the status metadata.
     """
     if http_status != 200:
@@ -64,7 +75,16 @@ def decode_status(fields: Mapping[str, str], http_status: int = 200) -> RpcError
     except ValueError:
         code, message = Code.UNKNOWN, f"grpc-status {value}: {message}"
     metadata = {k: v for k, v in fields.items() if k not in _NOT_METADATA and not k.startswith(":")}
-    return RpcError(code, message, metadata)
+    return RpcError(code, message, metadata, _details(fields.get("grpc-status-details-bin")))
+
+
+def _details(value: str | None) -> tuple[details.AnyProto, ...]:
+    if not value:
+        return ()
+    try:
+        return details.decode_status_details(details.b64decode_any(value))
+    except ValueError:
+        return ()
 
 
 # --- client side: the request ------------------------------------------------------------

@@ -28,7 +28,8 @@
 //   {"event": "message", "message": <protobuf JSON>}
 //   {"event": "headers", "headers": {...}}            response headers, when seen
 //   {"event": "end", "code": 0..16, "codeName": "...", "rawMessage": "...",
-//    "trailers": {...}, "metadata": {...}, "cancelledByClient": bool, "elapsedMs": n}
+//    "trailers": {...}, "metadata": {...}, "details": [{"type", "value" (base64)}],
+//    "cancelledByClient": bool, "elapsedMs": n}
 // and finally {"event": "done"}. Exit status 0 unless the plan itself is bad.
 
 import { readFileSync, readdirSync } from "node:fs";
@@ -36,7 +37,7 @@ import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
-import { createRegistry, fromJson, toJson } from "@bufbuild/protobuf";
+import { createRegistry, fromJson, toBinary, toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import {
   compressionGzip,
@@ -159,6 +160,12 @@ async function runStep(registry, baseUrl, step) {
     end.codeName = Code[e.code];
     end.rawMessage = e.rawMessage;
     end.metadata = headersObject(e.metadata);
+    // Error details as connect-node decoded them (Connect JSON, or grpc-status-details-bin):
+    // the message name and its bytes, re-encoded as padded base64 for the test to parse.
+    end.details = e.details.map((d) => ({
+      type: "desc" in d ? d.desc.typeName : d.type,
+      value: Buffer.from("desc" in d ? toBinary(d.desc, d.value) : d.value).toString("base64"),
+    }));
   }
   end.trailers = trailers;
   end.received = received;
