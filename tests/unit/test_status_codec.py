@@ -34,6 +34,15 @@ def _fields(pairs: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in pairs}
 
 
+def _written(proto: WireProtocol, error: RpcError, started: bool) -> RecordingExchange:
+    """What ``proto`` writes to end a call with ``error``, before or after the response headers."""
+    ex = RecordingExchange()
+    if started:
+        proto.start_stream(ex, [])
+    proto.write_error(ex, error, started, [])
+    return ex
+
+
 def _same(decoded: RpcError | None, sent: RpcError) -> None:
     assert decoded is not None
     assert (decoded.code, decoded.message) == (sent.code, sent.message)
@@ -43,11 +52,7 @@ def _same(decoded: RpcError | None, sent: RpcError) -> None:
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.code.name)
 @pytest.mark.parametrize("started", [False, True])
 def test_grpc_status_round_trip(error: RpcError, started: bool) -> None:
-    ex = RecordingExchange()
-    proto = grpc.Grpc({}, "application/grpc")
-    if started:
-        proto.start_stream(ex, [])
-    proto.write_error(ex, error, started, [])
+    ex = _written(grpc.Grpc({}, "application/grpc"), error, started)
     fields = _fields(ex.trailers if started else ex.response_headers)  # type: ignore[arg-type]
     _same(grpc.decode_status(fields), error)
 
@@ -55,11 +60,7 @@ def test_grpc_status_round_trip(error: RpcError, started: bool) -> None:
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.code.name)
 @pytest.mark.parametrize("started", [False, True])
 def test_grpc_web_status_round_trip(error: RpcError, started: bool) -> None:
-    ex = RecordingExchange()
-    proto = grpcweb.GrpcWeb({}, "application/grpc-web+proto")
-    if started:
-        proto.start_stream(ex, [])
-    proto.write_error(ex, error, started, [])
+    ex = _written(grpcweb.GrpcWeb({}, "application/grpc-web+proto"), error, started)
     head = _fields(ex.response_headers)
     assert grpcweb.status_in_headers(head, 200) is not started
     if not started:
@@ -81,11 +82,7 @@ def test_connect_unary_error_round_trip(error: RpcError) -> None:
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.code.name)
 @pytest.mark.parametrize("started", [False, True])
 def test_connect_end_stream_round_trip(error: RpcError, started: bool) -> None:
-    ex = RecordingExchange()
-    proto = connect.ConnectStreaming({}, "application/connect+proto")
-    if started:
-        proto.start_stream(ex, [])
-    proto.write_error(ex, error, started, [])
+    ex = _written(connect.ConnectStreaming({}, "application/connect+proto"), error, started)
     assert ex.status == 200
     [(flags, payload)] = FrameDecoder(1 << 20).feed(ex.data)
     assert flags == FLAG_CONNECT_END_STREAM
@@ -207,11 +204,7 @@ def test_grpc_details_bin_is_a_google_rpc_status_equal_to_the_status() -> None:
 
 @pytest.mark.parametrize("started", [False, True])
 def test_grpc_web_carries_details_in_headers_or_trailer_frame(started: bool) -> None:
-    ex = RecordingExchange()
-    proto = grpcweb.GrpcWeb({}, "application/grpc-web+proto")
-    if started:
-        proto.start_stream(ex, [])
-    proto.write_error(ex, LIMITED, started, [])
+    ex = _written(grpcweb.GrpcWeb({}, "application/grpc-web+proto"), LIMITED, started)
     if started:
         [(_, payload)] = FrameDecoder(1 << 20).feed(ex.data)
         decoded = grpcweb.decode_trailer_frame(payload)
