@@ -13,10 +13,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
+from gatewayd.http2.limits import H2Limits, TurnBudget
+from gatewayd.http2.server import H2ServerConnection
+from gatewayd.http2.web import web_fallback_for
 from gatewayd.transport.exchange import HttpApplication
-from gatewayd.transport.h2limits import H2Limits, TurnBudget
-from gatewayd.transport.h2server import H2ServerConnection
-from gatewayd.transport.h2web import web_fallback_for
 from gatewayd.transport.http1 import GatewaySite
 from gatewayd.transport.nodelay import set_nodelay
 
@@ -76,7 +76,7 @@ class GatewayFactory(Factory):
         self.connections: set[SniffingProtocol] = set()
         self.h2_connections: set[H2ServerConnection] = set()
         self.accepting = True
-        self._web_fallback = web_fallback_for(site)
+        self.web_fallback = web_fallback_for(site)
         self.turn_budget = TurnBudget(clock, limits.streams_per_turn)
         self.on_h2_connection: Callable[[H2ServerConnection], None] | None = None
 
@@ -88,7 +88,7 @@ class GatewayFactory(Factory):
         return protocol
 
     def build_h2(self) -> H2ServerConnection:
-        conn = H2ServerConnection(self.app, self.clock, self.limits, self._web_fallback, self.turn_budget)
+        conn = H2ServerConnection(self.app, self.clock, self.limits, self.web_fallback, self.turn_budget)
         self.h2_connections.add(conn)
         conn.on_close = self.h2_connections.discard
         return conn

@@ -10,11 +10,11 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource
 
 from gatewayd.config import ServerConfig
+from gatewayd.http2.limits import H2Limits
 from gatewayd.rpc.methods import MethodTable
 from gatewayd.rpc.server import RpcApplication
 from gatewayd.transport.cors import CorsPolicy
 from gatewayd.transport.exchange import Exchange
-from gatewayd.transport.h2limits import H2Limits
 from gatewayd.transport.http1 import GatewaySite, rpc_body_limit
 from gatewayd.transport.listener import GatewayFactory
 

@@ -7,7 +7,7 @@ import h2.connection
 import h2.exceptions
 import pytest
 
-from gatewayd.transport.h2wire import send_data_frame
+from gatewayd.http2.h2adapter import send_data_frame
 
 
 def _server_with_open_stream(end_request: bool) -> tuple[h2.connection.H2Connection, int]:

@@ -1,0 +1,120 @@
+"""Every use of h2 beyond its documented API, in one module.
+
+h2 is a careful, complete state machine; on a busy gateway a few of its general
+paths cost more than the rest of a call, and a few of its choices do not fit a
+server that must keep streams alive through abuse and shutdown. Each departure
+lives here, with the reason, and tests/unit/test_h2_adapter.py and
+test_h2_data_frames.py pin what it writes and leaves behind to what h2 itself does,
+so an h2 upgrade that changes an internal fails a test instead of a connection.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.settings
+from h2.connection import ConnectionState
+from h2.stream import StreamState
+from hyperframe.frame import GoAwayFrame
+
+from gatewayd.http2.limits import H2Limits
+from gatewayd.transport.exchange import HeaderList
+
+MAX_STREAM_ID = 2**31 - 1
+
+
+def server_connection(limits: H2Limits) -> h2.connection.H2Connection:
+    """An h2 server connection with our preface and settings queued (``data_to_send``)."""
+    config = h2.config.H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        # We build response headers ourselves (lowercase, no connection headers);
+        # re-validating them costs more than the rest of a unary call.
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        # Inbound headers are checked in one pass by request_headers.parse_request_headers,
+        # which we walk anyway; h2's own checks walk the list several times per request.
+        validate_inbound_headers=False,
+    )
+    conn = h2.connection.H2Connection(config=config)
+    conn.initiate_connection()
+    conn.update_settings(
+        {
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_bytes,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
+        }
+    )
+    # Enforce our header limit from the first frame, not only once the peer ACKs.
+    conn.decoder.max_header_list_size = limits.max_header_list_bytes
+    conn.local_settings.acknowledge()
+    # h2 treats a stream over the advertised MAX_CONCURRENT_STREAMS as a connection error,
+    # which kills every stream of a client that raced our SETTINGS. RFC 9113 5.1.2 allows
+    # a stream error: the core refuses such a stream (REFUSED_STREAM) itself, and resets
+    # streams it has answered, so h2 holds no more open streams than that.
+    # (Set locally and applied at once: nothing is sent, the peer still sees our limit.)
+    conn.local_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_STREAM_ID
+    conn.local_settings.acknowledge()
+    # A connection-level receive window as large as the per-stream one.
+    conn.increment_flow_control_window(limits.initial_window_size)
+    return conn
+
+
+def send_headers(conn: h2.connection.H2Connection, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
+    """Every HEADERS frame the server writes (responses and trailers) goes through here."""
+    conn.send_headers(stream_id, headers, end_stream)
+
+
+def send_window(conn: h2.connection.H2Connection, stream_id: int) -> tuple[Any, int] | None:
+    """h2's stream and how many DATA bytes both windows allow now; ``None``: h2 forgot the stream."""
+    stream = conn.streams.get(stream_id)
+    if stream is None:
+        return None
+    return stream, min(conn.outbound_flow_control_window, stream.outbound_flow_control_window)
+
+
+def still_open(conn: h2.connection.H2Connection, stream_id: int) -> bool:
+    """Whether h2 still counts the stream as not closed (the peer may still send on it)."""
+    stream = conn.streams.get(stream_id)
+    return stream is not None and not stream.closed
+
+
+def goaway_frame(last_stream_id: int) -> bytes:
+    """A GOAWAY(NO_ERROR) frame, written around h2.
+
+    h2's close_connection() moves its state machine to CLOSED, after which open
+    streams could not finish; a graceful drain's two GOAWAYs are written by hand.
+    """
+    frame = GoAwayFrame(stream_id=0)
+    frame.last_stream_id = last_stream_id
+    frame.error_code = h2.errors.ErrorCodes.NO_ERROR
+    return bytes(frame.serialize())
+
+
+_DATA_FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length + type 0 (DATA), flags, stream id
+_SENDS_DATA = frozenset((StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE))
+
+
+def send_data_frame(conn: h2.connection.H2Connection, stream: Any, data: bytes) -> None:
+    """``conn.send_data(stream_id, data)`` without END_STREAM, for the fan-out hot path.
+
+    The caller has checked ``data`` against the flow-control windows and the
+    frame size. In the states where sending DATA is allowed, h2's state
+    machines make no transition for it and its send_data only serializes one
+    frame and lowers both windows: done here directly, it is about a third of
+    the cost per stream. Anything unusual takes h2's own path;
+    tests/unit/test_h2_data_frames.py pins the bytes and windows to h2's.
+    """
+    if stream.state_machine.state not in _SENDS_DATA or conn.state_machine.state is not ConnectionState.SERVER_OPEN:
+        conn.send_data(stream.stream_id, data)
+        return
+    size = len(data)
+    buffer = conn._data_to_send
+    buffer += _DATA_FRAME_HEADER.pack(size << 8, 0, stream.stream_id)
+    buffer += data
+    stream.outbound_flow_control_window -= size
+    conn.outbound_flow_control_window -= size

@@ -1,0 +1,150 @@
+"""One HTTP/2 request stream: the ``Exchange`` a handler answers through.
+
+Response bytes wait in the stream's queue until both flow-control windows (and
+the socket) take them; nothing is dropped, and ``buffered_bytes`` says how much
+waits, so callers can bound it. Once the response has ended (or the stream was
+reset, by either side), every write is ignored.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import h2.errors
+import h2.exceptions
+
+from gatewayd.http2.h2adapter import send_data_frame, send_headers, send_window
+from gatewayd.transport.exchange import ExchangeHandler, HeaderList
+
+if TYPE_CHECKING:
+    from gatewayd.http2.core import ServerConnectionCore
+
+
+class H2Stream:
+    """One request stream of a ``ServerConnectionCore``."""
+
+    __slots__ = (
+        "_drain_callback",
+        "_end_queued",
+        "_queue",
+        "_queued_bytes",
+        "_trailers",
+        "answered",
+        "conn",
+        "handler",
+        "headers",
+        "method",
+        "path",
+        "peer",
+        "stream_id",
+    )
+
+    http2 = True
+
+    def __init__(self, conn: ServerConnectionCore, stream_id: int, method: str, path: str,
+                 headers: Mapping[str, str], peer: str) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.peer = peer
+        self.handler: ExchangeHandler | None = None
+        self.answered = False
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._end_queued = False
+        self._trailers: HeaderList | None = None
+        self._drain_callback: Callable[[], None] | None = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.streams.get(self.stream_id) is not self
+
+    def send_headers(self, status: int, headers: HeaderList, end_stream: bool = False) -> None:
+        if self.closed:
+            return
+        self.answered = True
+        send_headers(self.conn.h2, self.stream_id, [(b":status", b"%d" % status), *headers], end_stream)
+        if end_stream:
+            self.conn.stream_done(self)
+        self.conn.flush_soon()
+
+    def send_data(self, data: bytes, end_stream: bool = False) -> None:
+        if self.closed:
+            return
+        if data:
+            self._queue.append(data)
+            self._queued_bytes += len(data)
+        self._end_queued = end_stream
+        self.push()
+        self.conn.flush_soon()
+
+    def send_trailers(self, trailers: HeaderList) -> None:
+        if self.closed:
+            return
+        self._trailers = trailers
+        self._end_queued = True
+        self.push()
+        self.conn.flush_soon()
+
+    def reset(self, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        if self.closed:
+            return
+        try:
+            self.conn.h2.reset_stream(self.stream_id, error_code)
+        except h2.exceptions.ProtocolError:
+            pass
+        self.conn.stream_done(self)
+        self.conn.flush_soon()
+
+    def on_drain(self, callback: Callable[[], None] | None) -> None:
+        self._drain_callback = callback
+
+    def push(self) -> None:
+        """Send as much queued data as the windows allow; finish when all is out.
+
+        Called after each write, when a window opens and when the socket takes
+        bytes again; the drain callback runs whenever the queue has emptied.
+        """
+        h2conn = self.conn.h2
+        sid = self.stream_id
+        queue = self._queue
+        if queue and not self.conn.paused:
+            state = send_window(h2conn, sid)
+            if state is None:
+                return
+            h2stream, window = state
+            max_frame = h2conn.max_outbound_frame_size
+            while queue and window > 0:
+                chunk = queue[0]
+                size = min(len(chunk), window, max_frame)
+                if size == len(chunk):
+                    queue.popleft()
+                else:
+                    queue[0] = chunk[size:]
+                    chunk = chunk[:size]
+                self._queued_bytes -= size
+                window -= size
+                last = not queue and self._end_queued and self._trailers is None
+                if last:
+                    h2conn.send_data(sid, chunk, end_stream=True)
+                    self.conn.stream_done(self)
+                    return
+                send_data_frame(h2conn, h2stream, chunk)
+        if queue:
+            return
+        if self._end_queued:
+            if self._trailers is not None:
+                send_headers(h2conn, sid, self._trailers, True)
+            else:
+                h2conn.end_stream(sid)
+            self.conn.stream_done(self)
+        elif self._drain_callback is not None:
+            self._drain_callback()
