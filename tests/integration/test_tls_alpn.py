@@ -1,4 +1,7 @@
-"""TLS on the one port: ALPN h2 selects HTTP/2 (a grpcio client), http/1.1 or none selects HTTP/1.1."""
+"""TLS on the one port: ALPN h2 selects HTTP/2 (a grpcio client), http/1.1 or none selects HTTP/1.1.
+
+Web resources learn that the connection is TLS (``isSecure()``) over HTTP/2 too.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +19,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import reactor, threads
+from twisted.internet import ssl as twisted_ssl
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.web.resource import Resource
 
 from gatewayd._proto.grpc.health.v1 import health_pb2
 from gatewayd.config import Config
 from gatewayd.health import HealthService
 from gatewayd.rpc.methods import MethodTable
 from gatewayd.service import listen_endpoint
+from gatewayd.testing.raw_h2 import RawH2Client
 from gatewayd.transport.server import build_factory
 
 
@@ -75,25 +82,57 @@ def _http1_check(port: int, cert_path: Path, alpn: list[str] | None) -> tuple[st
         connection.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_tls_alpn_selects_http2_or_http11(tmp_path: Path) -> None:
+class Secure(Resource):
+    """Answers whether the request is secure."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        return b"secure" if request.isSecure() else b"plain"
+
+
+@pytest_twisted.async_yield_fixture
+async def tls_server(tmp_path: Path) -> Any:
+    """A TLS listener serving Health and ``Secure``: yields ``(port number, certificate path)``."""
     cert_path, key_path = _self_signed(tmp_path)
     config = Config().replace(server={"listen": "tcp:0:interface=127.0.0.1", "tls_certificate": str(cert_path),
                                       "tls_private_key": str(key_path)})
     methods = MethodTable()
     for method in HealthService([""]).methods():
         methods.add(method)
-    factory, _ = build_factory(methods, reactor, config.server)
+    factory, _ = build_factory(methods, reactor, config.server, web_resource=Secure())
     port = await listen_endpoint(reactor, config).listen(factory)
-    number = port.getHost().port
     try:
-        status = await threads.deferToThread(_grpc_check, number, cert_path.read_bytes())
-        assert status == health_pb2.HealthCheckResponse.SERVING
-        for alpn in (["http/1.1"], None):
-            selected, status, body = await threads.deferToThread(_http1_check, number, cert_path, alpn)
-            assert (selected, status, body) == (alpn[0] if alpn else None, 200, {"status": "SERVING"})
+        yield port.getHost().port, cert_path
     finally:
         await port.stopListening()
         for protocol in list(factory.connections):
             if protocol.transport is not None:
                 protocol.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_alpn_selects_http2_or_http11(tls_server: tuple[int, Path]) -> None:
+    number, cert_path = tls_server
+    status = await threads.deferToThread(_grpc_check, number, cert_path.read_bytes())
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    for alpn in (["http/1.1"], None):
+        selected, status, body = await threads.deferToThread(_http1_check, number, cert_path, alpn)
+        assert (selected, status, body) == (alpn[0] if alpn else None, 200, {"status": "SERVING"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_web_resources_over_http2_see_a_secure_request(tls_server: tuple[int, Path]) -> None:
+    number, cert_path = tls_server
+    options = twisted_ssl.optionsForClientTLS("localhost", twisted_ssl.Certificate.loadPEM(cert_path.read_bytes()),
+                                              acceptableProtocols=[b"h2"])
+    client = RawH2Client()
+    await connectProtocol(wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", number)), client)
+    try:
+        sid = client.open_stream("/secure", content_type=None, method="GET")
+        await client.wait(lambda: client.responses[sid].done, "the answer")
+        assert client.transport is not None and client.transport.negotiatedProtocol == b"h2"  # type: ignore[attr-defined]
+        assert client.responses[sid].status == 200 and client.responses[sid].data == b"secure"
+    finally:
+        client.transport.abortConnection()  # type: ignore[union-attr]
+        await client.wait(lambda: client.closed, "close")
