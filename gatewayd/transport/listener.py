@@ -1,15 +1,16 @@
 """One port for everything: tell HTTP/2 from HTTP/1.1 and hand the connection over.
 
 Cleartext: a connection that starts with the HTTP/2 preface is HTTP/2 (h2c
-prior knowledge); anything else is HTTP/1.1. TLS: ALPN ``h2`` selects HTTP/2,
-``http/1.1`` or none selects HTTP/1.1.
+prior knowledge); anything else is HTTP/1.1. TLS: ALPN alone decides (PROTOCOL.md
+section 1): ``h2`` selects HTTP/2, ``http/1.1`` or none selects HTTP/1.1, even when
+the first bytes are the HTTP/2 preface (then a bad HTTP/1.1 request: 400, closed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
@@ -38,9 +39,9 @@ class SniffingProtocol(Protocol):
         if self.inner is not None:
             self.inner.dataReceived(data)
             return
-        alpn = getattr(self.transport, "negotiatedProtocol", None)
-        if alpn is not None:
-            self._choose(alpn == b"h2", data)
+        if ISSLTransport.providedBy(self.transport):
+            # The handshake is over by the first read: ALPN is known (None when none was agreed).
+            self._choose(getattr(self.transport, "negotiatedProtocol", None) == b"h2", data)
             return
         self._buffer += data
         prefix = self._buffer[: len(H2_PREFACE)]

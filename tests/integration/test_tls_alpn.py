@@ -1,6 +1,7 @@
 """TLS on the one port: ALPN h2 selects HTTP/2 (a grpcio client), http/1.1 or none selects HTTP/1.1.
 
-Web resources learn that the connection is TLS (``isSecure()``) over HTTP/2 too.
+Under TLS, ALPN alone decides: the HTTP/2 preface without ALPN ``h2`` is a bad HTTP/1.1
+request. Web resources learn that the connection is TLS (``isSecure()``) over HTTP/2 too.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import json
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from gatewayd.health import HealthService
 from gatewayd.rpc.methods import MethodTable
 from gatewayd.service import listen_endpoint
 from gatewayd.testing.raw_h2 import RawH2Client
+from gatewayd.transport.listener import H2_PREFACE
 from gatewayd.transport.server import build_factory
 
 
@@ -82,6 +85,20 @@ def _http1_check(port: int, cert_path: Path, alpn: list[str] | None) -> tuple[st
         connection.close()
 
 
+def _preface_without_h2(port: int, cert_path: Path, alpn: list[str] | None) -> tuple[str | None, bytes]:
+    """Send the HTTP/2 preface and an empty SETTINGS frame over TLS; what came back until the close."""
+    context = ssl.create_default_context(cafile=str(cert_path))
+    if alpn is not None:
+        context.set_alpn_protocols(alpn)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        received = b""
+        while chunk := tls.recv(65536):
+            received += chunk
+        return tls.selected_alpn_protocol(), received
+
+
 class Secure(Resource):
     """Answers whether the request is secure."""
 
@@ -119,6 +136,15 @@ async def test_tls_alpn_selects_http2_or_http11(tls_server: tuple[int, Path]) ->
     for alpn in (["http/1.1"], None):
         selected, status, body = await threads.deferToThread(_http1_check, number, cert_path, alpn)
         assert (selected, status, body) == (alpn[0] if alpn else None, 200, {"status": "SERVING"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_http2_preface_without_alpn_h2_is_a_bad_http11_request(tls_server: tuple[int, Path]) -> None:
+    number, cert_path = tls_server
+    for alpn in (None, ["http/1.1"]):
+        selected, received = await threads.deferToThread(_preface_without_h2, number, cert_path, alpn)
+        assert selected == (alpn[0] if alpn else None)
+        assert received.startswith(b"HTTP/1.1 400 Bad Request\r\n"), received
 
 
 @pytest_twisted.ensureDeferred
