@@ -25,11 +25,56 @@ from gatewayd.http2.limits import H2Limits
 from gatewayd.transport.exchange import HeaderList
 
 MAX_STREAM_ID = 2**31 - 1
+# h2 forgets closed streams only while it counts open ones; we count when ``streams`` has
+# doubled since the last count, and not below this many.
+_RECOUNT_FLOOR = 128
 
 
-def server_connection(limits: H2Limits) -> h2.connection.H2Connection:
-    """An h2 server connection with our preface and settings queued (``data_to_send``)."""
-    config = h2.config.H2Configuration(
+class ServerH2Connection(h2.connection.H2Connection):
+    """h2's connection, where a new stream costs O(1) instead of O(streams held).
+
+    On every new stream h2 reads ``open_inbound_streams``, which walks all its
+    streams (forgetting the closed ones as it goes), only to compare the count
+    with our local MAX_CONCURRENT_STREAMS: with thousands of open streams on one
+    connection, opening each costs thousands of steps. For that one read we
+    answer ``len(streams)``, an upper bound on the open ones, whenever it is below
+    the limit (so the comparison comes out as the exact count would), and walk
+    only when ``streams`` has doubled since the last walk (amortised O(1), and
+    closed streams are still forgotten, in batches). Both states of a closed
+    stream (still in ``streams``, or forgotten into ``_closed_streams``) are ones
+    stock h2 reaches too, as it forgets only when the next stream opens. Every
+    other read of ``open_inbound_streams`` is h2's exact count;
+    tests/unit/test_h2_adapter.py pins frames, events and errors to stock h2's.
+    """
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        self._counting_new_stream = False
+        self._recount_at = _RECOUNT_FLOOR
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        self._counting_new_stream = True
+        try:
+            return super()._receive_headers_frame(frame)
+        finally:
+            self._counting_new_stream = False
+
+    @property
+    def open_inbound_streams(self) -> int:
+        if self._counting_new_stream:
+            self._counting_new_stream = False
+            streams = self.streams
+            if len(streams) >= self._recount_at:
+                _ = super().open_inbound_streams  # walks, forgetting closed streams
+                self._recount_at = max(_RECOUNT_FLOOR, 2 * len(streams))
+            if len(streams) < self.local_settings.max_concurrent_streams:
+                return len(streams)
+        return super().open_inbound_streams
+
+
+def server_config() -> h2.config.H2Configuration:
+    """The h2 configuration of every server connection."""
+    return h2.config.H2Configuration(
         client_side=False,
         header_encoding=None,
         # We build response headers ourselves (lowercase, no connection headers);
@@ -40,7 +85,11 @@ def server_connection(limits: H2Limits) -> h2.connection.H2Connection:
         # which we walk anyway; h2's own checks walk the list several times per request.
         validate_inbound_headers=False,
     )
-    conn = h2.connection.H2Connection(config=config)
+
+
+def server_connection(limits: H2Limits) -> ServerH2Connection:
+    """An h2 server connection with our preface and settings queued (``data_to_send``)."""
+    conn = ServerH2Connection(server_config())
     conn.initiate_connection()
     conn.update_settings(
         {

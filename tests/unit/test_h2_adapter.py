@@ -5,18 +5,25 @@
 
 from __future__ import annotations
 
+import random
+
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 import pytest
+from h2.stream import StreamState
+from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
-from gatewayd.http2.h2adapter import MAX_STREAM_ID, goaway_frame, server_connection
+from gatewayd.http2 import h2adapter
+from gatewayd.http2.h2adapter import MAX_STREAM_ID, ServerH2Connection, goaway_frame, server_config, server_connection
 from gatewayd.http2.limits import H2Limits
 
 LIMITS = H2Limits(max_concurrent_streams=5, max_header_list_bytes=4096, initial_window_size=1 << 20)
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/x"), (b":authority", b"a")]
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def client() -> h2.connection.H2Connection:
@@ -72,3 +79,156 @@ def test_a_graceful_goaway_is_h2s_goaway_without_closing_h2() -> None:
     theirs.close_connection(error_code=0, last_stream_id=41)
     assert goaway_frame(41) == theirs.data_to_send()
     assert goaway_frame(MAX_STREAM_ID)[-8:] == b"\x7f\xff\xff\xff\x00\x00\x00\x00"
+
+
+# --- ServerH2Connection: a new stream without walking every stream ---------------------
+
+
+def open_count(conn: h2.connection.H2Connection) -> int:
+    """Open inbound streams, counted without h2's side effect (forgetting closed streams)."""
+    return sum(1 for sid, stream in conn.streams.items() if stream.open and sid % 2)
+
+
+def can_send(conn: h2.connection.H2Connection, sid: int) -> bool:
+    """Whether ``conn`` has not yet ended its side of the stream."""
+    stream = conn.streams.get(sid)
+    return stream is not None and stream.state_machine.state in (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
+
+
+def feed(ours: h2.connection.H2Connection, stock: h2.connection.H2Connection, data: bytes) -> str:
+    """Both servers receive ``data``: the same events or the same error (its name, else "events")."""
+    outcomes = []
+    for conn in (ours, stock):
+        try:
+            outcomes.append(("events", repr(conn.receive_data(data))))
+        except h2.exceptions.ProtocolError as e:
+            outcomes.append((type(e).__name__, str(e)))
+    assert outcomes[0] == outcomes[1]
+    assert ours.data_to_send() == stock.data_to_send()
+    assert open_count(ours) == open_count(stock)
+    return outcomes[0][0]
+
+
+def session(seed: int, limit: int | None) -> tuple[int, str]:
+    """A random client and both servers answering alike: the streams opened, and how it ended."""
+    rng = random.Random(seed)
+    ours, stock = ServerH2Connection(server_config()), h2.connection.H2Connection(server_config())
+    for conn in (ours, stock):
+        conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limit or 100})
+        if limit is None:  # the game server_connection plays: no limit in h2
+            conn.local_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_STREAM_ID
+        conn.local_settings.acknowledge()
+    peer = client()
+    assert ours.data_to_send() == stock.data_to_send()
+    peer.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 10**6  # ignores any limit
+    peer.remote_settings.acknowledge()
+    opened: list[int] = []
+    for _ in range(400):
+        action = rng.random()
+        if action < 0.35:
+            sid = peer.get_next_available_stream_id()
+            peer.send_headers(sid, REQUEST, end_stream=rng.random() < 0.5)
+            opened.append(sid)
+        elif opened and action < 0.5:
+            sid = rng.choice(opened)
+            if sid in peer.streams and peer.streams[sid].open:
+                peer.reset_stream(sid)
+        elif opened and action < 0.6:
+            sid = rng.choice(opened)
+            if can_send(peer, sid):
+                peer.end_stream(sid)
+        elif opened and action < 0.7:
+            # Frames on a stream that may be long closed, as a peer racing a reset sends them.
+            sid = rng.choice(opened)
+            late = rng.choice([DataFrame(sid, b"late"), WindowUpdateFrame(sid, window_increment=10),
+                               RstStreamFrame(sid, error_code=8)])
+            peer._data_to_send += late.serialize()
+        else:
+            answerable = [sid for sid in opened if can_send(stock, sid)]
+            if answerable:
+                sid = rng.choice(answerable)
+                if rng.random() < 0.7:
+                    for conn in (ours, stock):
+                        conn.send_headers(sid, [(b":status", b"200")], end_stream=True)
+                else:
+                    for conn in (ours, stock):
+                        conn.reset_stream(sid, 8)
+                data = ours.data_to_send()
+                assert data == stock.data_to_send()
+                peer.receive_data(data)
+        outcome = feed(ours, stock, peer.data_to_send())
+        if outcome != "events":
+            return len(opened), outcome
+    return len(opened), "events"
+
+
+@pytest.mark.parametrize("floor", [4, 128], ids=["walk-often", "walk-rarely"])
+@pytest.mark.parametrize("limit", [None, 8], ids=["no-h2-limit", "h2-limit-8"])
+def test_frames_events_and_errors_are_stock_h2s(monkeypatch: pytest.MonkeyPatch, floor: int, limit: int | None) -> None:
+    monkeypatch.setattr(h2adapter, "_RECOUNT_FLOOR", floor)
+    sessions = [session(seed, limit) for seed in range(12)]
+    opened = sum(n for n, _ in sessions)
+    ends = {outcome for _, outcome in sessions}
+    if limit is None:
+        assert opened > 1000 and ends == {"events"}, (opened, ends)
+    else:  # a client over h2's limit ends the connection, for both alike
+        assert opened > 100 and "TooManyStreamsError" in ends, (opened, ends)
+
+
+def headers_frames(count: int, end_stream: bool) -> bytes:
+    encoder = hpack.Encoder()
+    frames = []
+    for i in range(count):
+        frame = HeadersFrame(2 * i + 1, encoder.encode(REQUEST), flags=["END_HEADERS"])
+        if end_stream:
+            frame.flags.add("END_STREAM")
+        frames.append(frame.serialize())
+    return b"".join(frames)
+
+
+class Walks:
+    """Counts h2's walks over its streams (``_open_streams``) and the streams each walk visits."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = self.visited = 0
+        original = h2.connection.H2Connection._open_streams
+
+        def counted(conn: h2.connection.H2Connection, remainder: int) -> int:
+            self.calls += 1
+            self.visited += len(conn.streams)
+            return original(conn, remainder)
+
+        monkeypatch.setattr(h2.connection.H2Connection, "_open_streams", counted)
+
+
+def test_thousands_of_open_streams_cost_a_few_walks_not_one_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    streams = 4000
+    requests = PREFACE + headers_frames(streams, end_stream=False)
+    walks = Walks(monkeypatch)
+    stock = h2.connection.H2Connection(server_config())
+    stock.local_settings = h2.settings.Settings(client=False, initial_values={
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAM_ID})
+    stock.receive_data(requests[: len(PREFACE) + len(headers_frames(500, end_stream=False))])
+    assert walks.calls == 500  # stock h2: one walk over every stream held, per new stream
+    ours = server_connection(H2Limits(max_concurrent_streams=streams))
+    walks.calls = walks.visited = 0
+    events = ours.receive_data(requests)
+    assert sum(isinstance(e, h2.events.RequestReceived) for e in events) == streams
+    # Ours: a walk each time `streams` has doubled, so about 2 visits per stream in all.
+    assert walks.calls <= 6 and walks.visited <= 2 * streams, (walks.calls, walks.visited)
+    assert ours.open_inbound_streams == streams  # exact when asked outside a new stream
+
+
+def test_closed_streams_are_still_forgotten() -> None:
+    ours = server_connection(H2Limits())
+    ours.receive_data(PREFACE)
+    encoder = hpack.Encoder()
+    most = 0
+    for i in range(3000):
+        sid = 2 * i + 1
+        ours.receive_data(HeadersFrame(sid, encoder.encode(REQUEST), flags=["END_HEADERS", "END_STREAM"]).serialize())
+        ours.send_headers(sid, [(b":status", b"204")], end_stream=True)  # closed on both sides
+        most = max(most, len(ours.streams))
+    assert most <= 128
+    assert 1 not in ours.streams and ours._closed_streams[1] is not None  # forgotten as h2 forgets
