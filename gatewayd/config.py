@@ -60,6 +60,8 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     metrics_listen: str = ""
     static_dir: str = ""
+    # Operating it live (issue 11).
+    reflection: bool = True
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from gatewayd.pipeline.signer import EventSigner, ResponseSigner
 from gatewayd.push.dispatcher import Dispatcher
 from gatewayd.push.hub import Hub
 from gatewayd.push.subscribe import SubscribeEvents
+from gatewayd.reflection import ReflectionService
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.methods import MethodTable
@@ -109,6 +110,9 @@ class Gateway:
         self.methods = MethodTable()
         for method in [*self.health.methods(), *gateway_methods(self.pipeline, self.subscribe)]:
             self.methods.add(method)
+        if config.server.reflection:
+            for method in ReflectionService(self.methods).methods():
+                self.methods.add(method)
         self.cors = CorsPolicy(config.server.cors_origins, dev=config.dev.enabled)
         if web_resource is None:
             web_resource = with_app(self._public_resource(), config)

@@ -67,6 +67,11 @@ class RpcApplication:
             return None
         if isinstance(selected, Refusal):
             return _Refused(exchange, selected)
+        method = self.methods.get(path)
+        if method is not None and method.bidi and selected.framed:
+            from gatewayd.rpc.bidi import BidiServerCall
+
+            return BidiServerCall(self, exchange, selected)
         return ServerCall(self, exchange, selected)
 
     def notify(self, call: Call, code: Code, started: float) -> None:
@@ -123,6 +128,10 @@ class ServerCall:
 
     def body_received(self, data: bytes) -> None:
         if self.finished:
+            return
+        if self.method is None:
+            # Answered at once: a bidi client (buf curl's reflection) waits for an answer before it half-closes.
+            self._fail_early(RpcError(Code.UNIMPLEMENTED, f"unknown method {self.exchange.path}"))
             return
         try:
             if self._text is not None:
