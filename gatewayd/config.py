@@ -119,6 +119,12 @@ class DevConfig:
     state_dir: str = ".gatewayd-dev"
 
 
+@dataclass(frozen=True)
+class AccessLogConfig:
+    enabled: bool = True
+    sample_rate: float = 1.0  # share of successful requests written; failures always are
+
+
 DEFAULT_ROUTES: Mapping[str, Route] = types.MappingProxyType(
     {
         "user.profile.get": Route("GET", "profile"),
@@ -140,6 +146,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     public: PublicConfig = PublicConfig()
     dev: DevConfig = DevConfig()
+    access_log: AccessLogConfig = AccessLogConfig()
     routes: Mapping[str, Route] = field(default_factory=lambda: DEFAULT_ROUTES)
 
     def replace(self, **sections: Any) -> Config:
@@ -225,6 +232,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("server.max_message_bytes: must be at least 1024")
     if bool(config.server.tls_certificate) != bool(config.server.tls_private_key):
         raise ConfigError("server.tls_certificate and server.tls_private_key: set both or neither")
+    if config.access_log.sample_rate > 1.0:
+        raise ConfigError("access_log.sample_rate: must be between 0 and 1")
     for name in ("ip", "session", "user", "message_type"):
         budget = getattr(config.limits, name)
         if budget.rate <= 0 or budget.burst < 1:

@@ -27,6 +27,7 @@ from gatewayd.backend.sessions import SessionCache
 from gatewayd.config import Config
 from gatewayd.health import NOT_SERVING, HealthService
 from gatewayd.observability import GatewayMetrics, MetricsService, wrap_with_metrics
+from gatewayd.observability.access import AccessLog
 from gatewayd.observability.instrument import attach, time_backend_client, time_store_methods
 from gatewayd.pipeline.pipeline import Pipeline, gateway_methods
 from gatewayd.pipeline.signer import EventSigner, ResponseSigner
@@ -79,6 +80,7 @@ class Gateway:
         self.keyring = load_keyring(config)
         key = self.keyring.signer
         self.metrics = GatewayMetrics()
+        self.access_log = AccessLog(config.access_log)
         self.stores = build_stores(config.stores, reactor)
         if config.stores.kind != "memory":
             time_store_methods(self.stores, self.metrics)
@@ -120,6 +122,7 @@ class Gateway:
                 web_resource = wrap_with_metrics(web_resource, self.metrics)
         self.web_resource = web_resource
         self.factory, self.rpc = build_factory(self.methods, reactor, config.server, self.web_resource, self.cors)
+        self.rpc.on_finish = self.access_log.rpc_finished
         gateway_id = backend.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
         self.push = PushConsumer.from_endpoint_string(
             reactor,
@@ -134,7 +137,7 @@ class Gateway:
     def _public_resource(self) -> IResource:
         from gatewayd.public.app import PublicApp
 
-        return PublicApp(
+        app = PublicApp(
             backend=self.backend,
             rate=self.stores.rate,
             keyring=self.keyring,
@@ -143,7 +146,8 @@ class Gateway:
             cors=self.cors,
             trusted_proxies=self.config.server.trusted_proxies,
             readiness=self.readiness(),
-        ).resource()
+        )
+        return self.access_log.wrap_rest(app.resource(), app.client_ip)
 
     def readiness(self) -> dict[str, Any]:
         """Named dependency checks for ``/readyz``: each a callable returning bool or a Deferred."""

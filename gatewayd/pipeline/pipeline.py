@@ -41,6 +41,11 @@ from gatewayd.stores.base import Stores
 EXECUTE_COMMAND_PATH = "/gateway.v1.Gateway/ExecuteCommand"
 SUBSCRIBE_EVENTS_PATH = "/gateway.v1.Gateway/SubscribeEvents"
 
+STAGE_KEY = "rejected_by"
+"""``Call.context`` key: the name of the stage that rejected the call."""
+DEVICE_SESSION_KEY = "device_session_id"
+"""``Call.context`` key: the envelope's device_session_id, once the envelope was read."""
+
 StageObserver = Callable[[str, float, str], None]
 """``on_stage(stage_name, seconds, outcome)``; outcome is ``"ok"``, a lowercase code name
 (``"unauthenticated"``) or ``"error"`` (anything else, e.g. cancellation)."""
@@ -132,12 +137,25 @@ class Pipeline:
         return VerifiedCaller(ctx.caller, env.request_id, env.timestamp_ms)
 
     async def _run(self, stages: Sequence[Stage], ctx: RequestContext) -> None:
+        try:
+            await self._run_stages(stages, ctx)
+        finally:
+            # For the access log: which session asked, once the envelope stage accepted its syntax.
+            context = ctx.call.context
+            if ctx.envelope is not None and context.get(STAGE_KEY) != "envelope":
+                context[DEVICE_SESSION_KEY] = ctx.envelope.device_session_id
+
+    async def _run_stages(self, stages: Sequence[Stage], ctx: RequestContext) -> None:
         observe = self._on_stage
         if observe is None:
             for stage in stages:
-                pending = stage.check(ctx)
-                if pending is not None:
-                    await pending
+                try:
+                    pending = stage.check(ctx)
+                    if pending is not None:
+                        await pending
+                except RpcError:
+                    ctx.call.context[STAGE_KEY] = stage.name
+                    raise
             return
         timer = self._timer
         for stage in stages:
@@ -147,6 +165,7 @@ class Pipeline:
                 if pending is not None:
                     await pending
             except RpcError as e:
+                ctx.call.context[STAGE_KEY] = stage.name
                 observe(stage.name, timer() - start, e.code.connect_name)
                 raise
             except BaseException:
