@@ -26,6 +26,7 @@ from gatewayd.backend.rest import BackendClient
 from gatewayd.backend.sessions import SessionCache
 from gatewayd.config import Config
 from gatewayd.health import NOT_SERVING, HealthService
+from gatewayd.heartbeat import Heartbeats
 from gatewayd.observability import GatewayMetrics, MetricsService, wrap_with_metrics
 from gatewayd.observability.access import AccessLog
 from gatewayd.observability.instrument import attach, time_backend_client, time_store_methods
@@ -110,7 +111,9 @@ class Gateway:
         )
         self.health = HealthService(["", GATEWAY_SERVICE])
         self.methods = MethodTable()
-        for method in [*self.health.methods(), *gateway_methods(self.pipeline, self.subscribe)]:
+        self.heartbeats = Heartbeats(reactor, config.server.heartbeat_interval_s, self.event_signer)
+        subscribe = self.heartbeats.wrap(self.subscribe)
+        for method in [*self.health.methods(), *gateway_methods(self.pipeline, subscribe)]:
             self.methods.add(method)
         if config.server.reflection:
             for method in ReflectionService(self.methods).methods():

@@ -106,6 +106,11 @@ class H2Stream:
         if data:
             self._queue.append(data)
             self._queued_bytes += len(data)
+        elif not end_stream and not self._queue and not self._end_queued:
+            # An empty DATA frame: activity on an idle stream that carries no byte (gatewayd/heartbeat.py).
+            h2stream = self.conn.h2.streams.get(self.stream_id)
+            if h2stream is not None:
+                send_data_frame(self.conn.h2, h2stream, b"")
         self._end_queued = end_stream
         self._push()
         self.conn._flush_soon()
