@@ -125,6 +125,11 @@ class AccessLogConfig:
     sample_rate: float = 1.0  # share of successful requests written; failures always are
 
 
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"  # debug, info, warn, error, critical: applies to every log observer
+
+
 DEFAULT_ROUTES: Mapping[str, Route] = types.MappingProxyType(
     {
         "user.profile.get": Route("GET", "profile"),
@@ -147,6 +152,7 @@ class Config:
     public: PublicConfig = PublicConfig()
     dev: DevConfig = DevConfig()
     access_log: AccessLogConfig = AccessLogConfig()
+    log: LogConfig = LogConfig()
     routes: Mapping[str, Route] = field(default_factory=lambda: DEFAULT_ROUTES)
 
     def replace(self, **sections: Any) -> Config:
@@ -232,6 +238,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("server.max_message_bytes: must be at least 1024")
     if bool(config.server.tls_certificate) != bool(config.server.tls_private_key):
         raise ConfigError("server.tls_certificate and server.tls_private_key: set both or neither")
+    if config.log.level not in ("debug", "info", "warn", "error", "critical"):
+        raise ConfigError(f"log.level: expected debug, info, warn, error or critical, got {config.log.level!r}")
     if config.access_log.sample_rate > 1.0:
         raise ConfigError("access_log.sample_rate: must be between 0 and 1")
     for name in ("ip", "session", "user", "message_type"):

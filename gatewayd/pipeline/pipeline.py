@@ -85,7 +85,9 @@ class Pipeline:
         on_stage: StageObserver | None = None,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
-        routed_types = frozenset(routes) | {SUBSCRIBE_MESSAGE_TYPE}
+        self._rate_store = stores.rate
+        self._backend = backend
+        self._signer = signer
         # PROTOCOL.md section 3, in order. The first failing stage decides the code.
         self.stages: tuple[Stage, ...] = (
             EnvelopeStage(),
@@ -94,8 +96,7 @@ class Pipeline:
             SignatureStage(),
             FreshnessStage(clock, freshness_window_s),  # before replay: a stale request reserves nothing
             ReplayStage(stores.replay, freshness_window_s),
-            RateLimitStage(stores.rate, limits, routed_types),
-            RouteStage(routes, backend, signer),
+            *self._configured_stages(routes, limits),
         )
         # SubscribeEvents runs stages 1-6: everything but routing.
         self.subscription_stages: tuple[Stage, ...] = tuple(
@@ -103,6 +104,16 @@ class Pipeline:
         )
         self._on_stage = on_stage
         self._timer = timer
+
+    def _configured_stages(self, routes: Mapping[str, Route], limits: LimitsConfig) -> tuple[Stage, Stage]:
+        routed_types = frozenset(routes) | {SUBSCRIBE_MESSAGE_TYPE}
+        return (RateLimitStage(self._rate_store, limits, routed_types), RouteStage(routes, self._backend, self._signer))
+
+    def reconfigure(self, routes: Mapping[str, Route], limits: LimitsConfig) -> None:
+        """New routes and budgets for calls that start from now on (SIGHUP reload)."""
+        rate, route = self._configured_stages(routes, limits)
+        self.stages = (*self.stages[:-2], rate, route)
+        self.subscription_stages = (*self.subscription_stages[:-1], rate)
 
     def execute_command(self, call: Call, request: ExecuteCommandRequest) -> Deferred[ExecuteCommandResponse]:
         """The UnaryHandler of ExecuteCommand: the signed response, or ``RpcError``."""

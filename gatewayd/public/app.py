@@ -115,11 +115,18 @@ class PublicApp:
         self._keyring = keyring
         self._clock = clock
         self._config = config or PublicConfig()
+        self._rate = rate
         self._guard = AbuseGuard(rate, self._config)
         self._cors = cors or CorsPolicy()
         self._resolve_peer = peer_resolver(trusted_proxies)
         self._readiness = dict(readiness or {})
         self._readiness_timeout_s = readiness_timeout_s
+
+    def reconfigure(self, keyring: Keyring, config: PublicConfig) -> None:
+        """Publish ``keyring`` and apply ``config``'s budgets and limits to requests from now on (SIGHUP)."""
+        self._keyring = keyring
+        self._config = config
+        self._guard = AbuseGuard(self._rate, config)
 
     def resource(self) -> IResource:
         """The twisted.web resource serving every route of this surface."""
