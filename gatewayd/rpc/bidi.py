@@ -89,6 +89,7 @@ class BidiServerCall(ServerCall):
         self._incoming_text = Base64StreamDecoder() if proto.text else None
 
     def body_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         if self.finished:
             return
         try:
@@ -97,6 +98,8 @@ class BidiServerCall(ServerCall):
             for flags, payload in self._incoming.feed(data):
                 self._frames = [(flags, payload)]
                 message = self._decode_request()
+                if message is None:
+                    return  # refused by the protocol, and answered
                 self._start()
                 if self.finished:
                     return

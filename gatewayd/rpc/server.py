@@ -140,7 +140,8 @@ class ServerCall:
             return
         if self.method is None:
             # Answered at once: a bidi client (buf curl's reflection) waits for an answer before it half-closes.
-            self._fail_early(RpcError(Code.UNIMPLEMENTED, f"unknown method {self.exchange.path}"))
+            verdict = self.proto.check_method(None, self.exchange.path)
+            self._fail_early(verdict or RpcError(Code.UNIMPLEMENTED, f"unknown method {self.exchange.path}"))
             return
         try:
             if self._text is not None:

@@ -168,6 +168,12 @@ class H2Stream:
         if queue:
             return
         if self._end_queued:
+            h2stream = h2conn.streams.get(sid)
+            if h2stream is None or h2stream.closed:
+                # The peer reset or closed the stream while our end waited for its window (grpcio's
+                # reflection client cancels after the first answer): nothing more may be sent on it.
+                self.conn._stream_done(self)
+                return
             if self._trailers is not None:
                 h2conn.send_headers(sid, self._trailers, end_stream=True)
             else:
