@@ -60,6 +60,8 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     metrics_listen: str = ""
     static_dir: str = ""
+    # Operating it live (issue 11).
+    reflection: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,17 @@ class DevConfig:
     state_dir: str = ".gatewayd-dev"
 
 
+@dataclass(frozen=True)
+class AccessLogConfig:
+    enabled: bool = True
+    sample_rate: float = 1.0  # share of successful requests written; failures always are
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"  # debug, info, warn, error, critical: applies to every log observer
+
+
 DEFAULT_ROUTES: Mapping[str, Route] = types.MappingProxyType(
     {
         "user.profile.get": Route("GET", "profile"),
@@ -138,6 +151,8 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     public: PublicConfig = PublicConfig()
     dev: DevConfig = DevConfig()
+    access_log: AccessLogConfig = AccessLogConfig()
+    log: LogConfig = LogConfig()
     routes: Mapping[str, Route] = field(default_factory=lambda: DEFAULT_ROUTES)
 
     def replace(self, **sections: Any) -> Config:
@@ -223,6 +238,10 @@ def _validate(config: Config) -> Config:
         raise ConfigError("server.max_message_bytes: must be at least 1024")
     if bool(config.server.tls_certificate) != bool(config.server.tls_private_key):
         raise ConfigError("server.tls_certificate and server.tls_private_key: set both or neither")
+    if config.log.level not in ("debug", "info", "warn", "error", "critical"):
+        raise ConfigError(f"log.level: expected debug, info, warn, error or critical, got {config.log.level!r}")
+    if config.access_log.sample_rate > 1.0:
+        raise ConfigError("access_log.sample_rate: must be between 0 and 1")
     for name in ("ip", "session", "user", "message_type"):
         budget = getattr(config.limits, name)
         if budget.rate <= 0 or budget.burst < 1:

@@ -13,26 +13,32 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.web.resource import IResource
 
 from gatewayd.backend.push_consumer import PushConsumer
 from gatewayd.backend.rest import BackendClient
 from gatewayd.backend.sessions import SessionCache
-from gatewayd.config import Config
+from gatewayd.config import Config, ConfigError
 from gatewayd.health import NOT_SERVING, HealthService
+from gatewayd.heartbeat import Heartbeats
 from gatewayd.observability import GatewayMetrics, MetricsService, wrap_with_metrics
+from gatewayd.observability.access import AccessLog
 from gatewayd.observability.instrument import attach, time_backend_client, time_store_methods
+from gatewayd.observability.level import LevelGate
 from gatewayd.pipeline.pipeline import Pipeline, gateway_methods
 from gatewayd.pipeline.signer import EventSigner, ResponseSigner
 from gatewayd.push.dispatcher import Dispatcher
 from gatewayd.push.hub import Hub
 from gatewayd.push.subscribe import SubscribeEvents
+from gatewayd.reflection import ReflectionService
+from gatewayd.reload import Reloader, ServerTLS, tls_options
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.methods import MethodTable
@@ -78,6 +84,7 @@ class Gateway:
         self.keyring = load_keyring(config)
         key = self.keyring.signer
         self.metrics = GatewayMetrics()
+        self.access_log = AccessLog(config.access_log)
         self.stores = build_stores(config.stores, reactor)
         if config.stores.kind != "memory":
             time_store_methods(self.stores, self.metrics)
@@ -107,8 +114,13 @@ class Gateway:
         )
         self.health = HealthService(["", GATEWAY_SERVICE])
         self.methods = MethodTable()
-        for method in [*self.health.methods(), *gateway_methods(self.pipeline, self.subscribe)]:
+        self.heartbeats = Heartbeats(reactor, config.server.heartbeat_interval_s, self.event_signer)
+        subscribe = self.heartbeats.wrap(self.subscribe)
+        for method in [*self.health.methods(), *gateway_methods(self.pipeline, subscribe)]:
             self.methods.add(method)
+        if config.server.reflection:
+            for method in ReflectionService(self.methods).methods():
+                self.methods.add(method)
         self.cors = CorsPolicy(config.server.cors_origins, dev=config.dev.enabled)
         if web_resource is None:
             web_resource = with_app(self._public_resource(), config)
@@ -116,6 +128,7 @@ class Gateway:
                 web_resource = wrap_with_metrics(web_resource, self.metrics)
         self.web_resource = web_resource
         self.factory, self.rpc = build_factory(self.methods, reactor, config.server, self.web_resource, self.cors)
+        self.rpc.on_finish = self.access_log.rpc_finished
         gateway_id = backend.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
         self.push = PushConsumer.from_endpoint_string(
             reactor,
@@ -130,7 +143,7 @@ class Gateway:
     def _public_resource(self) -> IResource:
         from gatewayd.public.app import PublicApp
 
-        return PublicApp(
+        self.public_app = app = PublicApp(
             backend=self.backend,
             rate=self.stores.rate,
             keyring=self.keyring,
@@ -139,7 +152,20 @@ class Gateway:
             cors=self.cors,
             trusted_proxies=self.config.server.trusted_proxies,
             readiness=self.readiness(),
-        ).resource()
+        )
+        return self.access_log.wrap_rest(app.resource(), app.client_ip)
+
+    def reconfigure(self, config: Config, keyring: Keyring) -> None:
+        """Apply a reloaded config's keys, budgets, routes, CORS origins, access log, heartbeats (reload.py)."""
+        self.config = config
+        self.keyring = keyring
+        self.response_signer.use_key(keyring.signer)
+        self.event_signer.use_key(keyring.signer)
+        self.pipeline.reconfigure(config.routes, config.limits)
+        self.public_app.reconfigure(keyring, config.public)
+        self.cors.use_origins(config.server.cors_origins)
+        self.access_log.configure(config.access_log)
+        self.heartbeats.interval_s = config.server.heartbeat_interval_s
 
     def readiness(self) -> dict[str, Any]:
         """Named dependency checks for ``/readyz``: each a callable returning bool or a Deferred."""
@@ -158,11 +184,15 @@ class Gateway:
 class GatewayService(Service):
     """The ``twist gatewayd`` service: listens, runs the push consumer, stops in order."""
 
-    def __init__(self, config: Config, reactor: Any, before_start: Any = None) -> None:
+    def __init__(self, config: Config, reactor: Any, before_start: Any = None, config_path: Path | None = None,
+                 overrides: Callable[[Config], Config] = lambda c: c) -> None:
         self.config = config
         self.reactor = reactor
         self.gateway: Gateway | None = None
         self.port: Any = None
+        self.tls: ServerTLS | None = None
+        self.level_gate = LevelGate(config.log.level)
+        self.reloader = Reloader(self, config_path, overrides)
         self.before_start = before_start  # dev mode: start the in-process backend first
         self.metrics_service: Any = None
         self._stopping: defer.Deferred[None] | None = None
@@ -192,7 +222,11 @@ class GatewayService(Service):
             self.config = yield self.before_start(self.config)
         self.gateway = gateway = Gateway(self.config, self.reactor)
         endpoint = listen_endpoint(self.reactor, self.config)
+        self.tls = getattr(endpoint, "tls", None)
         self.port = yield endpoint.listen(gateway.factory)
+        # Once the reactor runs: twist begins logging (the observers the gate wraps) only then.
+        self.reactor.callWhenRunning(self.level_gate.install, globalLogPublisher)
+        self.reactor.callWhenRunning(self.reloader.install, self.reactor)
         gateway.push.start()
         if self.config.server.metrics_listen:
             self.metrics_service = MetricsService(self.reactor, self.config.server.metrics_listen, gateway.metrics)
@@ -243,6 +277,7 @@ class GatewayService(Service):
         await gateway.push.stop()
         await gateway.backend.close()
         await gateway.stores.close()
+        self.level_gate.uninstall()
         if self.metrics_service is not None:
             # Last: scrapes keep working while connections drain.
             await self.metrics_service.stopService()
@@ -273,23 +308,25 @@ def _http1_drained(protocol: Any) -> defer.Deferred[None]:
 
 
 def listen_endpoint(reactor: Any, config: Config) -> Any:
-    """The listening endpoint; with a certificate configured, TLS offering ALPN h2 and http/1.1."""
+    """The listening endpoint; with a certificate configured, TLS offering ALPN h2 and http/1.1.
+
+    The TLS endpoint's ``tls`` (a ``ServerTLS``) is what a reload swaps the certificate in.
+    """
     endpoint = endpoints.serverFromString(reactor, config.server.listen)
     if not config.server.tls_certificate:
         return endpoint
-    from twisted.internet import ssl
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    pem = Path(config.server.tls_certificate).read_bytes() + Path(config.server.tls_private_key).read_bytes()
-    cert = ssl.PrivateCertificate.loadPEM(pem)
-    options = ssl.CertificateOptions(
-        privateKey=cert.privateKey.original.to_cryptography_key(),
-        certificate=cert.original.to_cryptography(),
-        acceptableProtocols=[b"h2", b"http/1.1"],
-    )
+    try:
+        tls = ServerTLS(tls_options(config))
+    except ConfigError as e:
+        raise StartupError(str(e)) from None
 
     class TLSEndpoint:
+        def __init__(self) -> None:
+            self.tls = tls
+
         def listen(self, factory: Any) -> Any:
-            return endpoint.listen(TLSMemoryBIOFactory(options, False, factory))
+            return endpoint.listen(TLSMemoryBIOFactory(tls, False, factory))
 
     return TLSEndpoint()

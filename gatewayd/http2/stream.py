@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import h2.errors
 import h2.exceptions
 
-from gatewayd.http2.h2adapter import send_data_frame, send_headers, send_window
+from gatewayd.http2.h2adapter import send_data_frame, send_headers, send_window, still_open
 from gatewayd.transport.exchange import ExchangeHandler, HeaderList
 
 if TYPE_CHECKING:
@@ -82,6 +82,11 @@ class H2Stream:
         if data:
             self._queue.append(data)
             self._queued_bytes += len(data)
+        elif not end_stream and not self._queue and not self._end_queued:
+            # An empty DATA frame: activity on an idle stream that carries no byte (gatewayd/heartbeat.py).
+            state = send_window(self.conn.h2, self.stream_id)
+            if state is not None:
+                send_data_frame(self.conn.h2, state[0], b"")
         self._end_queued = end_stream
         self.push()
         self.conn.flush_soon()
@@ -141,6 +146,11 @@ class H2Stream:
         if queue:
             return
         if self._end_queued:
+            if not still_open(h2conn, sid):
+                # The peer reset or closed the stream while our end waited for its window (grpcio's
+                # reflection client cancels after the first answer): nothing more may be sent on it.
+                self.conn.stream_done(self)
+                return
             if self._trailers is not None:
                 send_headers(h2conn, sid, self._trailers, True)
             else:

@@ -41,6 +41,11 @@ from gatewayd.stores.base import Stores
 EXECUTE_COMMAND_PATH = "/gateway.v1.Gateway/ExecuteCommand"
 SUBSCRIBE_EVENTS_PATH = "/gateway.v1.Gateway/SubscribeEvents"
 
+STAGE_KEY = "rejected_by"
+"""``Call.context`` key: the name of the stage that rejected the call."""
+DEVICE_SESSION_KEY = "device_session_id"
+"""``Call.context`` key: the envelope's device_session_id, once the envelope was read."""
+
 StageObserver = Callable[[str, float, str], None]
 """``on_stage(stage_name, seconds, outcome)``; outcome is ``"ok"``, a lowercase code name
 (``"unauthenticated"``) or ``"error"`` (anything else, e.g. cancellation)."""
@@ -80,7 +85,9 @@ class Pipeline:
         on_stage: StageObserver | None = None,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
-        routed_types = frozenset(routes) | {SUBSCRIBE_MESSAGE_TYPE}
+        self._rate_store = stores.rate
+        self._backend = backend
+        self._signer = signer
         # PROTOCOL.md section 3, in order. The first failing stage decides the code.
         self.stages: tuple[Stage, ...] = (
             EnvelopeStage(),
@@ -89,8 +96,7 @@ class Pipeline:
             SignatureStage(),
             FreshnessStage(clock, freshness_window_s),  # before replay: a stale request reserves nothing
             ReplayStage(stores.replay, freshness_window_s),
-            RateLimitStage(stores.rate, limits, routed_types),
-            RouteStage(routes, backend, signer),
+            *self._configured_stages(routes, limits),
         )
         # SubscribeEvents runs stages 1-6: everything but routing.
         self.subscription_stages: tuple[Stage, ...] = tuple(
@@ -98,6 +104,16 @@ class Pipeline:
         )
         self._on_stage = on_stage
         self._timer = timer
+
+    def _configured_stages(self, routes: Mapping[str, Route], limits: LimitsConfig) -> tuple[Stage, Stage]:
+        routed_types = frozenset(routes) | {SUBSCRIBE_MESSAGE_TYPE}
+        return (RateLimitStage(self._rate_store, limits, routed_types), RouteStage(routes, self._backend, self._signer))
+
+    def reconfigure(self, routes: Mapping[str, Route], limits: LimitsConfig) -> None:
+        """New routes and budgets for calls that start from now on (SIGHUP reload)."""
+        rate, route = self._configured_stages(routes, limits)
+        self.stages = (*self.stages[:-2], rate, route)
+        self.subscription_stages = (*self.subscription_stages[:-1], rate)
 
     def execute_command(self, call: Call, request: ExecuteCommandRequest) -> Deferred[ExecuteCommandResponse]:
         """The UnaryHandler of ExecuteCommand: the signed response, or ``RpcError``."""
@@ -132,12 +148,25 @@ class Pipeline:
         return VerifiedCaller(ctx.caller, env.request_id, env.timestamp_ms)
 
     async def _run(self, stages: Sequence[Stage], ctx: RequestContext) -> None:
+        try:
+            await self._run_stages(stages, ctx)
+        finally:
+            # For the access log: which session asked, once the envelope stage accepted its syntax.
+            context = ctx.call.context
+            if ctx.envelope is not None and context.get(STAGE_KEY) != "envelope":
+                context[DEVICE_SESSION_KEY] = ctx.envelope.device_session_id
+
+    async def _run_stages(self, stages: Sequence[Stage], ctx: RequestContext) -> None:
         observe = self._on_stage
         if observe is None:
             for stage in stages:
-                pending = stage.check(ctx)
-                if pending is not None:
-                    await pending
+                try:
+                    pending = stage.check(ctx)
+                    if pending is not None:
+                        await pending
+                except RpcError:
+                    ctx.call.context[STAGE_KEY] = stage.name
+                    raise
             return
         timer = self._timer
         for stage in stages:
@@ -147,6 +176,7 @@ class Pipeline:
                 if pending is not None:
                     await pending
             except RpcError as e:
+                ctx.call.context[STAGE_KEY] = stage.name
                 observe(stage.name, timer() - start, e.code.connect_name)
                 raise
             except BaseException:

@@ -24,6 +24,10 @@ class _Signer:
     def key_id(self) -> str:
         return self._key.key_id
 
+    def use_key(self, key: GatewayKey) -> None:
+        """Sign with ``key`` from now on (SIGHUP reload); what is already signed stays as it is."""
+        self._key = key
+
     def _stamp(self, payload: bytes, timestamp_ms: int | None = None) -> tuple[bytes, int, str]:
         """``(payload_hash, timestamp_ms, key_id)``; the timestamp defaults to the gateway's clock."""
         timestamp = now_ms(self._clock) if timestamp_ms is None else timestamp_ms

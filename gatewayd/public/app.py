@@ -36,6 +36,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from gatewayd.backend.rest import BackendAnswer, BackendUnavailable
 from gatewayd.config import PublicConfig
+from gatewayd.observability.access import mark_rest_stage
 from gatewayd.public.abuse import CONFIRM_EMAIL_CODE_PATH, SEND_EMAIL_CODE_PATH, AbuseGuard, RequestKind
 from gatewayd.public.backend_answers import answer_error, success_body, unavailable
 from gatewayd.public.validation import (
@@ -114,11 +115,18 @@ class PublicApp:
         self._keyring = keyring
         self._clock = clock
         self._config = config or PublicConfig()
+        self._rate = rate
         self._guard = AbuseGuard(rate, self._config)
         self._cors = cors or CorsPolicy()
         self._resolve_peer = peer_resolver(trusted_proxies)
         self._readiness = dict(readiness or {})
         self._readiness_timeout_s = readiness_timeout_s
+
+    def reconfigure(self, keyring: Keyring, config: PublicConfig) -> None:
+        """Publish ``keyring`` and apply ``config``'s budgets and limits to requests from now on (SIGHUP)."""
+        self._keyring = keyring
+        self._config = config
+        self._guard = AbuseGuard(self._rate, config)
 
     def resource(self) -> IResource:
         """The twisted.web resource serving every route of this surface."""
@@ -155,14 +163,19 @@ class PublicApp:
     ) -> bytes:
         self._common_headers(request)
         request.setHeader(b"cache-control", b"no-store")
+        mark_rest_stage(request, "content_type")
         content_types = request.requestHeaders.getRawHeaders(b"content-type") or []
         if len(content_types) > 1:
             raise PublicError(415, "invalid_argument", "exactly one Content-Type, application/json")
         check_content_type(content_types[0].decode("latin-1") if content_types else None)
+        mark_rest_stage(request, "body_size")
         body = _read_body(request, self._config.max_body_bytes)
         check_size(body, self._config.max_body_bytes)
+        mark_rest_stage(request, "validation")
         parsed = parse(body)
+        mark_rest_stage(request, "rate_limit")
         await self._guard.admit(kind, self.client_ip(request), parsed)
+        mark_rest_stage(request, "backend")
         try:
             answer = await self._backend.post_json(kind.path, parsed.as_json())
         except BackendUnavailable:

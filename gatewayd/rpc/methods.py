@@ -21,13 +21,18 @@ Deferred (client reset, deadline) must free everything the handler holds."""
 
 @dataclass(frozen=True, slots=True)
 class Method:
-    """One RPC method: exactly one of ``unary`` and ``stream`` is set."""
+    """One RPC method: exactly one of ``unary`` and ``stream`` is set.
+
+    ``bidi``: the ``stream`` handler gets a ``RequestStream`` (rpc/bidi.py) instead of one
+    request message, and request messages reach it as they arrive.
+    """
 
     path: str
     request_type: type[Message]
     response_type: type[Message]
     unary: UnaryHandler | None = None
     stream: StreamHandler | None = None
+    bidi: bool = False
 
     @property
     def server_streaming(self) -> bool:

@@ -36,6 +36,9 @@ log = Logger()
 CallObserver = Callable[[Call, Code, float], None]
 """Told of every finished call: the call, its status code, its duration in seconds."""
 
+FinishObserver = Callable[["ServerCall", Code], None]
+"""Told of every RPC that ends, refused before its handler ran too (``call`` is then ``None``)."""
+
 
 class RpcApplication:
     """Claims RPC requests and serves them from a ``MethodTable``."""
@@ -56,6 +59,7 @@ class RpcApplication:
         self.stream_buffer_bytes = stream_buffer_bytes
         self.resolve_peer = resolve_peer or (lambda exchange: exchange.peer)
         self.observers: list[CallObserver] = []
+        self.on_finish: FinishObserver | None = None  # the access log (observability/access.py)
         self.active: set[ServerCall] = set()
 
     def handler_for(self, exchange: Exchange) -> ExchangeHandler | None:
@@ -67,6 +71,11 @@ class RpcApplication:
             return None
         if isinstance(selected, Refusal):
             return _Refused(exchange, selected)
+        method = self.methods.get(path)
+        if method is not None and method.bidi and selected.framed:
+            from gatewayd.rpc.bidi import BidiServerCall
+
+            return BidiServerCall(self, exchange, selected)
         return ServerCall(self, exchange, selected)
 
     def notify(self, call: Call, code: Code, started: float) -> None:
@@ -90,6 +99,8 @@ class ServerCall:
         "_stream_started",
         "_text",
         "app",
+        "bytes_in",
+        "bytes_out",
         "call",
         "cors_headers",
         "exchange",
@@ -110,6 +121,8 @@ class ServerCall:
         self._stream_started = False
         self.call: Call | None = None
         self._started = time.perf_counter()
+        self.bytes_in = 0
+        self.bytes_out = 0
         self._handler_d: defer.Deferred[Any] | None = None
         self._deadline_call: IDelayedCall | None = None
         self._body = bytearray()
@@ -122,7 +135,13 @@ class ServerCall:
     # -- ExchangeHandler ------------------------------------------------------------
 
     def body_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         if self.finished:
+            return
+        if self.method is None:
+            # Answered at once: a bidi client (buf curl's reflection) waits for an answer before it half-closes.
+            verdict = self.proto.check_method(None, self.exchange.path)
+            self._fail_early(verdict or RpcError(Code.UNIMPLEMENTED, f"unknown method {self.exchange.path}"))
             return
         try:
             if self._text is not None:
@@ -167,8 +186,7 @@ class ServerCall:
             return
         self.finished = True
         self._cleanup()
-        if self.call is not None:
-            self.app.notify(self.call, Code.CANCELLED, self._started)
+        self._done(Code.CANCELLED)
         if self._handler_d is not None:
             self._handler_d.cancel()
 
@@ -264,8 +282,10 @@ class ServerCall:
             self._ensure_stream_started()
             self.proto.end_stream(self.exchange)
         else:
-            self.proto.write_unary(self.exchange, self._encode(response), self.cors_headers)
-        self.app.notify(self.call, Code.OK, self._started)  # type: ignore[arg-type]
+            payload = self._encode(response)
+            self.bytes_out += len(payload)
+            self.proto.write_unary(self.exchange, payload, self.cors_headers)
+        self._done(Code.OK)
 
     def _handler_failed(self, failure: Failure) -> None:
         if self.finished:
@@ -294,6 +314,8 @@ class ServerCall:
             self.finished = True
             self._cleanup()
             error.write(self.exchange, self.cors_headers)
+            # Connect's codes for these HTTP answers: 404 is an unknown procedure, 415 and the like unknown.
+            self._done(Code.UNIMPLEMENTED if error.status == 404 else Code.UNKNOWN)
             return
         self._finish_with(error)
 
@@ -301,8 +323,18 @@ class ServerCall:
         self.finished = True
         self._cleanup()
         self.proto.write_error(self.exchange, error, self.streaming and self._stream_started, self.cors_headers)
+        self._done(error.code)
+
+    def _done(self, code: Code) -> None:
         if self.call is not None:
-            self.app.notify(self.call, error.code, self._started)
+            self.app.notify(self.call, code, self._started)
+        if self.app.on_finish is not None:
+            self.app.on_finish(self, code)
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds since the request's headers arrived."""
+        return time.perf_counter() - self._started
 
     def _cleanup(self) -> None:
         self.app.active.discard(self)
@@ -337,6 +369,7 @@ class ServerCall:
         else:
             data = proto.frame_message(self._encode(message))
         exchange = self.exchange
+        self.bytes_out += len(data)
         exchange.send_data(data)
         if exchange.buffered_bytes > self.app.stream_buffer_bytes:
             self._finish_with(RpcError(Code.RESOURCE_EXHAUSTED, "client is not reading; stream buffer full"))

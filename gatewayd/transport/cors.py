@@ -32,6 +32,11 @@ class CorsPolicy:
         self._any = "*" in self._origins
         self._dev = dev
 
+    def use_origins(self, origins: Iterable[str]) -> None:
+        """Allow ``origins`` from now on (SIGHUP reload); every holder of this policy sees them."""
+        self._origins = frozenset(origins)
+        self._any = "*" in self._origins
+
     def allows(self, origin: str) -> bool:
         return self._any or origin in self._origins or bool(self._dev and _DEV_ORIGIN.match(origin))
 

@@ -16,7 +16,6 @@ streams have ended (and, on HTTP/2, the GOAWAY has arrived).
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import subprocess
@@ -45,6 +44,7 @@ from gatewayd.rpc.codes import Code
 from gatewayd.rpc.framing import encode_frame
 from gatewayd.signing import GatewayKey
 from gatewayd.testing.client import login
+from gatewayd.testing.devgateway import ready as _ready
 from gatewayd.testing.redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,18 +67,6 @@ class DevGateway:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-def _ready(port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        try:
-            conn.request("GET", "/readyz")
-            return conn.getresponse().status == 200
-        finally:
-            conn.close()
-    except OSError:
-        return False
 
 
 @pytest.fixture

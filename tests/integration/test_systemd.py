@@ -102,11 +102,11 @@ def test_documented_instance_template_passes_verify(tmp_path: Path) -> None:
     )
 
 
-def test_unit_does_not_send_sighup() -> None:
-    """twist installs no SIGHUP handler: a reload by SIGHUP would kill the gateway mid-stream."""
+def test_unit_reloads_with_sighup() -> None:
+    """``systemctl reload`` sends SIGHUP, which re-reads the config (tests/integration/test_reload.py)."""
     lines = (CONF / "gatewayd.service").read_text().splitlines()
     directives = [line for line in lines if line.strip() and not line.lstrip().startswith(("#", ";"))]
-    assert not [line for line in directives if "HUP" in line]
+    assert [line for line in directives if "HUP" in line] == ["ExecReload=/bin/kill -HUP $MAINPID"]
 
 
 def test_socket_unit_holds_the_port_for_several_instances() -> None:

@@ -51,20 +51,26 @@ class GatewayServiceMaker:
         else:
             install_from_environment()
 
+        def overrides(config: config_module.Config) -> config_module.Config:
+            # The command line over the file; SIGHUP reloads apply it again (gatewayd/reload.py).
+            if options["dev"]:
+                config = dev_config(config, options["state-dir"])
+            if options["listen"]:
+                config = config.replace(server={"listen": options["listen"]})
+            return config
+
+        config_path = Path(options["config"]) if options["config"] else None
         try:
-            config = config_module.load(Path(options["config"]) if options["config"] else None)
+            config = overrides(config_module.load(config_path))
         except config_module.ConfigError as e:
             raise SystemExit(f"gatewayd: configuration error: {e}") from None
-        if options["dev"]:
-            config = dev_config(config, options["state-dir"])
-        if options["listen"]:
-            config = config.replace(server={"listen": options["listen"]})
         if not options["dev"]:
             try:
                 load_keyring(config)  # refuse a missing or malformed key before twist starts
             except StartupError as e:
                 raise SystemExit(f"gatewayd: {e}") from None
-        return GatewayService(config, reactor, before_start=start_dev_backend if options["dev"] else None)
+        return GatewayService(config, reactor, before_start=start_dev_backend if options["dev"] else None,
+                              config_path=config_path, overrides=overrides)
 
 
 serviceMaker = GatewayServiceMaker()
