@@ -60,7 +60,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     metrics_listen: str = ""
     static_dir: str = ""
-    fanout_batch: int = 1000
+    fanout_batch: int = 500
     revocation_tombstones: int = 100_000
 
 

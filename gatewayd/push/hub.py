@@ -34,7 +34,7 @@ from gatewayd.rpc.call import Encoded, ServerStream
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 
-DEFAULT_FANOUT_BATCH = 1000
+DEFAULT_FANOUT_BATCH = 500
 DEFAULT_MAX_TOMBSTONES = 100_000
 
 REVOKED = RpcError(Code.FAILED_PRECONDITION, "session invalidated")
