@@ -3,12 +3,11 @@
 The HTTP/2 version is ``test_slow_client.py``. Here a plain socket with a small receive buffer
 sends a SubscribeEvents request over HTTP/1.1 (Connect streaming, and gRPC-Web) and then reads
 nothing. Large events are pushed by the backend (over the real push stream) until the gateway
-gives up on that stream: once the
-socket pushes back, the bytes it takes are counted against ``server.stream_buffer_bytes``
-and the stream ends RESOURCE_EXHAUSTED. Throughout, what the gateway holds for that
-connection (its transport's write buffer) stays under Twisted's pause threshold plus the
-stream bound plus one event and the end of the stream; after the end it holds still, however
-many events follow. A normal stream of the same user receives every event. When the client
+gives up on that stream: once the socket pushes back, the bytes it takes are counted against
+``server.stream_buffer_bytes`` and the stream ends RESOURCE_EXHAUSTED. Throughout, what the
+gateway holds for that connection (its transport's write buffer) stays under Twisted's pause
+threshold plus the stream bound plus two events and the end of the stream; after the end it
+holds still, however many events follow. A normal stream of the same user receives every event. When the client
 finally reads, it finds the queued events and the RESOURCE_EXHAUSTED end, in order.
 """
 
