@@ -11,28 +11,21 @@ client could not verify B's signatures.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-import treq
 from twisted.internet import defer, endpoints, reactor
-from twisted.web.client import HTTPConnectionPool
 
 from gatewayd.client import GatewayClient
-from gatewayd.client.client import GATEWAY_KEYS_PATH
 from gatewayd.client.verify import KeyCache, VerificationError
 from gatewayd.client.wire import make_transport
-from gatewayd.rpc.codes import Code
-from gatewayd.rpc.errors import RpcError
 from gatewayd.service import Gateway
 from gatewayd.signing import GatewayKey
 from gatewayd.testing.client import Closer, RunningGateway, login, new_email, start_gateway
-from gatewayd.testing.events import RawStream, check_server_time, subscribe_request
+from gatewayd.testing.events import RawStream, check_server_time, published_keys, subscribe_request
 from gatewayd.testing.wait import WAIT_S
 
 
@@ -45,35 +38,8 @@ def key_files(tmp_path: Path, name: str) -> tuple[GatewayKey, Path, Path]:
     return key, private, public
 
 
-async def listed_keys(url: str) -> list[dict[str, str]]:
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    try:
-        response = await treq.get(url + GATEWAY_KEYS_PATH, pool=pool)
-        body = await response.content()
-    finally:
-        await pool.closeCachedConnections()
-    assert response.code == 200, body
-    entries: list[dict[str, str]] = json.loads(body)["keys"]
-    return entries
-
-
-def as_listed(*keys: GatewayKey) -> list[dict[str, str]]:
-    return sorted(({"key_id": k.key_id, "public_key": base64.b64encode(k.public_key).decode()} for k in keys),
-                  key=lambda e: e["key_id"])
-
-
-async def stop_gateway_only(gw: RunningGateway) -> None:
-    """Stop the gateway's listener and parts, keeping the reference backend running (a restart)."""
-    gateway = gw.gateway
-    gateway.factory.accepting = False
-    await gw.port.stopListening()
-    gateway.hub.close(RpcError(Code.UNAVAILABLE, "gateway is shutting down"))
-    for protocol in list(gateway.factory.connections):
-        if protocol.transport is not None:
-            protocol.transport.abortConnection()
-    await gateway.push.stop()
-    await gateway.backend.close()
-    await gateway.stores.close()
+def as_published(*keys: GatewayKey) -> dict[str, bytes]:
+    return {k.key_id: k.public_key for k in keys}
 
 
 async def restart_with_keys(gw: RunningGateway, signing_key: Path, published: list[Path]) -> RunningGateway:
@@ -81,7 +47,7 @@ async def restart_with_keys(gw: RunningGateway, signing_key: Path, published: li
     port_number = gw.port.getHost().port
     config = gw.gateway.config.replace(keys={"signing_key": str(signing_key),
                                              "published": tuple(str(p) for p in published)})
-    await stop_gateway_only(gw)
+    await gw.stop_gateway()
     gateway = Gateway(config, reactor)
     port = await endpoints.TCP4ServerEndpoint(reactor, port_number, interface="127.0.0.1").listen(gateway.factory)
     gateway.push.start()
@@ -131,7 +97,7 @@ async def test_a_client_with_the_keys_from_before_a_rotation_verifies_what_is_si
     gw: RunningGateway = rotation["gw"]
     a, b, c = rotation["a"], rotation["b"], rotation["c"]
     # Every published key and the signing key, each once.
-    assert sorted(await listed_keys(gw.url), key=lambda e: e["key_id"]) == as_listed(a, b, c)
+    assert await published_keys(gw.url) == as_published(a, b, c)
 
     device = await login(gw.url, new_email("rotation"))
     client = closer(GatewayClient(gw.url, protocol, key=device[0], session=device[1], timeout_s=WAIT_S))
@@ -143,7 +109,7 @@ async def test_a_client_with_the_keys_from_before_a_rotation_verifies_what_is_si
 
     # The rotation: B signs now; A stays published for responses signed just before.
     rotation["gw"] = gw = await restart_with_keys(gw, rotation["b_key"], [rotation["a_pub"], rotation["b_pub"]])
-    assert sorted(await listed_keys(gw.url), key=lambda e: e["key_id"]) == as_listed(a, b)
+    assert await published_keys(gw.url) == as_published(a, b)
 
     after = await client.execute("user.profile.get")
     assert after.ok and after.key_id == b.key_id
