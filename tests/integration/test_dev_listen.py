@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from gatewayd.testing.procs import child_env
 from gatewayd.testing.redis import free_port
+from tests.integration.test_systemd import WRAPPER
 
 ROOT = Path(__file__).resolve().parents[2]
 TWIST = str(Path(sys.executable).with_name("twist"))
@@ -109,3 +111,18 @@ def test_the_flag_accepts_the_risk_with_a_warning(tmp_path: Path) -> None:
     code, text = serve_until_healthy(["--listen", f"tcp:{port}", FLAG], tmp_path, "127.0.0.1", port)
     assert code == 0, text
     assert "dev mode is reachable from other machines" in text and "every interface" in text, text
+
+
+def test_a_socket_from_systemd_is_judged_by_its_address(tmp_path: Path) -> None:
+    """Socket activation as systemd does it (see test_systemd.py), with the socket on every interface."""
+    config = tmp_path / "dev.toml"
+    config.write_text('[server]\nlisten = "systemd:domain=INET:index=0"\n')
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen(8)
+        result = subprocess.run(
+            [sys.executable, "-c", WRAPPER, str(sock.fileno()), *twist(["--config", str(config)], tmp_path)],
+            pass_fds=(sock.fileno(),), capture_output=True, text=True, timeout=START_TIMEOUT_S, cwd=tmp_path,
+            stdin=subprocess.DEVNULL, env=child_env())
+    assert result.returncode == 1, result
+    assert "refusing to start" in result.stderr and "bound to 0.0.0.0" in result.stderr, result.stderr
