@@ -62,6 +62,8 @@ class ServerConfig:
     static_dir: str = ""
     # Operating it live (issue 11).
     reflection: bool = True
+    fanout_batch: int = 500
+    revocation_tombstones: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,9 @@ def _validate(config: Config) -> Config:
         raise ConfigError(f"stores.kind: expected 'memory' or 'redis', got {config.stores.kind!r}")
     if config.server.max_concurrent_streams < 1:
         raise ConfigError("server.max_concurrent_streams: must be at least 1")
+    for name in ("fanout_batch", "revocation_tombstones"):
+        if getattr(config.server, name) < 1:
+            raise ConfigError(f"server.{name}: must be at least 1")
     if config.server.max_message_bytes < 1024:
         raise ConfigError("server.max_message_bytes: must be at least 1024")
     if bool(config.server.tls_certificate) != bool(config.server.tls_private_key):

@@ -107,7 +107,11 @@ class Gateway:
             limits=config.limits,
             on_stage=self.metrics.observe_stage,
         )
-        self.hub = Hub()
+        self.hub = Hub(
+            reactor,
+            fanout_batch=config.server.fanout_batch,
+            max_tombstones=config.server.revocation_tombstones,
+        )
         self.subscribe = SubscribeEvents(self.pipeline, self.hub, self.event_signer, reactor)
         self.dispatcher = Dispatcher(
             self.hub, self.event_signer, self.sessions.invalidate, self.sessions.invalidate_user

@@ -10,12 +10,8 @@ from gatewayd._proto.push.v1 import push_pb2
 from gatewayd.pipeline.signer import EventSigner
 from gatewayd.push.hub import Hub
 from gatewayd.rpc.call import Encoded
-from gatewayd.rpc.codes import Code
-from gatewayd.rpc.errors import RpcError
 
 log = Logger()
-
-_REVOKED = RpcError(Code.FAILED_PRECONDITION, "session invalidated")
 
 
 class Dispatcher:
@@ -23,8 +19,9 @@ class Dispatcher:
 
     A ClientEvent is signed once and its one ``Encoded`` form fanned out. A
     SessionInvalidation drops the session cache entries first (so the next
-    ExecuteCommand with that session is UNAUTHENTICATED at once), then ends
-    the streams with FAILED_PRECONDITION.
+    ExecuteCommand with that session is UNAUTHENTICATED at once), then has the
+    hub end the streams with FAILED_PRECONDITION and refuse the ones still
+    being verified.
     """
 
     def __init__(
@@ -66,7 +63,4 @@ class Dispatcher:
             self.invalidate_user(invalidation.user_id)
         else:
             return 0
-        if not invalidation.user_id:
-            # The hub indexes by user; an invalidation naming only a session is found by scanning.
-            return self.hub.end_session(invalidation.device_session_id, _REVOKED)
-        return self.hub.end(invalidation.user_id, invalidation.device_session_id, _REVOKED)
+        return self.hub.revoke(invalidation.user_id, invalidation.device_session_id)

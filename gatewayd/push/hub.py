@@ -5,43 +5,142 @@ object is handed to every matching stream (each codec frames it once).
 Streams end here with a status: revocation FAILED_PRECONDITION, shutdown
 UNAVAILABLE. A stream whose client cannot keep up is ended by the stream
 itself (RESOURCE_EXHAUSTED), which cancels its subscription.
+
+Promises:
+
+- **Fan-out in bounded slices.** ``publish`` hands the event to at most
+  ``fanout_batch`` streams in the current reactor turn (at once, so the first
+  streams get it without delay) and to the rest in later turns, the same
+  number per turn, so one event to 10,000 streams never holds the reactor.
+  Events go out in the order they were published: on every stream, event N+1
+  is never sent before event N.
+- **Revocation is final.** A stream ended by ``revoke`` (or by any other
+  cause) is sent nothing more, even from a fan-out already under way; and a
+  subscription whose session or user was revoked while it was being verified
+  is refused at ``register`` (see ``revocations.py``).
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 from twisted.internet import defer
 
+from gatewayd.push.revocations import Revocations, Ticket, Verdict
 from gatewayd.rpc.call import Encoded, ServerStream
+from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
+
+DEFAULT_FANOUT_BATCH = 500
+DEFAULT_MAX_TOMBSTONES = 100_000
+
+REVOKED = RpcError(Code.FAILED_PRECONDITION, "session invalidated")
+SHUTTING_DOWN = RpcError(Code.UNAVAILABLE, "gateway is shutting down")
+# Too many invalidations arrived while this subscription was verified to tell whether one was its own.
+UNCERTAIN = RpcError(Code.UNAVAILABLE, "session state changed during the call; retry")
 
 
 class Subscription:
-    """One registered stream. ``done`` fires (or fails) when the stream must end."""
+    """One registered stream. ``done`` fires (or fails) when the stream must end.
 
-    __slots__ = ("device_session_id", "done", "stream", "user_id")
+    ``live`` turns False when the hub forgets the stream; a fan-out under way
+    checks it before each send.
+    """
+
+    __slots__ = ("device_session_id", "done", "live", "stream", "user_id")
 
     def __init__(self, user_id: str, device_session_id: str, stream: ServerStream) -> None:
         self.user_id = user_id
         self.device_session_id = device_session_id
         self.stream = stream
+        self.live = True
         self.done: defer.Deferred[None] = defer.Deferred()
 
 
-class Hub:
-    """Streams by user, then by device session; publish, revoke, close."""
+class _Fanout:
+    """One event on its way to the streams that matched when it was published."""
 
-    def __init__(self) -> None:
+    __slots__ = ("event", "next", "subs")
+
+    def __init__(self, event: Encoded, subs: list[Subscription]) -> None:
+        self.event = event
+        self.subs = subs
+        self.next = 0
+
+
+class Hub:
+    """Streams by user, then by device session; publish, revoke, close.
+
+    ``clock`` (an ``IReactorTime``) schedules the later slices of a fan-out;
+    without one the reactor is used.
+    """
+
+    def __init__(
+        self,
+        clock: Any = None,
+        *,
+        fanout_batch: int = DEFAULT_FANOUT_BATCH,
+        max_tombstones: int = DEFAULT_MAX_TOMBSTONES,
+    ) -> None:
+        if fanout_batch < 1:
+            raise ValueError("fanout_batch must be at least 1")
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
+        self._batch = fanout_batch
         self._users: dict[str, dict[str, set[Subscription]]] = {}
         self._session_user: dict[str, str] = {}
         self._count = 0
+        self._fanouts: deque[_Fanout] = deque()
+        self._next_slice: Any = None
+        self._sending = False
+        self.revocations = Revocations(max_tombstones)
         self.closed = False
         self.delivered = 0
 
     def __len__(self) -> int:
         return self._count
 
-    def register(self, user_id: str, device_session_id: str, stream: ServerStream) -> Subscription:
-        """Add a stream; raises the shutdown error once the hub is closed."""
+    @property
+    def pending_sends(self) -> int:
+        """Sends still queued by fan-outs under way (at most one per stream and event)."""
+        return sum(len(f.subs) - f.next for f in self._fanouts)
+
+    # --- registration ------------------------------------------------------------------
+
+    @contextmanager
+    def verifying(self) -> Iterator[Ticket]:
+        """Hold a ticket while a subscription is verified; pass it to ``register``.
+
+        Enter before the session lookup starts: every invalidation from then on
+        is remembered for this subscription until the block exits.
+        """
+        ticket = self.revocations.take()
+        try:
+            yield ticket
+        finally:
+            self.revocations.release(ticket)
+
+    def register(
+        self, user_id: str, device_session_id: str, stream: ServerStream, ticket: Ticket | None = None
+    ) -> Subscription:
+        """Add a stream.
+
+        Raises UNAVAILABLE once the hub is closed, FAILED_PRECONDITION when the
+        session or its user was invalidated after ``ticket`` was taken (and
+        UNAVAILABLE when that can no longer be told: fail closed).
+        """
+        if self.closed:
+            raise SHUTTING_DOWN
+        if ticket is not None:
+            verdict = self.revocations.revoked_since(ticket, user_id, device_session_id)
+            if verdict is Verdict.REVOKED:
+                raise REVOKED
+            if verdict is Verdict.UNKNOWN:
+                raise UNCERTAIN
         sub = Subscription(user_id, device_session_id, stream)
         sessions = self._users.setdefault(user_id, {})
         sessions.setdefault(device_session_id, set()).add(sub)
@@ -50,7 +149,8 @@ class Hub:
         return sub
 
     def unregister(self, sub: Subscription) -> None:
-        """Forget a stream (idempotent)."""
+        """Forget a stream (idempotent); nothing more is sent to it."""
+        sub.live = False
         sessions = self._users.get(sub.user_id)
         if sessions is None:
             return
@@ -73,13 +173,66 @@ class Hub:
             return list(sessions.get(device_session_id, ()))
         return [sub for subs in sessions.values() for sub in subs]
 
+    # --- fan-out -----------------------------------------------------------------------
+
     def publish(self, user_id: str, device_session_id: str, event: Encoded) -> int:
-        """Send ``event`` to the user's streams (one session's, or all when empty); returns how many."""
+        """Send ``event`` to the user's streams (one session's, or all when empty); returns how many matched.
+
+        The first slice is sent now unless earlier fan-outs are still under way
+        (then it waits its turn behind them); the rest follow in later turns.
+        """
         subs = self._matching(user_id, device_session_id)
-        for sub in subs:
-            sub.stream.send(event)
-        self.delivered += len(subs)
+        if not subs:
+            return 0
+        self._fanouts.append(_Fanout(event, subs))
+        if self._next_slice is None and not self._sending:
+            self._send_slice()
         return len(subs)
+
+    def _send_slice(self) -> None:
+        """Send up to ``fanout_batch`` queued events-to-streams, oldest fan-out first."""
+        self._next_slice = None
+        self._sending = True  # a publish from inside a send only queues (no nested slice)
+        budget = self._batch
+        fanouts = self._fanouts
+        sent = 0
+        try:
+            while fanouts and budget > 0:
+                fanout = fanouts[0]
+                event, subs, start = fanout.event, fanout.subs, fanout.next
+                stop = min(len(subs), start + budget)
+                # Advanced before sending: whatever a send triggers sees this slice as taken.
+                fanout.next = stop
+                budget -= stop - start
+                if stop == len(subs):
+                    fanouts.popleft()
+                for i in range(start, stop):
+                    sub = subs[i]
+                    if sub.live:
+                        sub.stream.send(event)
+                        sent += 1
+        finally:
+            self._sending = False
+            self.delivered += sent
+        if fanouts and not self.closed:
+            self._next_slice = self._clock.callLater(0, self._send_slice)
+
+    # --- ending streams ----------------------------------------------------------------
+
+    def revoke(self, user_id: str, device_session_id: str) -> int:
+        """An invalidation: of one device session (``user_id`` may be empty) or of all of a user's.
+
+        Ends the matching registered streams with FAILED_PRECONDITION, and makes
+        ``register`` refuse the subscriptions of that session or user still
+        being verified. Returns how many streams ended.
+        """
+        self.revocations.record(user_id, device_session_id)
+        if not user_id:
+            # The hub indexes by user; an invalidation naming only a session is found by its session.
+            user_id = self._session_user.get(device_session_id, "")
+            if not user_id:
+                return 0
+        return self.end(user_id, device_session_id, REVOKED)
 
     def end(self, user_id: str, device_session_id: str, error: RpcError) -> int:
         """End the matching streams with ``error``; returns how many."""
@@ -90,14 +243,14 @@ class Hub:
                 sub.done.errback(error)
         return len(subs)
 
-    def end_session(self, device_session_id: str, error: RpcError) -> int:
-        """End one device session's streams when only its id is known."""
-        user_id = self._session_user.get(device_session_id)
-        return 0 if user_id is None else self.end(user_id, device_session_id, error)
-
     def close(self, error: RpcError) -> int:
         """End every stream with ``error`` and refuse new ones; returns how many ended."""
         self.closed = True
+        self._fanouts.clear()
+        if self._next_slice is not None:
+            if self._next_slice.active():
+                self._next_slice.cancel()
+            self._next_slice = None
         ended = 0
         for user_id in list(self._users):
             ended += self.end(user_id, "", error)

@@ -13,8 +13,6 @@ from gatewayd.pipeline.pipeline import Pipeline
 from gatewayd.pipeline.signer import EventSigner
 from gatewayd.push.hub import Hub
 from gatewayd.rpc.call import Call, Encoded, ServerStream
-from gatewayd.rpc.codes import Code
-from gatewayd.rpc.errors import RpcError
 
 SERVER_TIME_EVENT = "gateway.server_time"
 
@@ -23,7 +21,9 @@ class SubscribeEvents:
     """The StreamHandler of ``/gateway.v1.Gateway/SubscribeEvents``.
 
     Registration happens before ``gateway.server_time`` is sent, so every
-    event published after the client has received it reaches the stream.
+    event published after the client has received it reaches the stream. A
+    session (or user) invalidated at any time after the call arrived ends it
+    with FAILED_PRECONDITION, before or after registration.
     Cancelling the returned Deferred (client gone, deadline) unregisters.
     """
 
@@ -40,10 +40,11 @@ class SubscribeEvents:
         return defer.Deferred.fromCoroutine(self._run(call, request, stream))
 
     async def _run(self, call: Call, request: SubscribeEventsRequest, stream: ServerStream) -> None:
-        caller = await self.pipeline.verify_subscription(call, request)
-        if self.hub.closed:
-            raise RpcError(Code.UNAVAILABLE, "gateway is shutting down")
-        sub = self.hub.register(caller.user_id, caller.device_session_id, stream)
+        # The ticket is taken before the session lookup starts: an invalidation that arrives
+        # while the call is verified (backend, Redis round trips) refuses the registration.
+        with self.hub.verifying() as ticket:
+            caller = await self.pipeline.verify_subscription(call, request)
+            sub = self.hub.register(caller.user_id, caller.device_session_id, stream, ticket)
         try:
             stream.send(self._server_time())
             await sub.done

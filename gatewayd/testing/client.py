@@ -162,13 +162,9 @@ class RunningGateway:
         await bounded(self.gateway.push.when_connected())
         await until(lambda: self.backend.bus.subscriber_count == 1, "the backend to see the push call")
 
-    async def stop_backend(self) -> None:
-        """Stop the backend's listeners and drop the gateway's kept-alive backend connections."""
-        await self.backend_service.stopService()
-        await self.gateway.backend.close()
-
-    async def stop(self) -> None:
-        """Stop in the gateway's order: listener, hub, connections, push consumer, backend, stores."""
+    async def stop_gateway(self) -> None:
+        """Stop the gateway alone (listener, hub, connections, push consumer, backend client, stores);
+        the reference backend keeps running, as across a gateway restart."""
         from gatewayd.rpc.codes import Code
         from gatewayd.rpc.errors import RpcError
 
@@ -182,6 +178,15 @@ class RunningGateway:
         await gateway.push.stop()
         await gateway.backend.close()
         await gateway.stores.close()
+
+    async def stop_backend(self) -> None:
+        """Stop the backend's listeners and drop the gateway's kept-alive backend connections."""
+        await self.backend_service.stopService()
+        await self.gateway.backend.close()
+
+    async def stop(self) -> None:
+        """Stop in the gateway's order: listener, hub, connections, push consumer, backend, stores."""
+        await self.stop_gateway()
         if self.backend_service.running:
             await self.backend_service.stopService()
         await self._pool.closeCachedConnections()

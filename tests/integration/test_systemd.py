@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -22,6 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from gatewayd.signing import GatewayKey
+from gatewayd.testing.redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -100,6 +104,49 @@ def test_documented_instance_template_passes_verify(tmp_path: Path) -> None:
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
         result.stdout + result.stderr
     )
+
+
+def test_unit_logs_only_redacted_json_lines(tmp_path: Path) -> None:
+    """ExecStart as written (paths swapped): stdout is gatewayd's JSON lines, nothing of twist's own log.
+
+    twist's JSON format (RFC 7464 records, every event field copied) or text format on stdout
+    would bypass the redaction of ``--log-json``.
+    """
+    (line,) = [x for x in (CONF / "gatewayd.service").read_text().splitlines() if x.startswith("ExecStart=")]
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    assert argv[0] == INSTALLED_TWIST and "gatewayd" in argv
+    twist_options, gatewayd_options = argv[1:argv.index("gatewayd")], argv[argv.index("gatewayd") + 1:]
+    assert twist_options == ["--log-file=/dev/null"], twist_options
+    assert gatewayd_options[-2:] == ["--log-json", "-"], gatewayd_options
+
+    key = tmp_path / "gateway.key"
+    GatewayKey.generate().save(key)
+    config = tmp_path / "gatewayd.toml"
+    port = free_port()
+    config.write_text(f'[server]\nlisten = "tcp:{port}:interface=127.0.0.1"\n[keys]\nsigning_key = "{key}"\n')
+    argv = [TWIST if a == INSTALLED_TWIST else str(config) if a == "/etc/gatewayd/gatewayd.toml" else a
+            for a in argv]
+    out = tmp_path / "stdout"
+    with out.open("wb") as stdout:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                                   cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while "gatewayd listening on" not in out.read_text(errors="replace"):
+            assert process.poll() is None and time.monotonic() < deadline, out.read_text(errors="replace")
+            time.sleep(0.05)
+    finally:
+        _stop(process)
+    assert process.stderr is not None
+    assert process.stderr.read() == b""
+    lines = out.read_bytes().splitlines()
+    assert len(lines) >= 2
+    for raw in lines:
+        assert not raw.startswith(b"\x1e"), raw  # an RFC 7464 record: twist's own JSON observer
+        record = json.loads(raw)
+        assert {"time", "level", "namespace", "message"} <= set(record), record
+        assert "log_format" not in record, record  # twist's observer copies the format string and fields
+    assert any("gatewayd stopped" in json.loads(raw)["message"] for raw in lines)
 
 
 def test_unit_reloads_with_sighup() -> None:

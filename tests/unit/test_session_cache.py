@@ -154,6 +154,23 @@ def test_invalidation_during_a_lookup_keeps_its_answer_out_of_the_cache(
     assert len(backend.lookups) == 2
 
 
+def test_a_stale_answer_arriving_last_does_not_overwrite_the_fresh_one(
+    cache: SessionCache, backend: Backend, clock: Clock
+) -> None:
+    # The lookup in flight at the invalidation answers after the one started behind it.
+    stale = fired(cache.get("ds_1"))
+    cache.invalidate("ds_1")
+    fresh = fired(cache.get("ds_1"))
+    fresh_lookup = backend.pending["ds_1"].pop(1)
+    fresh_lookup.callback(session(status="revoked"))
+    backend.answer("ds_1", session())  # the stale "active", last
+    assert fresh[0].status == "revoked" and stale[0].status == "active"
+    for _ in range(3):
+        clock.advance(1.0)
+        assert fired(cache.get("ds_1"))[0].status == "revoked"
+    assert len(backend.lookups) == 2
+
+
 def test_invalidate_user_drops_only_that_users_sessions(cache: SessionCache, backend: Backend) -> None:
     for sid, user in (("ds_1", "usr_1"), ("ds_2", "usr_1"), ("ds_3", "usr_2")):
         cache.get(sid)
