@@ -27,7 +27,7 @@ from gatewayd.client.keys import DeviceKey
 from gatewayd.client.sign import RandomBytes, SecondsClock, sign_request, sign_subscribe
 from gatewayd.client.verify import KeyCache, VerifiedEvent, VerifiedResponse, parse_published_keys, verify_event
 from gatewayd.client.verify import verify_response as _verify_response
-from gatewayd.client.wire import DEFAULT_MAX_MESSAGE_BYTES, RpcTransport, make_transport
+from gatewayd.client.wire import DEFAULT_MAX_MESSAGE_BYTES, RpcTransport, make_transport, request_body
 from gatewayd.rpc.codes import Code
 
 EXECUTE_COMMAND_PATH = "/gateway.v1.Gateway/ExecuteCommand"
@@ -93,7 +93,8 @@ class GatewayClient:
             protocol, reactor, self.base_url, max_message_bytes=max_message_bytes
         )
         self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._http = HTTPClient(Agent(reactor, pool=self._pool))
+        self._http = HTTPClient(Agent(reactor, pool=self._pool),
+                                data_to_body_producer=lambda data: request_body(reactor, data))
         self.keys = KeyCache(self.fetch_gateway_keys)
 
     # --- public REST ------------------------------------------------------------------------
