@@ -110,3 +110,22 @@ def test_gatewayd_memory_needs_no_reactor(gatewayd_memory: InMemoryGateway) -> N
     gatewayd_memory.flush()
     assert [e.event_type for e in events] == [SERVER_TIME, "test.ping"]
     assert gatewayd_memory.result(client.execute("user.profile.get")).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blocking_client_runs_in_a_thread_while_gatewayd_dev_serves(gatewayd_dev: DevGateway) -> None:
+    import grpc
+    from twisted.internet import threads
+
+    from gatewayd._proto.grpc.health.v1 import health_pb2
+
+    def check() -> int:
+        target = gatewayd_dev.url.removeprefix("http://")
+        with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+            call = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                       request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                                       response_deserializer=health_pb2.HealthCheckResponse.FromString)
+            status: int = call(health_pb2.HealthCheckRequest(service="gateway.v1.Gateway"), timeout=10).status
+            return status
+
+    assert await bounded(threads.deferToThread(check), 15) == health_pb2.HealthCheckResponse.SERVING
