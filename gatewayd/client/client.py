@@ -38,6 +38,19 @@ GATEWAY_KEYS_PATH = "/api/v1/public/gateway-keys"
 _JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
 
 
+Payload = Mapping[str, Any] | list[Any] | bytes | None
+"""A command or event payload: a JSON value, raw bytes, or None for none."""
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """``payload`` as sent: bytes as they are, a JSON value compactly encoded, None as empty."""
+    if payload is None:
+        return b""
+    if isinstance(payload, bytes):
+        return payload
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
 @dataclass(frozen=True)
 class DeviceSession:
     """A device session from confirm-email-code."""
@@ -142,21 +155,14 @@ class GatewayClient:
             raise NotLoggedInError("no device session: log in first")
         return self.session
 
-    def execute(self, message_type: str, payload: Mapping[str, Any] | list[Any] | bytes | None = None
-                ) -> Deferred[VerifiedResponse]:
+    def execute(self, message_type: str, payload: Payload = None) -> Deferred[VerifiedResponse]:
         """Execute ``message_type`` with ``payload`` (a JSON value, or raw bytes); fire with the
         verified response, whatever its result_code (``response.ok`` tells ``"ok"`` apart)."""
         try:
             session = self._session()
         except NotLoggedInError:
             return defer.fail()
-        if payload is None:
-            raw = b""
-        elif isinstance(payload, bytes):
-            raw = payload
-        else:
-            raw = json.dumps(payload, separators=(",", ":")).encode()
-        request = sign_request(self.key, session.device_session_id, message_type, raw,
+        request = sign_request(self.key, session.device_session_id, message_type, encode_payload(payload),
                                clock=self.clock, random_bytes=self.random_bytes)
         return self.send(request)
 

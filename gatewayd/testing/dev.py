@@ -14,14 +14,12 @@ reactor; the test moves bytes and time itself (``result``, ``flush``, ``advance`
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 import tempfile
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 from gatewayd._proto.push.v1 import push_pb2
-from gatewayd.client.client import GatewayClient
+from gatewayd.client.client import GatewayClient, Payload, encode_payload
 from gatewayd.client.keys import DeviceKey
 from gatewayd.testing.client import DEV_CODE, RunningGateway, new_email, start_gateway
 from gatewayd.testing.memory import MemoryNetwork
@@ -129,7 +127,7 @@ class DevGateway:
 
     # -- what the backend does on its own ------------------------------------------------------
 
-    def publish(self, event_type: str, payload: Mapping[str, Any] | list[Any] | bytes | None = None, *,
+    def publish(self, event_type: str, payload: Payload = None, *,
                 user_id: str | None = None, device_session_id: str | None = None,
                 event_id: str | None = None) -> str:
         """Push a client event, as the backend does, to one session or to every session of a user.
@@ -147,16 +145,10 @@ class DevGateway:
             user_id = session_user
         if user_id is None:
             raise ValueError("publish needs a user_id or a device_session_id")
-        if payload is None:
-            raw = b""
-        elif isinstance(payload, bytes):
-            raw = payload
-        else:
-            raw = json.dumps(payload, separators=(",", ":")).encode()
         event_id = event_id if event_id is not None else f"ev_test_{next(_event_ids)}"
         self.backend.bus.publish(push_pb2.PushEvent(client_event=push_pb2.ClientEvent(
             user_id=user_id, device_session_id=device_session_id or "", event_type=event_type,
-            event_id=event_id, payload_bytes=raw, timestamp_ms=int(self.reactor.seconds() * 1000))))
+            event_id=event_id, payload_bytes=encode_payload(payload), timestamp_ms=int(self.reactor.seconds() * 1000))))
         return event_id
 
     def revoke(self, device_session_id: str) -> int:
