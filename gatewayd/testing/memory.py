@@ -25,7 +25,13 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import (
+    CannotListenError,
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
 from twisted.internet.interfaces import (
     IConnector,
     IConsumer,
@@ -59,8 +65,7 @@ class NotFired(AssertionError):
 class MemoryTransport:
     """One end of an in-memory TCP connection (see the module docstring for what it promises)."""
 
-    def __init__(self, connection: _Connection, protocol: Any, host: IPv4Address, peer: IPv4Address) -> None:
-        self._connection = connection
+    def __init__(self, protocol: Any, host: IPv4Address, peer: IPv4Address) -> None:
         self.protocol = protocol
         self._host, self._peer = host, peer
         self.outgoing: list[bytes] = []
@@ -172,8 +177,8 @@ class _Connection:
                  connector: _Connector | None) -> None:
         self.network = network
         self.connector = connector
-        self.client = MemoryTransport(self, client, client_address, server_address)
-        self.server = MemoryTransport(self, server, server_address, client_address)
+        self.client = MemoryTransport(client, client_address, server_address)
+        self.server = MemoryTransport(server, server_address, client_address)
         self.closed = False
 
     def pump(self) -> bool:
@@ -321,8 +326,6 @@ class MemoryNetwork(MemoryReactorClock):
         if port == 0:
             port = next(p for p in self._ports if (host, p) not in self._listeners)
         if (host, port) in self._listeners:
-            from twisted.internet.error import CannotListenError
-
             raise CannotListenError(host, port, OSError("address already in use (in memory)"))
         listening = _Port(self, factory, IPv4Address("TCP", host, port))
         self._listeners[(host, port)] = listening
