@@ -5,6 +5,8 @@ For teams that write clients of gatewayd and for gatewayd's own tests:
 - ``dev``: ``DevGateway``, the gateway and its reference backend in the test's process
   (``publish`` an event, ``revoke`` a session, ``login`` clients); ``InMemoryGateway``, the
   same on a ``MemoryNetwork``;
+- ``devprocess``: ``start_dev_process``, ``twist gatewayd --dev`` as a child process on a free
+  port, for tests of the whole daemon (signals, reload, its command line);
 - ``memory``: ``MemoryNetwork``, a reactor whose TCP stays in memory and whose time moves
   when told, to join any client and server without sockets;
 - ``plugin``: the pytest plugin (``gatewayd_dev``, ``gatewayd_client``, ``gatewayd_memory``,
