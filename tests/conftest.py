@@ -1,3 +1,14 @@
-"""Shared fixtures for the test suite."""
+"""Shared fixtures for the test suite (gatewayd's pytest plugin adds the ``gatewayd_*`` ones)."""
 
-from gatewayd.testing.redis import redis_server  # noqa: F401  (fixture: a private redis-server)
+from collections.abc import Iterator
+
+import pytest
+
+from gatewayd.testing.redis import RedisServer
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A started private ``RedisServer``, closed after the test."""
+    with RedisServer() as server:
+        yield server

@@ -27,7 +27,7 @@ from gatewayd.client.keys import DeviceKey
 from gatewayd.client.sign import RandomBytes, SecondsClock, sign_request, sign_subscribe
 from gatewayd.client.verify import KeyCache, VerifiedEvent, VerifiedResponse, parse_published_keys, verify_event
 from gatewayd.client.verify import verify_response as _verify_response
-from gatewayd.client.wire import DEFAULT_MAX_MESSAGE_BYTES, RpcTransport, make_transport
+from gatewayd.client.wire import DEFAULT_MAX_MESSAGE_BYTES, RpcTransport, make_transport, request_body
 from gatewayd.rpc.codes import Code
 
 EXECUTE_COMMAND_PATH = "/gateway.v1.Gateway/ExecuteCommand"
@@ -36,6 +36,19 @@ SEND_EMAIL_CODE_PATH = "/api/v1/public/auth/send-email-code"
 CONFIRM_EMAIL_CODE_PATH = "/api/v1/public/auth/confirm-email-code"
 GATEWAY_KEYS_PATH = "/api/v1/public/gateway-keys"
 _JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
+
+
+Payload = Mapping[str, Any] | list[Any] | bytes | None
+"""A command or event payload: a JSON value, raw bytes, or None for none."""
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """``payload`` as sent: bytes as they are, a JSON value compactly encoded, None as empty."""
+    if payload is None:
+        return b""
+    if isinstance(payload, bytes):
+        return payload
+    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,8 @@ class GatewayClient:
             protocol, reactor, self.base_url, max_message_bytes=max_message_bytes
         )
         self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._http = HTTPClient(Agent(reactor, pool=self._pool))
+        self._http = HTTPClient(Agent(reactor, pool=self._pool),
+                                data_to_body_producer=lambda data: request_body(reactor, data))
         self.keys = KeyCache(self.fetch_gateway_keys)
 
     # --- public REST ------------------------------------------------------------------------
@@ -141,21 +155,14 @@ class GatewayClient:
             raise NotLoggedInError("no device session: log in first")
         return self.session
 
-    def execute(self, message_type: str, payload: Mapping[str, Any] | list[Any] | bytes | None = None
-                ) -> Deferred[VerifiedResponse]:
+    def execute(self, message_type: str, payload: Payload = None) -> Deferred[VerifiedResponse]:
         """Execute ``message_type`` with ``payload`` (a JSON value, or raw bytes); fire with the
         verified response, whatever its result_code (``response.ok`` tells ``"ok"`` apart)."""
         try:
             session = self._session()
         except NotLoggedInError:
             return defer.fail()
-        if payload is None:
-            raw = b""
-        elif isinstance(payload, bytes):
-            raw = payload
-        else:
-            raw = json.dumps(payload, separators=(",", ":")).encode()
-        request = sign_request(self.key, session.device_session_id, message_type, raw,
+        request = sign_request(self.key, session.device_session_id, message_type, encode_payload(payload),
                                clock=self.clock, random_bytes=self.random_bytes)
         return self.send(request)
 

@@ -35,6 +35,7 @@ from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -240,6 +241,15 @@ def _read_all(response: IResponse, limit: int) -> Deferred[bytes]:
     return _read(response, collect).addCallback(lambda _: b"".join(chunks))
 
 
+def request_body(reactor: Any, body: bytes) -> FileBodyProducer:
+    """``body`` as an HTTP request body written by a cooperator on ``reactor``.
+
+    ``FileBodyProducer``'s default cooperator runs on the global reactor: a client
+    given another reactor (a ``Clock``-driven in-memory network) would never send.
+    """
+    return FileBodyProducer(io.BytesIO(body), cooperator=Cooperator(scheduler=lambda work: reactor.callLater(0, work)))
+
+
 class _HttpTransport:
     """What gRPC-Web and Connect share: an Agent on a persistent connection pool (its own by default)."""
 
@@ -255,7 +265,7 @@ class _HttpTransport:
     def _post(self, path: str, headers: dict[str, str], body: bytes) -> Deferred[IResponse]:
         raw = Headers({k.encode("latin-1"): [v.encode("latin-1")] for k, v in headers.items()})
         d: Deferred[IResponse] = self._agent.request(
-            b"POST", (self._base + path).encode("ascii"), raw, FileBodyProducer(io.BytesIO(body))
+            b"POST", (self._base + path).encode("ascii"), raw, request_body(self._reactor, body)
         )
         return d
 

@@ -159,8 +159,9 @@ class RunningGateway:
 
     async def push_connected(self) -> None:
         """Wait (bounded) until the push consumer holds its SubscribePush call and the backend sees it."""
-        await bounded(self.gateway.push.when_connected())
-        await until(lambda: self.backend.bus.subscriber_count == 1, "the backend to see the push call")
+        reactor = self.gateway.reactor
+        await bounded(self.gateway.push.when_connected(), reactor=reactor)
+        await until(lambda: self.backend.bus.subscriber_count == 1, "the backend to see the push call", reactor=reactor)
 
     async def stop_gateway(self) -> None:
         """Stop the gateway alone (listener, hub, connections, push consumer, backend client, stores);

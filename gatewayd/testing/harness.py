@@ -24,7 +24,7 @@ from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.framing import encode_frame
 from gatewayd.rpc.methods import Method
 from gatewayd.testing.raw_h2 import RawH2Client
-from gatewayd.testing.raw_http1 import Http1Response, RawHttp1, parse_http1_response
+from gatewayd.testing.raw_http1 import Http1Response, RawHttp1, send_http1
 from gatewayd.testing.server import RunningServer, serve
 from gatewayd.testing.wait import until
 from gatewayd.transport.cors import CorsPolicy
@@ -119,10 +119,7 @@ class Harness:
         client = RawHttp1(self.reactor)
         await connectProtocol(TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port), client)
         self.clients.append(client)
-        assert client.transport is not None
-        client.transport.write(raw)
-        await client.wait(lambda: client.closed, "HTTP/1.1 connection close")
-        return parse_http1_response(client.received)
+        return await send_http1(client, raw)
 
     async def assert_healthy(self) -> None:
         """A normal Health Check on a new connection succeeds: the process stays healthy."""

@@ -2,7 +2,7 @@
 
 ``RawHttp1`` collects the bytes until the server closes; ``parse_http1_response``
 reads one response from them (content-length, chunked, or read to close);
-``http1_request`` builds a request byte for byte.
+``send_http1`` does both for one request; ``http1_request`` builds a request byte for byte.
 """
 
 from __future__ import annotations
@@ -72,6 +72,14 @@ class RawHttp1(Protocol, Waitable):
         return f"closed={self.closed} received={self.received[:300]!r}"
 
 
+async def send_http1(client: RawHttp1, raw: bytes) -> Http1Response:
+    """Write ``raw`` on ``client``'s open connection; the response, once the server closed it (bounded)."""
+    assert client.transport is not None, "connect the client first"
+    client.transport.write(raw)
+    await client.wait(lambda: client.closed, "HTTP/1.1 connection close")
+    return parse_http1_response(client.received)
+
+
 def http1_request(method: str, path: str, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()) -> bytes:
     """The exact bytes of one request with ``Connection: close`` and a Content-Length."""
     lines = [f"{method} {path} HTTP/1.1", "Host: gatewayd.test", "Connection: close",
@@ -79,4 +87,4 @@ def http1_request(method: str, path: str, body: bytes = b"", headers: Iterable[t
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-__all__ = ["Http1Response", "RawHttp1", "http1_request", "parse_http1_response"]
+__all__ = ["Http1Response", "RawHttp1", "http1_request", "parse_http1_response", "send_http1"]

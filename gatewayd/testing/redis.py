@@ -1,4 +1,4 @@
-"""A private redis-server for tests, and the ``redis_server`` pytest fixture.
+"""A private redis-server for tests.
 
 Never the shared Redis at 6379: each server runs ``redis-server`` from PATH
 on a free loopback port, in a temporary directory, without persistence
@@ -6,7 +6,7 @@ on a free loopback port, in a temporary directory, without persistence
 and a recovery on the same port; ``pause()`` and ``resume()`` (SIGSTOP and
 SIGCONT) simulate a server that accepts connections but never answers.
 
-Use the fixture with ``from gatewayd.testing.redis import redis_server  # noqa: F401``.
+``with RedisServer() as server:`` starts one and removes it afterwards.
 ``redis_stores(url)`` builds the gateway's Redis stores against it; ``ready(...)`` waits
 (bounded) until they answer PING.
 """
@@ -20,10 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from gatewayd.config import StoresConfig
 from gatewayd.stores import build_stores
@@ -136,13 +133,6 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A started private ``RedisServer``, closed after the test."""
-    with RedisServer() as server:
-        yield server
 
 
 def redis_stores(url: str, prefix: str = "t:", timeout_s: float = 0.5, reactor: Any = None) -> RedisStores:

@@ -15,9 +15,9 @@ from gatewayd.client import DeviceKey, GatewayClient, RpcCallError, VerifiedEven
 from gatewayd.client.client import DeviceSession
 from gatewayd.observability import GatewayMetrics, MetricsService
 from gatewayd.observability.instrument import time_store_methods
-from gatewayd.public.testing import Answer, h2c, http1
 from gatewayd.rpc.codes import Code
 from gatewayd.testing.client import RunningGateway, login, new_email, signed_execute_request, start_gateway
+from gatewayd.testing.public import Answer, h2c, http1
 from gatewayd.testing.wait import until
 
 EXECUTE = "/gateway.v1.Gateway/ExecuteCommand"

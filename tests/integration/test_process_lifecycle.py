@@ -44,7 +44,7 @@ from gatewayd.rpc.codes import Code
 from gatewayd.rpc.framing import encode_frame
 from gatewayd.signing import GatewayKey
 from gatewayd.testing.client import login
-from gatewayd.testing.devgateway import ready as _ready
+from gatewayd.testing.devprocess import ready as _ready
 from gatewayd.testing.redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

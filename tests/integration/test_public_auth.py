@@ -1,6 +1,6 @@
 """The public auth surface over real sockets: gatewayd's listener (HTTP/1.1 and h2c) in front of the
 reference backend on its own port. HTTP/2 is spoken by a raw client on the sans-I/O ``h2`` library
-(``gatewayd.public.testing.h2c``), prior knowledge, on the same port as HTTP/1.1."""
+(``gatewayd.testing.public.h2c``), prior knowledge, on the same port as HTTP/1.1."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from gatewayd.config import Budget, PublicConfig
-from gatewayd.public.testing import DEV_CODE, Answer, PublicHarness, h2c, http1, http1_raw, public_key_b64
 from gatewayd.stores.base import RateDecision, StoreUnavailable
+from gatewayd.testing.public import DEV_CODE, Answer, PublicHarness, h2c, http1, http1_raw, public_key_b64
 from gatewayd.transport.cors import CorsPolicy
 
 SEND = "/api/v1/public/auth/send-email-code"

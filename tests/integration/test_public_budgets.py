@@ -9,8 +9,8 @@ import json
 import pytest_twisted
 
 from gatewayd.config import Budget, PublicConfig
-from gatewayd.public.testing import Answer, PublicHarness, h2c, http1
-from gatewayd.testing.redis import RedisServer, ready, redis_server, redis_stores  # noqa: F401
+from gatewayd.testing.public import Answer, PublicHarness, h2c, http1
+from gatewayd.testing.redis import RedisServer, ready, redis_stores
 
 SEND = "/api/v1/public/auth/send-email-code"
 CONFIRM = "/api/v1/public/auth/confirm-email-code"
@@ -149,7 +149,7 @@ async def test_forwarded_for_is_believed_from_a_trusted_peer() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_two_gateways_share_budgets_through_redis(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_two_gateways_share_budgets_through_redis(redis_server: RedisServer) -> None:
     stores_a, stores_b = redis_stores(redis_server.url, "gw:"), redis_stores(redis_server.url, "gw:")
     config = PublicConfig(login_ip=Budget(rate=SLOW, burst=3), send_email=Budget(rate=SLOW, burst=2))
     a = b = None
@@ -183,7 +183,7 @@ async def test_two_gateways_share_budgets_through_redis(redis_server: RedisServe
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_down_fails_closed(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_redis_down_fails_closed(redis_server: RedisServer) -> None:
     stores = redis_stores(redis_server.url, "gw:")
     h = None
     try:

@@ -4,7 +4,7 @@ listener (raw HTTP/1.1 bytes, or h2c), in front of the real reference backend. E
 ``/healthz`` afterwards.
 
 Hypothesis drives a synchronous test, and pytest-twisted runs tests inside the reactor's greenlet,
-so the server (``python -m gatewayd.public.testing``: listener, PublicApp, reference backend) runs in
+so the server (``python -m gatewayd.testing.public``: listener, PublicApp, reference backend) runs in
 a process of its own and the test speaks to it with blocking sockets: raw HTTP/1.1 bytes, or h2c
 through the sans-I/O ``h2`` library.
 """
@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gatewayd.public.testing import Answer, parse_http1, public_key_b64
+from gatewayd.testing.public import Answer, parse_http1, public_key_b64
 
 SEND = "/api/v1/public/auth/send-email-code"
 CONFIRM = "/api/v1/public/auth/confirm-email-code"
@@ -104,7 +104,7 @@ _bodies = st.one_of(
 def port() -> Iterator[int]:
     """The port of a harness running in a child process (stopped by closing its stdin)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "gatewayd.public.testing"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-m", "gatewayd.testing.public"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
         assert process.stdout is not None

@@ -12,9 +12,9 @@ from twisted.internet.task import deferLater
 
 from gatewayd.config import StoresConfig
 from gatewayd.public.app import ReadinessCheck
-from gatewayd.public.testing import PublicHarness, h2c, http1
 from gatewayd.stores import build_stores
-from gatewayd.testing.redis import RedisServer, redis_server  # noqa: F401
+from gatewayd.testing.public import PublicHarness, h2c, http1
+from gatewayd.testing.redis import RedisServer
 
 
 @pytest.mark.parametrize("over_h2", [False, True], ids=["http1", "h2c"])
@@ -76,7 +76,7 @@ async def test_readyz_names_each_failing_dependency_and_times_out_quickly() -> N
 
 
 @pytest_twisted.ensureDeferred
-async def test_readyz_follows_real_backend_and_redis(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_readyz_follows_real_backend_and_redis(redis_server: RedisServer) -> None:
     stores = build_stores(StoresConfig(kind="redis", redis_url=redis_server.url, timeout_s=0.3), reactor)
     h = await PublicHarness.start(readiness={"stores": stores.ping}, check_backend=True, rate=stores.rate)
     try:

@@ -20,7 +20,7 @@ from twisted.internet import defer
 from gatewayd.client import GatewayClient, VerifiedEvent
 from gatewayd.signing import GatewayKey
 from gatewayd.testing.client import login, new_email
-from gatewayd.testing.devgateway import DevGateway, start_dev_gateway
+from gatewayd.testing.devprocess import DevGatewayProcess, start_dev_process
 from gatewayd.testing.wait import until
 
 WAIT_S = 20.0
@@ -40,21 +40,21 @@ def _config(folder: Path, signing: int, published: int, extra: str = "") -> str:
 
 
 @pytest.fixture
-def rotating(tmp_path: Path) -> Iterator[tuple[DevGateway, GatewayKey, GatewayKey]]:
+def rotating(tmp_path: Path) -> Iterator[tuple[DevGatewayProcess, GatewayKey, GatewayKey]]:
     old, new = _keys(tmp_path)
-    gw = start_dev_gateway(tmp_path, config_text=_config(tmp_path, 1, 2), json_log=True)
+    gw = start_dev_process(tmp_path, config_text=_config(tmp_path, 1, 2), json_log=True)
     yield gw, old, new
     gw.stop()
 
 
-async def _reloaded(gw: DevGateway, marker: str, count: int) -> None:
+async def _reloaded(gw: DevGatewayProcess, marker: str, count: int) -> None:
     await until(lambda: gw.text().count(marker) >= count, lambda: f"{marker!r} x{count} in:\n{gw.text()[-3000:]}",
                 timeout=WAIT_S)
 
 
 @pytest_twisted.ensureDeferred
 async def test_sighup_rotates_the_signing_key_under_an_open_stream(
-        rotating: tuple[DevGateway, GatewayKey, GatewayKey]) -> None:
+        rotating: tuple[DevGatewayProcess, GatewayKey, GatewayKey]) -> None:
     gw, old, new = rotating
     assert gw.config is not None and gw.json_log is not None
     key, session = await login(gw.url, new_email("reload"))
@@ -102,7 +102,7 @@ async def test_sighup_rotates_the_signing_key_under_an_open_stream(
 @pytest_twisted.ensureDeferred
 async def test_a_missing_key_file_is_refused_naming_the_key(tmp_path: Path) -> None:
     _keys(tmp_path)
-    gw = start_dev_gateway(tmp_path, config_text=_config(tmp_path, 1, 2, '[server]\ncors_origins = ["https://a"]\n'))
+    gw = start_dev_process(tmp_path, config_text=_config(tmp_path, 1, 2, '[server]\ncors_origins = ["https://a"]\n'))
     try:
         assert gw.config is not None
         gw.config.write_text(_config(tmp_path, 3, 2))  # k3.key does not exist

@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from gatewayd.config import Budget, StoresConfig
 from gatewayd.stores import RateDecision, StoreUnavailable
 from gatewayd.stores.redis import RedisStores
-from gatewayd.testing.redis import RedisServer, free_port, ready, redis_server, redis_stores  # noqa: F401
+from gatewayd.testing.redis import RedisServer, free_port, ready, redis_stores
 from gatewayd.testing.wait import until
 
 TIMEOUT_S = 0.5
@@ -25,7 +25,7 @@ def make_stores(url: str, prefix: str = "t:", timeout_s: float = TIMEOUT_S) -> R
 
 
 @pytest_twisted.async_yield_fixture
-async def stores(redis_server: RedisServer) -> AsyncIterator[RedisStores]:  # noqa: F811
+async def stores(redis_server: RedisServer) -> AsyncIterator[RedisStores]:
     """Stores on the test's Redis, answering PING; closed after the test."""
     s = make_stores(redis_server.url)
     try:
@@ -44,7 +44,7 @@ async def unavailable_within(d: Any, bound_s: float) -> StoreUnavailable:
 
 
 @pytest_twisted.ensureDeferred
-async def test_replay_is_shared_between_two_gateways(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_replay_is_shared_between_two_gateways(redis_server: RedisServer) -> None:
     a, b = make_stores(redis_server.url), make_stores(redis_server.url)
     try:
         await ready(a, b)
@@ -70,7 +70,7 @@ async def test_replay_is_shared_between_two_gateways(redis_server: RedisServer) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_rate_budget_is_shared_between_two_gateways(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_rate_budget_is_shared_between_two_gateways(redis_server: RedisServer) -> None:
     a, b = make_stores(redis_server.url), make_stores(redis_server.url)
     budget = Budget(rate=2.0, burst=4)  # T = 0.5 s
     try:
@@ -113,7 +113,7 @@ async def test_rate_script_is_sent_again_after_redis_forgets_it(stores: RedisSto
 
 @pytest_twisted.ensureDeferred
 async def test_redis_stopped_fails_closed_promptly_then_recovers(
-        redis_server: RedisServer, stores: RedisStores) -> None:  # noqa: F811
+        redis_server: RedisServer, stores: RedisStores) -> None:
     budget = Budget(rate=100.0, burst=10)
     assert await stores.replay.reserve("before", 30.0) is True
     redis_server.stop()
@@ -130,7 +130,7 @@ async def test_redis_stopped_fails_closed_promptly_then_recovers(
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_not_answering_times_out(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_redis_not_answering_times_out(redis_server: RedisServer) -> None:
     timeout_s = 0.3
     stores = make_stores(redis_server.url, timeout_s=timeout_s)
     try:
@@ -164,7 +164,7 @@ async def test_no_redis_at_all_fails_closed_promptly() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_database_number_from_the_url(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_database_number_from_the_url(redis_server: RedisServer) -> None:
     db3 = make_stores(redis_server.url.rsplit("/", 1)[0] + "/3")
     db0 = make_stores(redis_server.url)
     try:
@@ -178,7 +178,7 @@ async def test_database_number_from_the_url(redis_server: RedisServer) -> None: 
 
 
 @pytest_twisted.ensureDeferred
-async def test_reconnect_keeps_trying_when_select_times_out(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_reconnect_keeps_trying_when_select_times_out(redis_server: RedisServer) -> None:
     # txredisapi stops reconnecting for good when SELECT fails on a new connection, a timeout included;
     # our factory must keep trying, so the store comes back once Redis answers again.
     url = redis_server.url.rsplit("/", 1)[0] + "/3"

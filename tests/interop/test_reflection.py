@@ -18,7 +18,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from gatewayd.rpc.codes import Code
-from gatewayd.testing.devgateway import DevGateway, start_dev_gateway
+from gatewayd.testing.devprocess import DevGatewayProcess, start_dev_process
 from tests.interop._clients import BUF
 
 pytestmark = pytest.mark.skipif(not BUF.exists(), reason="buf (PyPI buf-bin) is not installed in .venv")
@@ -29,8 +29,8 @@ PROTOCOLS = ["connect", "grpc", "grpcweb"]
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevGateway]:
-    gw = start_dev_gateway(tmp_path_factory.mktemp("reflect"))
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevGatewayProcess]:
+    gw = start_dev_process(tmp_path_factory.mktemp("reflect"))
     yield gw
     gw.stop()
 
@@ -41,7 +41,7 @@ def buf(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_buf_curl_lists_services_and_methods_by_reflection(gateway: DevGateway, protocol: str) -> None:
+def test_buf_curl_lists_services_and_methods_by_reflection(gateway: DevGatewayProcess, protocol: str) -> None:
     listed = buf("--protocol", protocol, "--list-services", gateway.url)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.split() == SERVICES
@@ -53,7 +53,8 @@ def test_buf_curl_lists_services_and_methods_by_reflection(gateway: DevGateway, 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("reflect", ["grpc-v1", "grpc-v1alpha"])
-def test_buf_curl_calls_methods_with_the_reflected_schema(gateway: DevGateway, protocol: str, reflect: str) -> None:
+def test_buf_curl_calls_methods_with_the_reflected_schema(
+        gateway: DevGatewayProcess, protocol: str, reflect: str) -> None:
     check = buf("--protocol", protocol, "--reflect-protocol", reflect, "-d", '{"service": "gateway.v1.Gateway"}',
                 f"{gateway.url}/grpc.health.v1.Health/Check")
     assert check.returncode == 0, check.stderr
@@ -66,14 +67,14 @@ def test_buf_curl_calls_methods_with_the_reflected_schema(gateway: DevGateway, p
     assert json.loads(execute.stderr) == {"code": "invalid_argument", "message": "missing envelope"}
 
 
-def test_buf_curl_rejects_an_unknown_field_from_the_reflected_schema(gateway: DevGateway) -> None:
+def test_buf_curl_rejects_an_unknown_field_from_the_reflected_schema(gateway: DevGatewayProcess) -> None:
     # Proof that buf used a schema at all: it refuses a field the reflected message lacks.
     result = buf("-d", '{"no_such_field": 1}', f"{gateway.url}/grpc.health.v1.Health/Check")
     assert result.returncode != 0
     assert "no_such_field" in result.stderr
 
 
-def test_grpcio_reflection_client_resolves_every_service(gateway: DevGateway) -> None:
+def test_grpcio_reflection_client_resolves_every_service(gateway: DevGatewayProcess) -> None:
     with grpc.insecure_channel(gateway.target) as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
         assert sorted(database.get_services()) == SERVICES
@@ -95,7 +96,7 @@ def test_grpcio_reflection_client_resolves_every_service(gateway: DevGateway) ->
 
 
 def test_reflection_off_by_config(tmp_path: Path) -> None:
-    gw = start_dev_gateway(tmp_path, config_text="[server]\nreflection = false\n")
+    gw = start_dev_process(tmp_path, config_text="[server]\nreflection = false\n")
     try:
         listed = buf("--list-services", gw.url)
         assert listed.returncode != 0

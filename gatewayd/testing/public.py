@@ -1,6 +1,7 @@
 """Test harness for the public surface: the reference backend on a real port, the gateway's own
-listener serving ``PublicApp``, and two raw clients (HTTP/1.1 bytes, and HTTP/2 prior knowledge
-on the sans-I/O ``h2`` library), so tests speak to it exactly as clients do.
+listener serving ``PublicApp``, and one-request helpers over the raw clients (``http1`` and
+``http1_raw`` on ``RawHttp1``, ``h2c``: HTTP/2 prior knowledge on ``RawH2Client``), so tests
+speak to it exactly as clients do.
 
 The backend's Site is wrapped in ``RecordingResource``, which logs every
 request the backend receives over the wire: "the backend received nothing"
@@ -15,14 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import h2.config
-import h2.connection
-import h2.events
 from twisted.internet import defer
 from twisted.internet import reactor as default_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -36,12 +33,13 @@ from gatewayd.public.readiness import backend_reachable
 from gatewayd.signing import GatewayKey, Keyring
 from gatewayd.stores.base import RateLimiter
 from gatewayd.stores.memory import MemoryRateLimiter
+from gatewayd.testing.raw_h2 import RawH2Client
+from gatewayd.testing.raw_http1 import RawHttp1, parse_http1_response, send_http1
 from gatewayd.testing.server import RunningServer, serve
 from gatewayd.transport.cors import CorsPolicy
 
 DEV_CODE = "000000"
 _ROOMY = Budget(rate=1000.0, burst=100_000)
-_CONNECTION_DONE = Failure(ConnectionDone())
 
 
 @dataclass
@@ -71,57 +69,21 @@ class RecordingResource(Resource):
         return self.inner.render(request)
 
 
-# -- raw HTTP/1.1 ----------------------------------------------------------------------------
-
-
-class _ReadAll(Protocol):
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._chunks: list[bytes] = []
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self._data)
-
-    def dataReceived(self, data: bytes) -> None:
-        self._chunks.append(data)
-
-    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        self.done.callback(b"".join(self._chunks))
+# -- one request on a fresh connection, over the raw clients ------------------------------------
 
 
 def parse_http1(raw: bytes) -> Answer:
     """Parse one HTTP/1.1 response (Content-Length or chunked body; else read to close)."""
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        key = name.decode("latin-1").strip().lower()
-        text = value.decode("latin-1").strip()
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
-        while True:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            if size == 0:
-                break
-            body, rest = body + rest[:size], rest[size + 2 :]
-    elif "content-length" in headers:
-        body = rest[: int(headers["content-length"])]
-    else:
-        body = rest
-    return Answer(status, headers, body)
+    response = parse_http1_response(raw)
+    return Answer(response.status, response.headers, response.body)
 
 
 async def http1_raw(port: int, data: bytes, reactor: Any = None) -> Answer:
     """Send raw request bytes (they should ask ``Connection: close``), parse the one answer."""
-    protocol = _ReadAll(data)
-    await connectProtocol(TCP4ClientEndpoint(reactor or default_reactor, "127.0.0.1", port), protocol)
-    return parse_http1(await protocol.done)
+    reactor = reactor or default_reactor
+    client = RawHttp1(reactor)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    return parse_http1((await send_http1(client, data)).raw)
 
 
 async def http1(
@@ -136,77 +98,24 @@ async def http1(
     return await http1_raw(port, data)
 
 
-# -- raw HTTP/2 (h2c, prior knowledge) -----------------------------------------------------
-
-
-class _H2Request(Protocol):
-    def __init__(self, headers: list[tuple[str, str]], body: bytes) -> None:
-        self._conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self._headers = headers
-        self._body = body
-        self._status = 0
-        self._response_headers: dict[str, str] = {}
-        self._data: list[bytes] = []
-        self.done: Deferred[Answer] = Deferred()
-
-    def connectionMade(self) -> None:
-        conn = self._conn
-        conn.initiate_connection()
-        stream_id = conn.get_next_available_stream_id()
-        conn.send_headers(stream_id, self._headers, end_stream=not self._body)
-        if self._body:
-            conn.send_data(stream_id, self._body, end_stream=True)
-        self._flush()
-
-    def _flush(self) -> None:
-        assert self.transport is not None
-        data = self._conn.data_to_send()
-        if data:
-            self.transport.write(data)
-
-    def dataReceived(self, data: bytes) -> None:
-        for event in self._conn.receive_data(data):
-            if isinstance(event, h2.events.ResponseReceived):
-                for name, value in event.headers:
-                    key, text = _text(name), _text(value)
-                    if key == ":status":
-                        self._status = int(text)
-                    else:
-                        old = self._response_headers.get(key)
-                        self._response_headers[key] = f"{old}, {text}" if old else text
-            elif isinstance(event, h2.events.DataReceived):
-                self._data.append(event.data)
-                self._conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-                if not self.done.called:
-                    self.done.callback(Answer(self._status, self._response_headers, b"".join(self._data)))
-                self._conn.close_connection()
-                self._flush()
-                assert self.transport is not None
-                self.transport.loseConnection()
-                return
-        self._flush()
-
-    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        if not self.done.called:
-            self.done.errback(reason)
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes) else value
-
-
 async def h2c(
     port: int, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes = b""
 ) -> Answer:
-    """One request over a fresh HTTP/2 prior-knowledge connection."""
-    pseudo = [(":method", method), (":scheme", "http"), (":authority", f"127.0.0.1:{port}"), (":path", path)]
+    """One request over a fresh HTTP/2 prior-knowledge connection (status 0: reset before any answer)."""
     extra = [(name.lower(), value) for name, value in (headers or {}).items()]
     if body:
         extra.append(("content-length", str(len(body))))
-    protocol = _H2Request(pseudo + extra, body)
-    await connectProtocol(TCP4ClientEndpoint(default_reactor, "127.0.0.1", port), protocol)
-    return await protocol.done
+    client = RawH2Client(reactor=default_reactor)
+    await connectProtocol(TCP4ClientEndpoint(default_reactor, "127.0.0.1", port), client)
+    try:
+        sid = client.open_stream(path, content_type=None, body=body, extra=extra, method=method)
+        response = client.responses[sid]
+        await client.wait(lambda: response.done or client.closed, f"the answer to {method} {path}")
+    finally:
+        if client.transport is not None:
+            client.transport.loseConnection()
+    headers_in = {k: v for k, v in (response.headers or {}).items() if not k.startswith(":")}
+    return Answer(response.status if response.headers else 0, headers_in, response.data)
 
 
 # -- the whole setup -----------------------------------------------------------------------------
@@ -330,7 +239,7 @@ class PublicHarness:
 
 
 def main() -> None:
-    """``python -m gatewayd.public.testing``: serve a harness with roomy budgets until stdin closes.
+    """``python -m gatewayd.testing.public``: serve a harness with roomy budgets until stdin closes.
 
     Prints one JSON line ``{"port": N}`` once listening. Budgets are roomy so
     that a fuzzer meets the validation rules, not the rate limits.
@@ -342,7 +251,7 @@ def main() -> None:
     roomy = PublicConfig(login_ip=_ROOMY, send_email=_ROOMY, confirm_challenge=_ROOMY)
 
     class _UntilEOF(Protocol):
-        def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        def connectionLost(self, reason: Failure | None = None) -> None:
             reactor.stop()
 
     async def run() -> None:

@@ -19,7 +19,7 @@ START_TIMEOUT_S = 30.0
 
 
 @dataclass
-class DevGateway:
+class DevGatewayProcess:
     """The process, its port, its state folder and the file its output goes to."""
 
     process: subprocess.Popen[bytes]
@@ -70,8 +70,8 @@ def ready(port: int) -> bool:
         return False
 
 
-def start_dev_gateway(tmp_path: Path, config_text: str | None = None, json_log: bool = False,
-                      extra_args: tuple[str, ...] = ()) -> DevGateway:
+def start_dev_process(tmp_path: Path, config_text: str | None = None, json_log: bool = False,
+                      extra_args: tuple[str, ...] = ()) -> DevGatewayProcess:
     """Start ``twist gatewayd --dev`` (with ``--config`` when ``config_text`` is given); return it once ready."""
     port = free_port()
     log = tmp_path / "gatewayd.log"
@@ -89,7 +89,7 @@ def start_dev_gateway(tmp_path: Path, config_text: str | None = None, json_log: 
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                                    env=env)
-    gateway = DevGateway(process, port, tmp_path / "state", log, json_path, config, argv)
+    gateway = DevGatewayProcess(process, port, tmp_path / "state", log, json_path, config, argv)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not ready(port):
         if process.poll() is not None or time.monotonic() > deadline:
