@@ -264,7 +264,10 @@ class ServerConnectionCore:
         elif kind is h2.events.PingAckReceived:
             self._ping_acked(event.ping_data)
         elif kind is h2.events.ConnectionTerminated:
+            # h2 is CLOSED now and refuses to send anything more: the calls still running end here,
+            # as they would a moment later when the socket is reported lost.
             self.io.close()
+            self._abort_streams()
 
     def _request_received(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id

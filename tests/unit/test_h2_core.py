@@ -295,3 +295,27 @@ def test_a_full_socket_holds_data_until_it_drains() -> None:
     pair.core.resume_sending()
     pair.pump()
     assert len(response.messages()) == 3 and response.trailers == {"grpc-status": "0"}
+
+
+# --- the peer's GOAWAY ------------------------------------------------------------------
+
+
+def test_the_peers_goaway_ends_running_calls_and_later_answers_send_nothing() -> None:
+    """h2 is CLOSED once it reads the peer's GOAWAY and refuses to send: the calls end there, and an
+    answer still produced by an ended stream (a hub ending it, say) is dropped, not a ProtocolError."""
+    pair = CorePair()
+    pair.open(SLOW, SLOW_BODY)
+    stream_sid = pair.open(STREAM, stream_body(1, 10, hold=True))
+    pair.turn()
+    stream = pair.core.streams[stream_sid]
+    goaway = GoAwayFrame(stream_id=0)
+    goaway.last_stream_id = 0
+    pair.client.write_frame(goaway)
+    # Only the GOAWAY reaches the server; the socket is not yet reported lost (as over TCP).
+    pair._server_receive(pair.client_transport.value())
+    pair.client_transport.clear()
+    assert sorted(pair.methods.cancelled) == sorted([SLOW, STREAM]) and not pair.core.streams
+    before = len(pair.client.frames)
+    stream.send_trailers([(b"grpc-status", b"14")])
+    pair.turn()
+    assert len(pair.client.frames) == before
