@@ -96,6 +96,15 @@ class StoresConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "gatewayd:"
     timeout_s: float = 1.0
+    # High availability and TLS (stores/redis_connect.py); checked there when kind = "redis".
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_service: str = "mymaster"
+    redis_sentinel_username: str = ""
+    redis_sentinel_password: str = ""
+    redis_tls_ca: str = ""
+    redis_tls_certificate: str = ""
+    redis_tls_private_key: str = ""
+    redis_tls_server_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -234,6 +243,10 @@ def _routes(table: Any) -> Mapping[str, Route]:
 def _validate(config: Config) -> Config:
     if config.stores.kind not in {"memory", "redis"}:
         raise ConfigError(f"stores.kind: expected 'memory' or 'redis', got {config.stores.kind!r}")
+    if config.stores.kind == "redis":
+        from gatewayd.stores.redis_connect import RedisTarget
+
+        RedisTarget.from_config(config.stores)  # raises ConfigError naming the key
     if config.server.max_concurrent_streams < 1:
         raise ConfigError("server.max_concurrent_streams: must be at least 1")
     for name in ("fanout_batch", "revocation_tombstones"):

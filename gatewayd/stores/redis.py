@@ -1,8 +1,9 @@
 """Redis stores: replay reservations and GCRA rate budgets shared by every gateway host.
 
 One txredisapi connection pool serves both stores and reconnects in the
-background. Calls never wait for a connection: with none up they errback
-``StoreUnavailable`` at once (fail closed, promptly), and every command has a
+background (how connections are made, to one server or to the primary that
+Sentinel names, plain or TLS: ``redis_connect``). Calls never wait for a
+connection: with none up they errback ``StoreUnavailable`` at once (fail closed, promptly), and every command has a
 reply timeout (``timeout_s``) after which it errbacks ``StoreUnavailable`` and
 txredisapi drops that connection to make a fresh one. Every failure of Redis
 (lost connection, timeout, an error reply such as OOM or READONLY) becomes
@@ -33,18 +34,16 @@ from __future__ import annotations
 import hashlib
 import math
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import txredisapi
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from gatewayd.config import Budget, StoresConfig
 from gatewayd.stores.base import ALLOWED, RateDecision, Stores, StoreUnavailable, check_cost
+from gatewayd.stores.redis_connect import open_factory
 
 # KEYS[1]: the bucket. ARGV: emission interval (µs), burst, cost.
 # Returns {1, 0} when allowed, {0, retry_after_µs} when not.
@@ -76,81 +75,12 @@ def _unavailable(failure: Failure) -> Failure:
     return Failure(StoreUnavailable(f"redis: {failure.getErrorMessage()}"))
 
 
-class _KeepTryingFactory(txredisapi.RedisFactory):
-    """A RedisFactory that never gives up reconnecting.
-
-    txredisapi stops reconnecting for good when AUTH or SELECT fails on a new
-    connection, and a timeout counts as failing: one slow moment of Redis
-    during a reconnect would leave the gateway without a store until
-    restarted. Here the connection is dropped and tried again with backoff.
-    ``disconnect()`` (our ``close``) still stops everything.
-    """
-
-    def stopTrying(self) -> Deferred[None]:
-        return defer.succeed(None)
-
-
 class RedisPool:
-    """``pool_size`` connections to one Redis, kept up in the background.
+    """The connections of one txredisapi factory (``redis_connect.open_factory``), used round robin."""
 
-    Reconnects back off from ``reconnect_initial_s`` to ``reconnect_max_s``
-    (txredisapi's own defaults, 1 s to 10 s, are long for a gateway that fails
-    closed meanwhile).
-    """
-
-    def __init__(
-        self,
-        endpoint: IStreamClientEndpoint,
-        *,
-        db: int = 0,
-        password: str | None = None,
-        username: str | None = None,
-        pool_size: int = 2,
-        timeout_s: float = 1.0,
-        reconnect_initial_s: float = 0.1,
-        reconnect_max_s: float = 2.0,
-        name: str = "redis",
-    ) -> None:
-        factory = _KeepTryingFactory(
-            name,
-            db or None,  # no SELECT for the default database: one less step that can fail
-            pool_size,
-            isLazy=True,
-            password=password,
-            username=username,
-            replyTimeout=timeout_s,
-        )
-        factory.initialDelay = reconnect_initial_s
-        factory.maxDelay = reconnect_max_s
-        # A lazy pool's "all connected" Deferred has no listener; a failed
-        # connection would errback it and log an unhandled error.
-        factory.deferred.addErrback(lambda _: None)
+    def __init__(self, factory: txredisapi.RedisFactory) -> None:
         self._factory = factory
         self._next = 0
-        factory.startConnecting(endpoint)
-
-    @classmethod
-    def from_url(cls, url: str, reactor: IReactorTime, **kwargs: Any) -> RedisPool:
-        """Connect to ``redis://[user:password@]host[:port][/db]`` (``rediss://`` for TLS)."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ValueError(f"unsupported Redis URL {url!r} (expected redis://host:port/db)")
-        host = parts.hostname
-        port = parts.port or 6379
-        path = parts.path.strip("/")
-        db = int(path) if path else 0
-        timeout_s = kwargs.get("timeout_s", 1.0)
-        endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=timeout_s)
-        if parts.scheme == "rediss":
-            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
-        return cls(
-            endpoint,
-            db=db,
-            password=unquote(parts.password) if parts.password else None,
-            username=unquote(parts.username) if parts.username else None,
-            name=f"{host}:{port}",
-            **kwargs,
-        )
 
     def connection(self) -> Any:
         """A live connection (round robin), or None when none is up."""
@@ -253,8 +183,8 @@ class RedisStores(Stores):
 
     @classmethod
     def from_config(cls, config: StoresConfig, reactor: IReactorTime, **pool_options: Any) -> RedisStores:
-        """Stores for ``config.redis_url``, with ``config.timeout_s`` per command and for connecting."""
-        pool = RedisPool.from_url(config.redis_url, reactor, timeout_s=config.timeout_s, **pool_options)
+        """Stores on the Redis ``config`` names (see ``redis_connect``), ``config.timeout_s`` per command."""
+        pool = RedisPool(open_factory(config, reactor, **pool_options))
         return cls(pool, config.key_prefix)
 
     def ping(self) -> Deferred[bool]:

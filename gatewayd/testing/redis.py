@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from gatewayd.config import StoresConfig
@@ -51,14 +52,20 @@ def _answers_ping(port: int) -> bool:
 class RedisServer:
     """One ``redis-server`` process; its port stays the same across ``stop()`` / ``start()``."""
 
-    def __init__(self, executable: str = "redis-server") -> None:
+    def __init__(self, executable: str = "redis-server", extra_args: Sequence[str] = ()) -> None:
         found = shutil.which(executable)
         if found is None:
             raise RuntimeError(f"{executable} not found on PATH")
         self._executable = found
         self._dir = tempfile.mkdtemp(prefix="gatewayd-redis-")
         self._process: subprocess.Popen[bytes] | None = None
+        self.extra_args = list(extra_args)
         self.port = free_port()
+
+    @property
+    def folder(self) -> str:
+        """The server's own temporary directory (its log, its files)."""
+        return self._dir
 
     @property
     def url(self) -> str:
@@ -79,9 +86,9 @@ class RedisServer:
                 return
         raise RuntimeError(f"redis-server did not start; see {self._dir}/redis.log")
 
-    def _spawn(self) -> bool:
-        args = [
-            self._executable,
+    def arguments(self) -> list[str]:
+        """The command line after the executable; ``extra_args`` come last."""
+        return [
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -89,7 +96,11 @@ class RedisServer:
             "--dir", self._dir,
             "--logfile", os.path.join(self._dir, "redis.log"),
             "--daemonize", "no",
+            *self.extra_args,
         ]  # fmt: skip
+
+    def _spawn(self) -> bool:
+        args = [self._executable, *self.arguments()]
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
