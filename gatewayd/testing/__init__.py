@@ -21,7 +21,10 @@ For teams that write clients of gatewayd and for gatewayd's own tests:
   table, on a loopback port;
 - ``events``: SubscribeEvents streams checked against the wire contract;
 - ``wait``: bounded waiting without sleeps (``until``, ``bounded``, ``Waitable``);
-- ``redis``: a private ``redis-server``; ``procs``: child processes with a bound.
+- ``redis``: a private ``redis-server``; ``redis_ha``: a primary, a replica and sentinels
+  (``SentinelCluster``); ``certs``: a private CA issuing server and client certificates
+  (``TestCA``); ``netns``: hosts in network namespaces on a private LAN (``NetnsLab``);
+  ``procs``: child processes with a bound.
 
 Nothing here imports pytest except ``plugin``. The names in ``__all__`` are importable from
 this package and load their module on first use: pytest imports the plugin (and so this

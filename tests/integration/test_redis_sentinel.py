@@ -23,7 +23,7 @@ from gatewayd.stores import StoreUnavailable
 from gatewayd.stores.redis import RedisStores
 from gatewayd.testing.client import login, new_email, signed_execute_request, start_gateway
 from gatewayd.testing.redis import RedisServer, free_port, ready
-from gatewayd.testing.redis_ha import READY_TIMEOUT_S, SentinelCluster, command, wait_for
+from gatewayd.testing.redis_ha import READY_TIMEOUT_S, SentinelCluster, command, info, wait_for
 from gatewayd.testing.wait import until
 
 TIMEOUT_S = 0.5
@@ -145,6 +145,36 @@ async def test_a_server_that_is_not_the_primary_is_never_used() -> None:
             await until(stores.ping, "the stores to reach the primary", timeout=10.0)
             assert await stores.replay.reserve("k", 30.0) is True
             assert command(primary.port, "EXISTS", "ha:replay:k") == 1
+        finally:
+            await stores.close()
+            await port.stopListening()
+
+
+def other_clients(port: int) -> int:
+    """Clients connected to the server on ``port``, besides the one asking."""
+    return int(info(port, "clients")["connected_clients"]) - 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_primary_named_by_the_sentinels_takes_every_connection() -> None:
+    with RedisServer() as old, RedisServer() as new:
+        factory = protocol.Factory.forProtocol(_FakeSentinel)
+        factory.address = ("127.0.0.1", old.port)  # type: ignore[attr-defined]
+        factory.asked = 0  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        stores = sentinel_stores([f"127.0.0.1:{port.getHost().port}"])  # two connections
+        try:
+            await until(lambda: other_clients(old.port) == 2, "both connections on the old primary")
+            factory.address = ("127.0.0.1", new.port)  # type: ignore[attr-defined]
+            # One connection is lost; reconnecting, it hears of the new primary, and the other one,
+            # still open to the old primary, is closed and follows.
+            victim = next(line.split("id=")[1].split()[0] for line in command(old.port, "CLIENT", "LIST").splitlines()
+                          if "cmd=client" not in line)
+            command(old.port, "CLIENT", "KILL", "ID", victim)
+            await until(lambda: other_clients(old.port) == 0 and other_clients(new.port) == 2,
+                        lambda: f"connections: old {other_clients(old.port)}, new {other_clients(new.port)}")
+            assert await stores.replay.reserve("k", 30.0) is True
+            assert command(new.port, "DBSIZE") == 1
         finally:
             await stores.close()
             await port.stopListening()
