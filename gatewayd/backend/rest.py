@@ -167,7 +167,10 @@ def _decode_key(value: str) -> bytes:
 
 def parse_session(body: bytes) -> Session:
     """A ``Session`` from the backend's JSON; ``ValueError`` when it is not one."""
-    data: Any = json.loads(body)
+    try:
+        data: Any = json.loads(body)
+    except RecursionError:
+        raise ValueError("session answer nests too deeply") from None
     if not isinstance(data, dict):
         raise ValueError("session answer is not a JSON object")
     fields = ("device_session_id", "user_id", "client_public_key", "status")
