@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint proto setup clean
+.PHONY: run test lint proto setup clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ test: $(STAMP)
 	$(BIN)/ruff check gatewayd tests twisted scripts bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q -ra
+
+# Coverage-guided fuzzing (atheris) of every decoder, FUZZ_SECONDS per target (FUZZ_TARGET for one).
+# Crashing inputs land in tests/fuzz/corpus/TARGET/crash-*: check them in, fix, and `make test` replays them.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGET ?= --all
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz.fuzz $(FUZZ_TARGET) --seconds $(FUZZ_SECONDS)
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py

@@ -48,6 +48,8 @@ class ServerConfig:
     max_concurrent_streams: int = 100
     max_header_list_bytes: int = 16 * 1024
     idle_timeout_s: float = 300.0
+    request_header_timeout_s: float = 10.0
+    request_body_timeout_s: float = 60.0
     keepalive_interval_s: float = 0.0
     keepalive_timeout_s: float = 20.0
     drain_timeout_s: float = 10.0

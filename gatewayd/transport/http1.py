@@ -7,6 +7,7 @@ surface). Limits: request headers (431 when over), request bodies (413).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,8 @@ from twisted.web.resource import IResource
 from gatewayd.rpc.wire import rpc_path_shape
 from gatewayd.transport.exchange import HeaderList, HttpApplication
 
+_STATUS_400 = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_STATUS_408 = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _STATUS_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _STATUS_413 = 413
 
@@ -200,42 +203,140 @@ class GatewayRequest(server.Request):
 
 
 class GatewayHTTPChannel(http.HTTPChannel):
-    """HTTP/1.1 channel answering 431 when request headers are over the limit.
+    """HTTP/1.1 channel that reads request heads strictly and not forever.
 
-    After the 431 it stops reading but keeps the connection open briefly
-    (lingering close, RFC 9112 section 9.6): closing at once would answer the
-    unread body with a TCP reset, and clients often lose the 431 to it.
+    Refused with 400 and close, so that no proxy in front can read a request
+    differently from us (request smuggling, RFC 9112 sections 2.2, 5.2, 6.1
+    and 3.2), on top of what twisted.web already refuses (Content-Length with
+    Transfer-Encoding, two of either, malformed lengths and chunks):
+
+    - a bare LF or bare CR anywhere in the request line or headers;
+    - obs-fold (a header line starting with space or tab);
+    - a Transfer-Encoding other than exactly ``chunked``, or any in HTTP/1.0;
+    - an HTTP/1.1 request without exactly one well-formed Host.
+
+    Headers over the limit get 431. A request head not complete within
+    ``header_timeout_s`` of its first byte, or a body not complete within
+    ``body_timeout_s`` of its head, gets 408 (slowloris: trickling bytes keeps
+    the idle timeout from firing, not these). After any refusal the channel
+    stops reading but keeps the connection open briefly (lingering close, RFC
+    9112 section 9.6): closing at once would answer unread bytes with a TCP
+    reset, and clients often lose the answer to it.
     """
 
     linger_s = 2.0
+    header_timeout_s: float | None = 10.0
+    body_timeout_s: float | None = 60.0
     _refused = False
+    _deadline: Any = None
+
+    # -- reading the request head ----------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self.line_mode and self._deadline is None and self.header_timeout_s:
+            # The first byte of a request head (pipelined ones are replayed through here too).
+            self._deadline = self.callLater(self.header_timeout_s, self._too_slow)
+        super().dataReceived(data)
+        pending: bytes = self._buffer
+        if self.line_mode and not self._refused and (b"\n" in pending or b"\r" in pending[:-1]):
+            # An unterminated line already holding a bare LF or CR: no CRLF will make it valid.
+            self._respondToBadRequestAndDisconnect()
 
     def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-            self._refuse_headers()
+            self._refuse(_STATUS_431)
+            return
+        if _bare_cr_or_lf(line) or (line[:1] in (b" ", b"\t") and self._in_headers):
+            self._respondToBadRequestAndDisconnect()  # bare CR/LF, or obs-fold
             return
         super().lineReceived(line)
 
+    @property
+    def _in_headers(self) -> bool:
+        """Past the request line of the current request (twisted.web's own flag, name-mangled)."""
+        return not getattr(self, "_HTTPChannel__first_line", 1)
+
     def lineLengthExceeded(self, line: bytes) -> None:
         # One header line longer than the whole limit never reaches lineReceived.
-        self._refuse_headers()
+        self._refuse(_STATUS_431)
 
-    def dataReceived(self, data: bytes) -> None:
+    def headerReceived(self, line: bytes) -> bool:
+        if self._refused:
+            return False
+        name, _, value = line.partition(b":")
+        if name.lower() == b"transfer-encoding" and (
+            self._version != b"HTTP/1.1" or value.strip(b" \t").lower() != b"chunked"
+        ):
+            self._respondToBadRequestAndDisconnect()
+            return False
+        ok: bool = super().headerReceived(line)
+        return ok
+
+    def allHeadersReceived(self) -> None:
+        hosts = self.requests[-1].requestHeaders.getRawHeaders(b"host")
+        if self._version == b"HTTP/1.1" and (not hosts or len(hosts) != 1 or not _HOST.fullmatch(hosts[0])):
+            self._respondToBadRequestAndDisconnect()
+            return
+        self._cancel_deadline()
+        if self.length != 0 and self.body_timeout_s:
+            self._deadline = self.callLater(self.body_timeout_s, self._too_slow)
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._cancel_deadline()
+        if not self._refused:  # twisted.web calls this even after allHeadersReceived refused
+            super().allContentReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
         if not self._refused:
-            super().dataReceived(data)
+            super().rawDataReceived(data)
 
-    def _refuse_headers(self) -> None:
+    # -- refusing ---------------------------------------------------------------------
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's own 400s come through here too.
+        self._refuse(_STATUS_400)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self._refuse(_STATUS_408)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _refuse(self, response: bytes) -> None:
         if self._refused:
             return
         self._refused = True
+        self._cancel_deadline()
         self.setTimeout(None)
         transport: Any = self.transport
-        transport.write(_STATUS_431)
+        transport.write(response)
         if hasattr(transport, "loseWriteConnection"):
             transport.loseWriteConnection()
             self.callLater(self.linger_s, transport.loseConnection)
         else:
             transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+
+#: ``uri-host [ ":" port ]`` (RFC 9110 section 7.2): a reg-name or IP literal, digits for the port.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+
+
+def _bare_cr_or_lf(line: bytes) -> bool:
+    """A line split at CRLF that still holds a CR or an LF."""
+    return b"\n" in line or b"\r" in line
 
 
 class GatewaySite(server.Site):
@@ -244,16 +345,21 @@ class GatewaySite(server.Site):
     protocol = GatewayHTTPChannel  # type: ignore[assignment]
 
     def __init__(self, resource: IResource, app: HttpApplication, max_body_bytes: int,
-                 max_header_bytes: int, timeout: float = 300.0, max_rpc_body_bytes: int | None = None) -> None:
+                 max_header_bytes: int, timeout: float = 300.0, max_rpc_body_bytes: int | None = None,
+                 header_timeout_s: float | None = 10.0, body_timeout_s: float | None = 60.0) -> None:
         rpc_limit = max_rpc_body_bytes if max_rpc_body_bytes is not None else max_body_bytes
         request_factory = type("BoundGatewayRequest", (GatewayRequest,),
                                {"app": app, "max_body_bytes": max_body_bytes, "max_rpc_body_bytes": rpc_limit})
         # No form parsing: every body here is JSON or an RPC message, never a form.
         super().__init__(resource, requestFactory=request_factory, timeout=timeout, parsePOSTFormSubmission=False)
         self.max_header_bytes = max_header_bytes
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.noisy = False
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         channel.totalHeadersSize = self.max_header_bytes
+        channel.header_timeout_s = self.header_timeout_s
+        channel.body_timeout_s = self.body_timeout_s
         return channel

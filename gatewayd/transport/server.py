@@ -86,5 +86,7 @@ def build_factory(
         max_header_bytes=config.max_header_list_bytes,
         timeout=config.idle_timeout_s or None,  # type: ignore[arg-type]
         max_rpc_body_bytes=rpc_body_limit(config.max_message_bytes),
+        header_timeout_s=config.request_header_timeout_s or None,
+        body_timeout_s=config.request_body_timeout_s or None,
     )
     return GatewayFactory(app, site, clock, h2_limits(config)), app
