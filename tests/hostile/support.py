@@ -1,0 +1,254 @@
+"""A real ``twist gatewayd --dev`` process for hostile clients, and what the tests watch it with.
+
+- ``GatewayProcess``: the process (started once per test module), its port, its
+  resident memory (``rss_bytes`` from /proc/PID/status) and the server side of
+  any TCP connection to it (``server_socket_state`` from /proc/net/tcp*).
+- ``HealthProber``: a well-behaved client on its own HTTP/2 connection that
+  asks Health/Check back to back while an attack runs; afterwards it says how
+  many calls it made and how slow the slowest was.
+- ``attack``: a context for one attack: RSS before, the prober throughout,
+  and on exit the assertions every hostile test shares.
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+from gatewayd._proto.grpc.health.v1 import health_pb2
+from gatewayd.rpc.framing import encode_frame
+from gatewayd.testing.harness import CHECK, check_request
+from gatewayd.testing.raw_h2 import RawH2Client
+from gatewayd.testing.raw_http1 import RawHttp1
+from gatewayd.testing.redis import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TWIST = str(Path(sys.executable).with_name("twist"))
+START_TIMEOUT_S = 30.0
+
+#: How much the gateway's resident memory may grow during one attack. Generous on purpose
+#: (allocator noise, caches warming up); each attack sends well over this much, so a
+#: gateway that buffered what it was sent, or what it decoded, would exceed it.
+RSS_GROWTH_BOUND = 48 * 1024 * 1024
+#: The well-behaved client's slowest Health/Check during an attack (a loaded CI machine).
+SLOWEST_CHECK_S = 3.0
+
+# /proc/net/tcp states (include/net/tcp_states.h).
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+              7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    state_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_bytes(self) -> int:
+        """Resident memory now (VmRSS)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def server_socket_state(self, client_port: int) -> str | None:
+        """The state of the gateway's end of the connection from ``client_port``, or None once it is gone."""
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote, state = fields[1], fields[2], int(fields[3], 16)
+                if int(local.rsplit(":", 1)[1], 16) == self.port and int(remote.rsplit(":", 1)[1], 16) == client_port:
+                    return TCP_STATES.get(state, str(state))
+        return None
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def assert_alive(self) -> None:
+        assert self.process.poll() is None, f"the gateway exited ({self.process.returncode}):\n{self.text()[-3000:]}"
+
+
+def _ready(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/readyz")
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
+    except OSError:
+        return False
+
+
+def run_gateway(directory: Path, config: str) -> Iterator[GatewayProcess]:
+    """``twist gatewayd --dev --config`` with ``config`` (TOML) on a free loopback port, ready when yielded;
+    SIGTERM (then SIGKILL) afterwards."""
+    port = free_port()
+    config_path = directory / "gatewayd.toml"
+    config_path.write_text(config)
+    log = directory / "gatewayd.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [TWIST, "--log-format=text", "gatewayd", "--dev", "--config", str(config_path),
+             "--listen", f"tcp:{port}:interface=127.0.0.1", "--state-dir", str(directory / "state")],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+    gateway = GatewayProcess(process, port, log, directory / "state")
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _ready(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway not ready (exit {process.poll()}):\n{gateway.text()}")
+            time.sleep(0.05)
+        yield gateway
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        process.wait()
+
+
+async def h2_client(port: int, **kwargs: Any) -> RawH2Client:
+    """A raw HTTP/2 connection (``RawH2Client`` keyword arguments), its preface and SETTINGS sent."""
+    client = RawH2Client(**kwargs)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    return client
+
+
+async def http1_client(port: int) -> RawHttp1:
+    client = RawHttp1()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    return client
+
+
+def close(client: Any) -> None:
+    if client.transport is not None and not client.closed:
+        client.transport.abortConnection()
+
+
+async def check_once(client: RawH2Client, timeout: float = SLOWEST_CHECK_S) -> None:
+    """One Health/Check on ``client``, answered SERVING within ``timeout``."""
+    sid = client.open_stream(CHECK, body=encode_frame(check_request()))
+    await client.wait(lambda: client.responses[sid].done or client.closed, f"Check on stream {sid}", timeout)
+    response = client.responses[sid]
+    assert response.grpc_status() == 0, response
+    [(_, payload)] = response.messages()
+    assert health_pb2.HealthCheckResponse.FromString(payload).status == health_pb2.HealthCheckResponse.SERVING
+    del client.responses[sid]
+    client.frames.clear()
+
+
+@dataclass
+class HealthProber:
+    """Health/Check back to back on its own connection until ``stop()``; every call must succeed."""
+
+    port: int
+    calls: int = 0
+    slowest_s: float = 0.0
+    failure: BaseException | None = None
+    _client: RawH2Client | None = None
+    _running: bool = False
+    _done: defer.Deferred[None] = field(default_factory=defer.Deferred)
+
+    async def start(self) -> None:
+        self._client = await h2_client(self.port)
+        await check_once(self._client)  # connected and answered before the attack begins
+        self._running = True
+        defer.ensureDeferred(self._loop()).chainDeferred(self._done)
+
+    async def _loop(self) -> None:
+        assert self._client is not None
+        try:
+            while self._running:
+                start = reactor.seconds()
+                await check_once(self._client)
+                self.slowest_s = max(self.slowest_s, reactor.seconds() - start)
+                self.calls += 1
+                await task.deferLater(reactor, 0.01, lambda: None)  # a client, not a flood
+        except BaseException as e:
+            self.failure = e
+
+    async def stop(self) -> None:
+        """Stop, then assert the client was served throughout: at least one call, none failed or slow."""
+        self._running = False
+        await self._done
+        if self._client is not None:
+            close(self._client)
+        assert self.failure is None, f"the well-behaved client failed after {self.calls} calls: {self.failure!r}"
+        assert self.calls >= 1, "the well-behaved client made no call during the attack"
+        assert self.slowest_s < SLOWEST_CHECK_S, self.slowest_s
+
+
+@dataclass
+class Attack:
+    """What one attack measured: the gateway's RSS before it and at its peak so far."""
+
+    gateway: GatewayProcess
+    prober: HealthProber
+    rss_before: int
+    rss_peak: int = 0
+
+    def sample(self) -> int:
+        """Sample RSS now (call during the attack too, so the peak is seen)."""
+        rss = self.gateway.rss_bytes()
+        self.rss_peak = max(self.rss_peak, rss)
+        return rss
+
+    @property
+    def growth(self) -> int:
+        return self.rss_peak - self.rss_before
+
+
+@asynccontextmanager
+async def attack(gateway: GatewayProcess, rss_bound: int = RSS_GROWTH_BOUND) -> AsyncIterator[Attack]:
+    """One attack: a prober runs throughout; on a clean exit the gateway is alive, the prober was served,
+    and RSS grew by less than ``rss_bound``."""
+    gateway.assert_alive()
+    prober = HealthProber(gateway.port)
+    await prober.start()
+    state = Attack(gateway, prober, gateway.rss_bytes())
+    try:
+        yield state
+    except BaseException:
+        await defer.ensureDeferred(_quietly(prober.stop()))
+        raise
+    state.sample()
+    await prober.stop()
+    gateway.assert_alive()
+    assert state.growth < rss_bound, f"RSS grew by {state.growth / 2**20:.1f} MiB (bound {rss_bound / 2**20:.0f} MiB)"
+
+
+async def _quietly(coro: Any) -> None:
+    try:
+        await coro
+    except BaseException:
+        pass
+
+
+async def sample_until(state: Attack, predicate: Any, what: str, timeout: float = 10.0) -> None:
+    """Wait until ``predicate()``, sampling RSS as we go (bounded)."""
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        state.sample()
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"still not true after {timeout} s: {what}")
+        await task.deferLater(reactor, 0.02, lambda: None)
