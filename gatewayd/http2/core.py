@@ -221,6 +221,8 @@ class ServerConnectionCore:
                 pass
         self.flush()
         self.io.close()
+        # A peer that never reads never lets the GOAWAY out: drop it after keepalive_timeout_s.
+        self.clock.callLater(self.limits.keepalive_timeout_s, lambda: self._closed_d.called or self.io.abort())
         self._lost = True
         # Handlers of unfinished streams learn now; connection_lost finds nothing more.
         self._abort_streams()

@@ -46,6 +46,7 @@ class _TransportIO:
         self._protocol.transport.resumeProducing()  # type: ignore[union-attr]
 
     def close(self) -> None:
+        self._protocol.transport.unregisterProducer()  # type: ignore[union-attr]  # paused, it would keep us open
         self._protocol.transport.loseConnection()  # type: ignore[union-attr]
 
     def abort(self) -> None:

@@ -1,9 +1,9 @@
 """A connection the test holds open and drives by hand: exact bytes out, reads only when asked.
 
 ``HeldSocket`` is a plain blocking socket whose sends run in a thread and whose reads,
-once started, run in another (the reactor keeps serving the well-behaved client meanwhile). ``grpc_calls`` builds the bytes of many gRPC
-calls on one HTTP/2 connection with h2 (client side), with the windows the attacker
-advertises; ``H2Reader`` decodes what came back, per stream.
+once started, run in another (the reactor keeps serving the well-behaved client meanwhile).
+``grpc_calls`` builds the bytes of many gRPC calls on one HTTP/2 connection with h2 (client
+side), with the windows the attacker advertises; ``H2Reader`` decodes what came back, per stream.
 """
 
 from __future__ import annotations

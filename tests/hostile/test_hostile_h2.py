@@ -65,15 +65,16 @@ def _request_block_prefix() -> bytes:
 @pytest_twisted.ensureDeferred
 async def test_continuation_flood_is_cut_off(gateway: GatewayProcess) -> None:
     # HEADERS without END_HEADERS, then CONTINUATION frames without end: 8 connections at once,
-    # each offering 32 MiB of header block. A server that kept collecting would hold 256 MiB.
+    # each offering 64 MiB of header block. A server that kept collecting would hold 512 MiB.
     async with attack(gateway) as state:
         preamble = h2_preamble(HeadersFrame(1, _request_block_prefix()))  # no END_HEADERS
         continuation = ContinuationFrame(1, b"\x00" * 16384).serialize()  # no END_HEADERS either
-        floods = [flood(gateway.port, preamble, continuation * 4, 32 * MIB) for _ in range(8)]
+        floods = [flood(gateway.port, preamble, continuation * 4, 64 * MIB) for _ in range(8)]
         results = await _sampling(state, defer.gatherResults(floods, consumeErrors=True))
         for result in results:
-            # Refused with GOAWAY long before the budget: h2 takes at most 64 CONTINUATION frames.
-            assert result.closed and result.sent < 4 * MIB, (result.sent, result.goaways)
+            # Refused with GOAWAY long before the budget: h2 takes at most 64 CONTINUATION frames
+            # (what we count as sent includes the kernel's socket buffers, several MiB on loopback).
+            assert result.closed and result.sent < 32 * MIB, (result.sent, result.goaways)
             assert [code for _, code in result.goaways] == [ErrorCodes.PROTOCOL_ERROR], result.frames
             assert not any(isinstance(f, HeadersFrame) for f in result.frames)
 
@@ -149,15 +150,20 @@ def _served_check(client: object) -> bool:
 async def test_ping_flood_gets_goaway_enhance_your_calm(gateway: GatewayProcess) -> None:
     ping = PingFrame(0, b"flooding").serialize()
     async with attack(gateway) as state:
-        # A client that reads the ACKs, and one that never does (they would pile up on the gateway's side).
-        for reads in (True, False):
-            result = await _sampling(state, flood(gateway.port, h2_preamble(), ping * 256, 64 * MIB, read=reads,
-                                                  rcvbuf=None if reads else 4096))
-            assert result.closed and not result.stalled, (reads, result.sent)
-            assert result.sent < 4 * MIB, (reads, result.sent)
-            assert [code for _, code in result.goaways] == [ErrorCodes.ENHANCE_YOUR_CALM], (reads, result.goaways)
-            # Answered a bounded number (the bucket, plus what one read held), not one per PING sent.
-            assert result.ping_acks < 5000, (reads, result.ping_acks)
+        # A client that reads the ACKs: it sees the GOAWAY, then the close.
+        result = await _sampling(state, flood(gateway.port, h2_preamble(), ping * 256, 64 * MIB))
+        assert result.closed and not result.stalled and result.sent < 32 * MIB, result.sent
+        assert [code for _, code in result.goaways] == [ErrorCodes.ENHANCE_YOUR_CALM], result.goaways
+        # Answered a bounded number (the bucket, plus what one read held), not one per PING sent.
+        assert result.ping_acks < 5000, result.ping_acks
+
+        # One that never reads: the ACKs and the GOAWAY can only queue on the gateway's side, so the
+        # gateway must drop the connection itself (a reset; the GOAWAY never gets out).
+        floods_before = gateway.text().count("PING flood")
+        result = await _sampling(state, flood(gateway.port, h2_preamble(), ping * 256, 64 * MIB, read=False,
+                                              rcvbuf=4096))
+        assert result.closed and not result.stalled and result.sent < 32 * MIB, result.sent
+        await until(lambda: gateway.text().count("PING flood") == floods_before + 1, "the gateway's log line")
 
 
 # --- flow control: subscribers that never open their window, clients that never read -------------
@@ -200,7 +206,7 @@ async def test_subscribers_that_never_open_their_window(gateway: GatewayProcess)
             for i in range(150):
                 answer = await actor.execute("user.notes.create", {"text": f"{i:04d}" + "n" * NOTE_TEXT_CHARS})
                 assert answer.ok, answer
-                await until(lambda i=i: len(events) == 2 + i, lambda: f"event {i}; got {len(events)}")
+                await until(lambda n=2 + i: len(events) == n, lambda n=2 + i: f"{n} events; got {len(events)}")
                 state.sample()
             assert events == ["gateway.server_time"] + ["user.note.created"] * 150
             assert not subscription.called
