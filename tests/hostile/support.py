@@ -27,10 +27,10 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from gatewayd._proto.grpc.health.v1 import health_pb2
-from gatewayd.rpc.framing import encode_frame
+from gatewayd.rpc.framing import encode_frame, split_grpc_web_body
 from gatewayd.testing.harness import CHECK, check_request
 from gatewayd.testing.raw_h2 import RawH2Client
-from gatewayd.testing.raw_http1 import RawHttp1
+from gatewayd.testing.raw_http1 import RawHttp1, http1_request, parse_http1_response
 from gatewayd.testing.redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,11 +157,26 @@ async def check_once(client: RawH2Client, timeout: float = SLOWEST_CHECK_S) -> N
     client.frames.clear()
 
 
+async def check_once_http1(port: int, timeout: float = SLOWEST_CHECK_S) -> None:
+    """One gRPC-Web Health/Check over HTTP/1.1 on a new connection, answered SERVING within ``timeout``."""
+    client = await http1_client(port)
+    assert client.transport is not None
+    client.transport.write(http1_request("POST", CHECK, encode_frame(check_request()),
+                                         [("content-type", "application/grpc-web+proto")]))
+    await client.wait(lambda: client.closed, "the HTTP/1.1 Check", timeout)
+    response = parse_http1_response(client.received)
+    messages, trailers = split_grpc_web_body(response.body, 1 << 20)
+    assert response.status == 200 and trailers.get("grpc-status") == "0", response
+    assert health_pb2.HealthCheckResponse.FromString(messages[0]).status == health_pb2.HealthCheckResponse.SERVING
+
+
 @dataclass
 class HealthProber:
-    """Health/Check back to back on its own connection until ``stop()``; every call must succeed."""
+    """Health/Check back to back until ``stop()``, over HTTP/2 on one connection of its own or
+    (``http1``) gRPC-Web over HTTP/1.1, a new connection per call; every call must succeed."""
 
     port: int
+    http1: bool = False
     calls: int = 0
     slowest_s: float = 0.0
     failure: BaseException | None = None
@@ -170,17 +185,23 @@ class HealthProber:
     _done: defer.Deferred[None] = field(default_factory=defer.Deferred)
 
     async def start(self) -> None:
-        self._client = await h2_client(self.port)
-        await check_once(self._client)  # connected and answered before the attack begins
+        if not self.http1:
+            self._client = await h2_client(self.port)
+        await self._check()  # answered before the attack begins
         self._running = True
         defer.ensureDeferred(self._loop()).chainDeferred(self._done)
 
+    async def _check(self) -> None:
+        if self._client is None:
+            await check_once_http1(self.port)
+        else:
+            await check_once(self._client)
+
     async def _loop(self) -> None:
-        assert self._client is not None
         try:
             while self._running:
                 start = reactor.seconds()
-                await check_once(self._client)
+                await self._check()
                 self.slowest_s = max(self.slowest_s, reactor.seconds() - start)
                 self.calls += 1
                 await task.deferLater(reactor, 0.01, lambda: None)  # a client, not a flood
@@ -219,11 +240,12 @@ class Attack:
 
 
 @asynccontextmanager
-async def attack(gateway: GatewayProcess, rss_bound: int = RSS_GROWTH_BOUND) -> AsyncIterator[Attack]:
-    """One attack: a prober runs throughout; on a clean exit the gateway is alive, the prober was served,
-    and RSS grew by less than ``rss_bound``."""
+async def attack(gateway: GatewayProcess, rss_bound: int = RSS_GROWTH_BOUND, *,
+                 http1: bool = False) -> AsyncIterator[Attack]:
+    """One attack: a prober (HTTP/2, or ``http1``) runs throughout; on a clean exit the gateway is
+    alive, the prober was served, and RSS grew by less than ``rss_bound``."""
     gateway.assert_alive()
-    prober = HealthProber(gateway.port)
+    prober = HealthProber(gateway.port, http1)
     await prober.start()
     state = Attack(gateway, prober, gateway.rss_bytes())
     try:
