@@ -16,7 +16,12 @@ import hpack
 from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandRequest
 from gatewayd._proto.grpc.health.v1.health_pb2 import HealthCheckRequest
 from gatewayd.client.sign import sign_envelope
+from gatewayd.reflection import VERSIONS
+from gatewayd.rpc import details
+from gatewayd.rpc.codes import Code
+from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.framing import FLAG_COMPRESSED, encode_frame, encode_grpc_web_trailers
+from gatewayd.rpc.protocols import connect
 from gatewayd.signing import sha256
 from tests.fuzz import targets
 from tests.fuzz.fuzz import CORPUS, ROOT
@@ -45,6 +50,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
     signed = ExecuteCommandRequest(envelope=envelope, payload_bytes=b"{}",
                                    signature=sign_envelope(targets._DEVICE_KEY, envelope)).SerializeToString()
     now = (1_700_000_000).to_bytes(6, "big")  # the envelope target's clock, in seconds
+    retry = details.encode_status(8, "slow down", [details.retry_info(2.0)])
     request_headers = hpack.Encoder().encode(
         [*targets._PSEUDO_SEEDS, (b"content-type", b"application/grpc"), (b"te", b"trailers"),
          (b"grpc-timeout", b"5S"), (b"x-custom", b"one"), (b"x-custom", b"two")])
@@ -65,7 +71,10 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "gzip": limit_4k + NO_CUTS + encode_frame(gzip.compress(b"x" * 100, mtime=0), FLAG_COMPRESSED),
         },
         "grpc_web": {
-            "messages-and-trailers": limit_4k + message + trailers,
+            "messages-and-trailers": limit_4k + b"\x00" + message + trailers,
+            "status-details": limit_4k + b"\x00" + message + encode_grpc_web_trailers(
+                [("grpc-status", "8"), ("grpc-message", "slow down"), ("retry-after", "2"),
+                 ("grpc-status-details-bin", details.b64encode_unpadded(retry))]),
         },
         "grpc_web_text": {
             "text": b"\x00" + NO_CUTS + base64.b64encode(message) + base64.b64encode(trailers),
@@ -76,6 +85,8 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "end-error": b"\x01\x00" + json.dumps({"error": {"code": "unavailable", "message": "bye"},
                                                    "metadata": {"retry-after": ["3"]}}).encode(),
             "unary-error": b"\x00\x04" + json.dumps({"code": "not_found", "message": "no such"}).encode(),
+            "end-error-details": b"\x01\x00" + json.dumps({"error": connect.error_json(
+                RpcError(Code.RESOURCE_EXHAUSTED, "slow down", details=[details.retry_info(2.0)]))}).encode(),
         },
         "h2_request_headers": {
             "hpack": b"\x01" + request_headers,
@@ -92,6 +103,8 @@ def seeds() -> dict[str, dict[str, bytes]]:
                                       [("connect-timeout-ms", "100")]),
             "connect-unary-gzip": rpc(False, "application/proto", targets.ECHO, gzip.compress(echo, mtime=0),
                                       [("content-encoding", "gzip")]),
+            "grpc-reflection": rpc(True, "application/grpc", targets.REFLECTION,
+                                   encode_frame(VERSIONS[0].request(list_services="*").SerializeToString())),
             "connect-stream-json": rpc(True, "application/connect+json", targets.STREAM,
                                        encode_frame(b'{"payloadBytes": "YWJj"}')),
         },

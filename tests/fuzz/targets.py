@@ -28,12 +28,11 @@ from gatewayd._proto.gateway.v1.gateway_pb2 import (
     SubscribeEventsRequest,
 )
 from gatewayd.backend.rest import Session, parse_session
-from gatewayd.client.errors import RpcCallError
 from gatewayd.client.keys import DeviceKey
 from gatewayd.client.sign import sign_envelope
-from gatewayd.client.wire import _connect_end_stream, _connect_error, _status
 from gatewayd.config import Config, ConfigError, load
 from gatewayd.health import HealthService
+from gatewayd.reflection import ReflectionService
 from gatewayd.pipeline.context import SUBSCRIBE_MESSAGE_TYPE, RequestContext
 from gatewayd.pipeline.envelope import EnvelopeStage
 from gatewayd.pipeline.freshness import FreshnessStage
@@ -55,6 +54,7 @@ from gatewayd.rpc.compression import gunzip
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.framing import (
     FLAG_COMPRESSED,
+    FLAG_GRPC_WEB_TRAILERS,
     HEADER_SIZE,
     Base64StreamDecoder,
     FrameDecoder,
@@ -65,10 +65,11 @@ from gatewayd.rpc.framing import (
     split_grpc_web_body,
 )
 from gatewayd.rpc.methods import Method, MethodTable
+from gatewayd.rpc.protocols import connect, grpcweb
 from gatewayd.rpc.server import RpcApplication
 from gatewayd.transport.cors import CorsPolicy
 from gatewayd.transport.exchange import HeaderList
-from gatewayd.transport.h2wire import parse_request_headers
+from gatewayd.http2.request_headers import parse_request_headers
 from tests.fuzz.reader import Reader
 
 
@@ -136,20 +137,44 @@ def grpc_frames(data: bytes) -> None:
 # --- gRPC-Web: trailer frames and grpc-message, binary and text --------------------
 
 
-@target("grpc_web", RpcError, RpcCallError)
+@target("grpc_web", RpcError)
 def grpc_web(data: bytes) -> None:
-    """A whole gRPC-Web response body: messages, trailers, and the status a client reads from them."""
+    """A whole gRPC-Web response body: its messages, and the status a client reads from its
+    trailer frame (or from headers, for a trailers-only answer). Only the framing may raise."""
     r = Reader(data)
     limit = r.pick(LIMITS)
+    http_status = r.pick((200, 200, 200, 400, 404, 429, 503))
     body = r.rest()
+    text = body.decode("utf-8", "replace")
+    assert decode_grpc_message(encode_grpc_message(text)) == text
+    _check_status(grpcweb.headers_status(dict(_trailer_lines(body)), http_status))
+    for flags, payload in FrameDecoder(limit).feed(body):
+        if flags & FLAG_GRPC_WEB_TRAILERS:
+            _check_status(grpcweb.decode_trailer_frame(payload))
     messages, trailers = split_grpc_web_body(body, limit)
     assert all(len(m) <= limit for m in messages)
     for name, value in trailers.items():
         assert name == name.strip().lower() and value == value.strip(), (name, value)
-        decode_grpc_message(value)
-    text = body.decode("utf-8", "replace")
-    assert decode_grpc_message(encode_grpc_message(text)) == text
-    _status(trailers)
+
+
+def _trailer_lines(body: bytes) -> list[tuple[str, str]]:
+    """``body`` read loosely as ``name: value`` lines (headers of a trailers-only answer)."""
+    pairs = []
+    for line in body.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        pairs.append((name.strip().lower(), value.strip()))
+    return pairs
+
+
+def _check_status(status: RpcError | None) -> None:
+    """A decoded status is None (OK) or a well-formed error."""
+    if status is None:
+        return
+    assert isinstance(status, RpcError) and isinstance(status.code, Code) and status.code is not Code.OK, status
+    assert isinstance(status.message, str)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in status.metadata.items()), status.metadata
+    for detail in status.details:
+        assert isinstance(detail.type_url, str) and isinstance(detail.value, bytes)
 
 
 @target("grpc_web_text", RpcError)
@@ -178,23 +203,20 @@ def grpc_web_text(data: bytes) -> None:
 _STATUSES = (200, 400, 401, 403, 404, 408, 409, 412, 413, 415, 429, 431, 499, 500, 501, 502, 503, 504, 505, 0, 999)
 
 
-@target("connect_json", RpcCallError)
+@target("connect_json")
 def connect_json(data: bytes) -> None:
-    """The end-stream message either ends OK or raises a clean RpcCallError; error bodies always do."""
+    """The end-stream message reports OK or a well-formed error; an error body always an error.
+    Neither decoder raises, whatever the JSON (details included)."""
     r = Reader(data)
     end_stream = r.flag()
     status = r.pick(_STATUSES)
     body = r.rest()
-    try:
-        if end_stream:
-            _connect_end_stream(body)
-            return
-        _connect_error(body, status, {"retry-after": "1"})
-    except RpcCallError as e:
-        assert isinstance(e.code, int) and isinstance(e.message, str)
-        assert all(isinstance(k, str) and isinstance(v, str) for k, v in e.metadata.items())
-        raise
-    raise AssertionError("a Connect error body must raise")
+    if end_stream:
+        _check_status(connect.decode_end_stream(body))
+        return
+    error = connect.decode_unary_error(body, status, {"retry-after": "1", "content-type": "application/json"})
+    assert error is not None and "content-type" not in error.metadata
+    _check_status(error)
 
 
 # --- HTTP/2 request headers (our one-pass validation in place of h2's) -------------
@@ -241,9 +263,10 @@ def h2_request_headers(data: bytes) -> None:
 
 CHECK = "/grpc.health.v1.Health/Check"
 WATCH = "/grpc.health.v1.Health/Watch"
+REFLECTION = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 ECHO = "/fuzz.v1.Fuzz/Echo"
 STREAM = "/fuzz.v1.Fuzz/Stream"
-_PATHS = (CHECK, WATCH, ECHO, STREAM, "/no.Such/Method", "/grpc.health.v1.Health/", "/", "//x", "/a.b/c/d")
+_PATHS = (CHECK, WATCH, ECHO, STREAM, REFLECTION, "/no.Such/Method", "/grpc.health.v1.Health/", "/", "//x", "/a.b/c/d")
 _CONTENT_TYPES = (
     "application/grpc", "application/grpc+proto", "application/grpc-web", "application/grpc-web+proto",
     "application/grpc-web-text", "application/grpc-web-text+proto", "application/connect+proto",
@@ -318,6 +341,7 @@ def _app() -> tuple[RpcApplication, task.Clock]:
         fuzz = _Fuzz()
         for method in (
             *HealthService(["", "gateway.v1.Gateway"]).methods(),
+            *ReflectionService(methods).methods(),
             Method(ECHO, ExecuteCommandRequest, ExecuteCommandResponse, unary=fuzz.echo),
             Method(STREAM, ExecuteCommandRequest, GatewayEvent, stream=fuzz.stream),
         ):

@@ -81,8 +81,9 @@ def decode_error(document: object) -> RpcError | None:
     if not isinstance(document, dict) or not isinstance(document.get("code"), str):
         return None
     message = document.get("message")
-    return RpcError(Code.from_connect_name(document["code"]), message if isinstance(message, str) else "",
-                    details=_details(document.get("details")))
+    # "ok" names no error: an error object carrying it is UNKNOWN, as any unknown code (Code.OK is 0).
+    code = Code.from_connect_name(document["code"]) or Code.UNKNOWN
+    return RpcError(code, message if isinstance(message, str) else "", details=_details(document.get("details")))
 
 
 def _details(entries: object) -> list[details.AnyProto]:
