@@ -222,7 +222,7 @@ class ServerConnectionCore:
         self.flush()
         self.io.close()
         # A peer that never reads never lets the GOAWAY out: drop it after keepalive_timeout_s.
-        self.clock.callLater(self.limits.keepalive_timeout_s, lambda: self._closed_d.called or self.io.abort())
+        self.clock.callLater(self.limits.keepalive_timeout_s, self._abort_unless_closed)
         self._lost = True
         # Handlers of unfinished streams learn now; connection_lost finds nothing more.
         self._abort_streams()
@@ -430,4 +430,8 @@ class ServerConnectionCore:
     def abort(self) -> None:
         """Drop the connection now (the drain time ran out)."""
         if not self._lost:
+            self.io.abort()
+
+    def _abort_unless_closed(self) -> None:
+        if not self._closed_d.called:
             self.io.abort()

@@ -32,7 +32,7 @@ from gatewayd.client.keys import DeviceKey
 from gatewayd.client.sign import sign_envelope
 from gatewayd.config import Config, ConfigError, load
 from gatewayd.health import HealthService
-from gatewayd.reflection import ReflectionService
+from gatewayd.http2.request_headers import parse_request_headers
 from gatewayd.pipeline.context import SUBSCRIBE_MESSAGE_TYPE, RequestContext
 from gatewayd.pipeline.envelope import EnvelopeStage
 from gatewayd.pipeline.freshness import FreshnessStage
@@ -48,6 +48,7 @@ from gatewayd.public.validation import (
     valid_email,
     valid_public_key,
 )
+from gatewayd.reflection import ReflectionService
 from gatewayd.rpc.call import Call, ServerStream
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.compression import gunzip
@@ -69,7 +70,6 @@ from gatewayd.rpc.protocols import connect, grpcweb
 from gatewayd.rpc.server import RpcApplication
 from gatewayd.transport.cors import CorsPolicy
 from gatewayd.transport.exchange import HeaderList
-from gatewayd.http2.request_headers import parse_request_headers
 from tests.fuzz.reader import Reader
 
 

@@ -3,8 +3,8 @@
 ``test_corpus_replays``: every file in tests/fuzz/corpus/TARGET/ (seeds, and each
 ``crash-*`` a fuzzing run once found) returns or raises only the target's
 documented exceptions. ``test_fuzz_target``: a short coverage-guided run per
-target (``FUZZ_TEST_SECONDS``, default 3) in a subprocess that writes nothing
-into the repository; ``make fuzz`` runs the same targets for longer.
+target (``FUZZ_TEST_SECONDS``, default 3), four subprocesses at a time, none
+writing into the repository; ``make fuzz`` runs the same targets for longer.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from tests.fuzz.fuzz import CORPUS, ROOT
 from tests.fuzz.targets import TARGETS
 
 SECONDS = float(os.environ.get("FUZZ_TEST_SECONDS", "3"))
+PARALLEL = 4
 INPUTS = sorted(CORPUS.glob("*/*"))
 
 
@@ -38,21 +41,41 @@ def test_corpus_replays(path: Path) -> None:
         pass
 
 
+@dataclass
+class Run:
+    result: subprocess.CompletedProcess[str]
+    crashes: list[Path]
+
+
+@pytest.fixture(scope="module")
+def fuzz_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """One bounded atheris run per selected target, a few at a time (each is mostly start-up)."""
+    names = sorted({item.callspec.params["name"] for item in request.session.items
+                    if item.originalname == "test_fuzz_target"})
+
+    def run(name: str) -> Run:
+        directory = tmp_path_factory.mktemp(name)
+        work, artifacts = directory / "work", directory / "artifacts"
+        work.mkdir()
+        artifacts.mkdir()
+        command = [sys.executable, "-m", "tests.fuzz.fuzz", name, "--seconds", str(SECONDS), "--work", str(work),
+                   "--artifacts", str(artifacts)]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=SECONDS * 10 + 120)
+        return Run(result, sorted(artifacts.iterdir()))
+
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        return dict(zip(names, pool.map(run, names), strict=True))
+
+
 @pytest.mark.parametrize("name", sorted(TARGETS))
-def test_fuzz_target(name: str, tmp_path: Path) -> None:
-    work, artifacts = tmp_path / "work", tmp_path / "artifacts"
-    work.mkdir()
-    artifacts.mkdir()
-    command = [sys.executable, "-m", "tests.fuzz.fuzz", name, "--seconds", str(SECONDS), "--work", str(work),
-               "--artifacts", str(artifacts)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=SECONDS * 10 + 60)
-    crashes = sorted(artifacts.iterdir())
-    if result.returncode != 0 or crashes:
-        found = "\n".join(f"  {c.name}: {c.read_bytes()[:200]!r}" for c in crashes)
+def test_fuzz_target(name: str, fuzz_runs: dict[str, Run]) -> None:
+    run = fuzz_runs[name]
+    if run.result.returncode != 0 or run.crashes:
+        found = "\n".join(f"  {c.name}: {c.read_bytes()[:200]!r}" for c in run.crashes)
         pytest.fail(
-            f"fuzzing {name} crashed (exit {result.returncode})\n{found}\n"
+            f"fuzzing {name} crashed (exit {run.result.returncode})\n{found}\n"
             f"Check the input in as tests/fuzz/corpus/{name}/crash-<sha1>, fix the decoder, and replay it with\n"
             f"  python -m tests.fuzz.fuzz --replay tests/fuzz/corpus/{name}/crash-<sha1>\n"
-            f"{result.stderr[-4000:]}"
+            f"{run.result.stderr[-4000:]}"
         )
-    assert "Done" in result.stderr, result.stderr[-2000:]
+    assert "Done" in run.result.stderr, run.result.stderr[-2000:]
