@@ -235,14 +235,27 @@ class GatewayHTTPChannel(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
-        if self.line_mode and self._deadline is None and self.header_timeout_s:
-            # The first byte of a request head (pipelined ones are replayed through here too).
-            self._deadline = self.callLater(self.header_timeout_s, self._too_slow)
+        if self._busyReceiving:
+            # Re-entered (pipelined bytes replayed once a response is done): LineReceiver only
+            # buffers them, and the outer call parses them and checks what is left.
+            super().dataReceived(data)
+            return
+        if data:
+            self._head_started()
         super().dataReceived(data)
+        if not self.line_mode or self._refused:
+            return
         pending: bytes = self._buffer
-        if self.line_mode and not self._refused and (b"\n" in pending or b"\r" in pending[:-1]):
+        if b"\n" in pending or b"\r" in pending[:-1]:
             # An unterminated line already holding a bare LF or CR: no CRLF will make it valid.
             self._respondToBadRequestAndDisconnect()
+        elif pending or self._in_headers:
+            self._head_started()  # a pipelined request's head begun in this read
+
+    def _head_started(self) -> None:
+        """A request head is being read: its deadline runs from now (if it is not running yet)."""
+        if self.line_mode and self._deadline is None and self.header_timeout_s:
+            self._deadline = self.callLater(self.header_timeout_s, self._too_slow)
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:

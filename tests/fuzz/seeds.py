@@ -108,6 +108,14 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "connect-stream-json": rpc(True, "application/connect+json", targets.STREAM,
                                        encode_frame(b'{"payloadBytes": "YWJj"}')),
         },
+        "http1_request": {
+            "rest": NO_CUTS + b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n",
+            "grpc-web-pipelined": b"\x02\x40\x07" + (b"POST " + targets.CHECK.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/grpc-web+proto\r\nContent-Length: %d\r\n\r\n" % len(encode_frame(check))
+                + encode_frame(check)) * 2,
+            "chunked": NO_CUTS + b"POST /api HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\n\r\n",
+        },
         "envelope": {
             "protobuf": b"\x00" + now + b"\x00" + signed,
             "fields-signed": b"\x00" + now + b"\x01" + b"\x00" + b"\x01\x00" + b"\x01\x00"

@@ -10,6 +10,7 @@ or through ``tests/fuzz/test_fuzz.py``.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ from typing import Any
 import hpack
 from google.protobuf.message import DecodeError
 from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from gatewayd._proto.gateway.v1.gateway_pb2 import (
     ExecuteCommandRequest,
@@ -70,6 +75,7 @@ from gatewayd.rpc.protocols import connect, grpcweb
 from gatewayd.rpc.server import RpcApplication
 from gatewayd.transport.cors import CorsPolicy
 from gatewayd.transport.exchange import HeaderList
+from gatewayd.transport.http1 import GatewaySite
 from tests.fuzz.reader import Reader
 
 
@@ -396,6 +402,62 @@ def rpc_request(data: bytes) -> None:
     if exchange.status is not None and dict(exchange.response_headers).get(b"content-type") == b"application/json":
         document = json.loads(exchange.data)
         assert isinstance(document, dict)
+
+
+# --- HTTP/1.1 request heads (twisted.web's parser with our strict rules on top) ------
+
+_REFUSALS = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+)
+
+
+class _Hello(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return b"hello"
+
+
+@target("http1_request")
+def http1_request(data: bytes) -> None:
+    """Any bytes on an HTTP/1.1 connection, then every deadline: nothing raises; a refusal (400,
+    408, 431) is exactly ours and the last thing written; and how the bytes were cut into reads
+    changes nothing (the same answers whole as in the fuzzed pieces)."""
+    pieces = Reader(data).chunked()
+    chunked = _http1_exchange(pieces)
+    whole = _http1_exchange([b"".join(pieces)])
+    assert chunked == whole, (chunked[:300], whole[:300])
+    for refusal in _REFUSALS:
+        at = chunked.find(refusal)
+        if at >= 0:
+            assert chunked.endswith(refusal) and b"HTTP/1.1 " not in chunked[at + 9 :], chunked
+    if chunked:
+        assert chunked.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), chunked[:100]
+
+
+_DATE = re.compile(rb"\r\nDate: [^\r]*")
+
+
+def _http1_exchange(reads: list[bytes]) -> bytes:
+    """What a fresh channel writes for ``reads`` (0.5 s apart, then an hour), Date headers removed."""
+    app, _ = _app()
+    clock = task.Clock()
+    site = GatewaySite(_Hello(), app, max_body_bytes=4096, max_header_bytes=2048, max_rpc_body_bytes=8192)
+    site.reactor = clock  # type: ignore[assignment]
+    address = IPv4Address("TCP", "192.0.2.1", 1234)
+    channel = site.buildProtocol(address)
+    channel.callLater = clock.callLater
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    for piece in reads:
+        channel.dataReceived(piece)
+        clock.advance(0.5)
+    clock.advance(3600)
+    channel.connectionLost(None)
+    assert not app.active, "a call outlived its connection"
+    return _DATE.sub(b"", transport.value())
 
 
 # --- envelopes and the stages that read them ---------------------------------------
