@@ -9,6 +9,7 @@ variables override the file (values parsed as TOML, else taken as strings).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -194,6 +195,8 @@ def _convert(key: str, hint: Any, value: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # TOML has inf and nan; a nan timer would corrupt the reactor's queue
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
         if value < 0:
             raise ConfigError(f"{key}: must not be negative, got {value}")
         return float(value)
