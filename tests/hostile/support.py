@@ -12,11 +12,6 @@
 
 from __future__ import annotations
 
-import http.client
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,14 +23,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from gatewayd._proto.grpc.health.v1 import health_pb2
 from gatewayd.rpc.framing import encode_frame, split_grpc_web_body
+from gatewayd.testing.devprocess import DevGatewayProcess, start_dev_process
 from gatewayd.testing.harness import CHECK, check_request
 from gatewayd.testing.raw_h2 import RawH2Client
 from gatewayd.testing.raw_http1 import RawHttp1, http1_request, parse_http1_response
-from gatewayd.testing.redis import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-TWIST = str(Path(sys.executable).with_name("twist"))
-START_TIMEOUT_S = 30.0
 
 #: How much the gateway's resident memory may grow during one attack. Generous on purpose
 #: (allocator noise, caches warming up); each attack sends well over this much, so a
@@ -51,18 +42,24 @@ TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5:
 
 @dataclass
 class GatewayProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    state_dir: Path
+    """A ``twist gatewayd --dev`` child (gatewayd.testing.devprocess) and what hostile tests read of it."""
+
+    dev: DevGatewayProcess
+
+    @property
+    def port(self) -> int:
+        return self.dev.port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.dev.url
+
+    def text(self) -> str:
+        return self.dev.text()
 
     def rss_bytes(self) -> int:
         """Resident memory now (VmRSS)."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.dev.process.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS")
@@ -77,54 +74,18 @@ class GatewayProcess:
                     return TCP_STATES.get(state, str(state))
         return None
 
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
     def assert_alive(self) -> None:
-        assert self.process.poll() is None, f"the gateway exited ({self.process.returncode}):\n{self.text()[-3000:]}"
-
-
-def _ready(port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        try:
-            conn.request("GET", "/readyz")
-            return conn.getresponse().status == 200
-        finally:
-            conn.close()
-    except OSError:
-        return False
+        process = self.dev.process
+        assert process.poll() is None, f"the gateway exited ({process.returncode}):\n{self.text()[-3000:]}"
 
 
 def run_gateway(directory: Path, config: str) -> Iterator[GatewayProcess]:
-    """``twist gatewayd --dev --config`` with ``config`` (TOML) on a free loopback port, ready when yielded;
-    SIGTERM (then SIGKILL) afterwards."""
-    port = free_port()
-    config_path = directory / "gatewayd.toml"
-    config_path.write_text(config)
-    log = directory / "gatewayd.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [TWIST, "--log-format=text", "gatewayd", "--dev", "--config", str(config_path),
-             "--listen", f"tcp:{port}:interface=127.0.0.1", "--state-dir", str(directory / "state")],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-    gateway = GatewayProcess(process, port, log, directory / "state")
+    """``twist gatewayd --dev --config`` with ``config`` (TOML), ready when yielded; stopped afterwards."""
+    dev = start_dev_process(directory, config)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ready(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"gateway not ready (exit {process.poll()}):\n{gateway.text()}")
-            time.sleep(0.05)
-        yield gateway
+        yield GatewayProcess(dev)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        process.wait()
+        dev.stop()
 
 
 async def h2_client(port: int, **kwargs: Any) -> RawH2Client:
