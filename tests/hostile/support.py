@@ -170,13 +170,15 @@ class HealthProber:
             self.failure = e
 
     async def stop(self) -> None:
-        """Stop, then assert the client was served throughout: at least one call, none failed or slow."""
+        """Stop, then assert the client was served throughout: before, during (at least one call,
+        none failed or slow) and after the attack."""
         self._running = False
         await self._done
-        if self._client is not None:
-            close(self._client)
         assert self.failure is None, f"the well-behaved client failed after {self.calls} calls: {self.failure!r}"
         assert self.calls >= 1, "the well-behaved client made no call during the attack"
+        await self._check()  # and on the same connection after it
+        if self._client is not None:
+            close(self._client)
         assert self.slowest_s < SLOWEST_CHECK_S, self.slowest_s
 
 
