@@ -67,6 +67,7 @@ class ServerConfig:
     reflection: bool = True
     fanout_batch: int = 500
     revocation_tombstones: int = 100_000
+    listen_backlog: int = 1024
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class BackendConfig:
     gateway_id: str = ""
     timeout_s: float = 5.0
     max_connections: int = 64
+    max_waiting: int = 1024
     session_cache_ttl_s: float = 5.0
     session_cache_size: int = 100_000
     push_backoff_initial_s: float = 0.5
@@ -259,6 +261,10 @@ def _validate(config: Config) -> Config:
             raise ConfigError(f"server.{name}: must be at least 1")
     if config.server.max_message_bytes < 1024:
         raise ConfigError("server.max_message_bytes: must be at least 1024")
+    if config.server.listen_backlog < 1:
+        raise ConfigError("server.listen_backlog: must be at least 1")
+    if config.backend.max_connections < 1:
+        raise ConfigError("backend.max_connections: must be at least 1")
     if bool(config.server.tls_certificate) != bool(config.server.tls_private_key):
         raise ConfigError("server.tls_certificate and server.tls_private_key: set both or neither")
     if config.log.level not in ("debug", "info", "warn", "error", "critical"):

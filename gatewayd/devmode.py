@@ -33,7 +33,8 @@ def start_dev_backend(config: Config) -> Any:
     from gatewayd.devbackend.service import DevBackend
 
     backend = DevBackend(reactor, fixed_code=config.dev.email_code, debug=True)
-    service = DevBackendService(reactor, backend, "tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1")
+    service = DevBackendService(reactor, backend, "tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1",
+                                backlog=config.server.listen_backlog)
     yield service.startService()
     # Stopped after the gateway: the gateway's own shutdown still reaches it.
     reactor.addSystemEventTrigger("after", "shutdown", service.stopService)

@@ -25,6 +25,7 @@ from twisted.web.resource import IResource
 from gatewayd.backend.push_consumer import PushConsumer
 from gatewayd.backend.rest import BackendClient
 from gatewayd.backend.sessions import SessionCache
+from gatewayd.backlog import with_backlog
 from gatewayd.config import Config, ConfigError
 from gatewayd.health import NOT_SERVING, HealthService
 from gatewayd.heartbeat import Heartbeats
@@ -89,7 +90,8 @@ class Gateway:
         if config.stores.kind != "memory":
             time_store_methods(self.stores, self.metrics)
         backend = config.backend
-        self.backend = BackendClient(reactor, backend.base_url, backend.timeout_s, backend.max_connections)
+        self.backend = BackendClient(reactor, backend.base_url, backend.timeout_s, backend.max_connections,
+                                     max_waiting=backend.max_waiting)
         time_backend_client(self.backend, self.metrics)
         self.sessions = SessionCache(
             self.backend.get_session, reactor, backend.session_cache_ttl_s, backend.session_cache_size
@@ -316,7 +318,7 @@ def listen_endpoint(reactor: Any, config: Config) -> Any:
 
     The TLS endpoint's ``tls`` (a ``ServerTLS``) is what a reload swaps the certificate in.
     """
-    endpoint = endpoints.serverFromString(reactor, config.server.listen)
+    endpoint = endpoints.serverFromString(reactor, with_backlog(config.server.listen, config.server.listen_backlog))
     if not config.server.tls_certificate:
         return endpoint
     from twisted.protocols.tls import TLSMemoryBIOFactory

@@ -1,18 +1,21 @@
 """The backend REST client: session lookups, user routes, and the public auth proxy's POSTs.
 
-One ``BackendClient`` per process holds a persistent ``HTTPConnectionPool``
-(``maxPersistentPerHost = max_connections``), so calls reuse keep-alive
-connections instead of paying a TCP handshake each.
+Session lookups and user routes, the per-call hot path, go through a bounded
+pool of keep-alive HTTP/1.1 connections (``gatewayd.backend.pool``, parsed by
+``httptools``): requests are built as bytes and written in one piece, URLs
+are precomputed per route, and calls beyond ``max_connections`` wait for a
+pooled connection (at most ``max_waiting`` of them, within the timeout)
+instead of opening throwaway connections.
 
-This sits directly on ``twisted.web.client.Agent`` (the layer treq wraps)
-rather than on ``treq.request``: treq re-parses every URL with hyperlink,
-wraps each call in cookie and redirect agents and streams bytes bodies
-through a cooperator task, which is measurable at thousands of calls a
-second. Here URLs are precomputed per route, the Host header is built once
-(so Agent does not copy the headers) and bodies are written in one piece.
+The public auth proxy's POSTs (a few a second at most: every one is behind
+a login budget) use treq over ``twisted.web.client.Agent``, as DESIGN.md
+says: there the per-call cost does not matter (docs/architecture.md,
+"Deviations").
 
 Every transport failure (refused, reset, timed out, malformed answer) becomes
-``BackendUnavailable``; an HTTP status, whatever it is, is an answer.
+``BackendUnavailable``; an HTTP status, whatever it is, is an answer. A
+caller cancelling its Deferred gets ``CancelledError`` and the connection in
+use is closed.
 """
 
 from __future__ import annotations
@@ -22,32 +25,27 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from gatewayd.backend.answers import BackendAnswer, BackendUnavailable
+from gatewayd.backend.pool import ConnectionPool, PoolStats
 from gatewayd.config import Route
 from gatewayd.transport.nodelay import NoDelayEndpoint
 
-log = Logger()
+__all__ = ["BackendAnswer", "BackendClient", "BackendUnavailable", "Session", "parse_session"]
 
 SESSIONS_PATH = "/api/v1/internal/sessions/"
 USER_PATH = "/api/v1/user/"
-
-
-class BackendUnavailable(Exception):
-    """The backend could not be reached or did not answer in time (or answered garbage)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,88 +62,9 @@ class Session:
         return self.status == "active"
 
 
-@dataclass(frozen=True, slots=True)
-class BackendAnswer:
-    """An HTTP answer from the backend: any status, the raw body."""
-
-    status: int
-    body: bytes
-
-
-@implementer(IBodyProducer)
-class _BytesProducer:
-    """Write a bytes body in one piece (no cooperator round trips, unlike FileBodyProducer)."""
-
-    __slots__ = ("_body", "length")
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 # Characters RFC 3986 allows unescaped in a path segment besides the unreserved ones
 # (session and request ids use ":"); everything else, "/" included, is percent-quoted.
 _SEGMENT_SAFE = ":@!$&'()*+,;="
-
-
-class _BodyReader(Protocol):
-    """Collect a response body up to a limit; cancelling stops the transfer (closes the connection)."""
-
-    def __init__(self, status: int, limit: int) -> None:
-        self._status = status
-        self._limit = limit
-        self._size = 0
-        self._chunks: list[bytes] = []
-        self.done: Deferred[BackendAnswer] = Deferred(self._cancel)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.done.called:
-            return
-        self._size += len(data)
-        if self._size > self._limit:
-            self._chunks.clear()
-            self.done.errback(BackendUnavailable("backend answer too large"))
-            self._stop()
-            return
-        self._chunks.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.done.called:
-            return
-        # PotentialDataLoss: a body delimited by the connection's end, complete as far as HTTP can tell.
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(BackendAnswer(self._status, b"".join(self._chunks)))
-        else:
-            self.done.errback(reason)
-
-    def _cancel(self, _: Deferred[BackendAnswer]) -> None:
-        self._stop()
-
-    def _stop(self) -> None:
-        # deliverBody's transport is a producer proxy: stopProducing closes the connection.
-        transport: Any = self.transport
-        if transport is not None:
-            transport.stopProducing()
-
-
-class _Discard(Protocol):
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        if transport is not None:
-            transport.stopProducing()
 
 
 def _quote_segment(segment: str) -> str:
@@ -155,6 +74,14 @@ def _quote_segment(segment: str) -> str:
 def _quote_segments(path: str) -> str:
     """Percent-quote each segment of a relative path, keeping the slashes."""
     return "/".join(_quote_segment(segment) for segment in path.split("/"))
+
+
+def _header_value(value: str) -> bytes:
+    """A header value that cannot end the header or the head (as twisted.web's Headers sanitizes)."""
+    raw = value.encode()
+    if b"\r" in raw or b"\n" in raw:
+        raw = raw.replace(b"\r\n", b" ").replace(b"\r", b" ").replace(b"\n", b" ")
+    return raw
 
 
 def _decode_key(value: str) -> bytes:
@@ -183,35 +110,43 @@ def parse_session(body: bytes) -> Session:
     return Session(data["device_session_id"], data["user_id"], key, data["status"])
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's per-connection factory, without a "Starting factory" log line per connection."""
-
-    noisy = False
+def backend_endpoint(reactor: Any, parts: SplitResult, timeout_s: float) -> Any:
+    """The backend's client endpoint, with TCP_NODELAY, TLS for https, built once."""
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=max(1, round(timeout_s)))
+    if parts.scheme == "https":
+        endpoint = wrapClientTLS(BrowserLikePolicyForHTTPS().creatorForNetloc(host.encode(), port), endpoint)
+    return NoDelayEndpoint(endpoint)
 
 
 @implementer(IAgentEndpointFactory)
-class _BackendEndpoint:
-    """The one backend host's endpoint, built once.
+class _OneEndpoint:
+    """The one backend endpoint for Agent (a plain Agent builds and IDNA-encodes one per request)."""
 
-    A plain Agent builds a HostnameEndpoint (IDNA-encoding the host) for every
-    request, even when a pooled connection then serves it: a tenth of the
-    gateway's CPU per call at thousands of calls a second.
-    """
-
-    def __init__(self, reactor: Any, parts: SplitResult) -> None:
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        endpoint: Any = HostnameEndpoint(reactor, host, port)
-        if parts.scheme == "https":
-            endpoint = wrapClientTLS(BrowserLikePolicyForHTTPS().creatorForNetloc(host.encode(), port), endpoint)
-        self._endpoint = NoDelayEndpoint(endpoint)
+    def __init__(self, endpoint: Any) -> None:
+        self._endpoint = endpoint
 
     def endpointForURI(self, uri: Any) -> Any:
         return self._endpoint
 
 
+class _QuietPool(HTTPConnectionPool):
+    """Agent's pool for the public proxy, without a "Starting factory" log line per connection."""
+
+    def __init__(self, reactor: Any, max_persistent: int) -> None:
+        super().__init__(reactor, persistent=True)
+        self.maxPersistentPerHost = max_persistent
+        factory = self._factory
+
+        class Quiet(factory):  # type: ignore[valid-type, misc]
+            noisy = False
+
+        self._factory = Quiet
+
+
 class BackendClient:
-    """HTTP calls to the backend of PROTOCOL.md section 5 over a persistent connection pool."""
+    """HTTP calls to the backend of PROTOCOL.md section 5 (see the module docstring)."""
 
     def __init__(
         self,
@@ -220,128 +155,105 @@ class BackendClient:
         timeout_s: float,
         max_connections: int,
         max_body_bytes: int = 4 * 1024 * 1024,
+        max_waiting: int = 1024,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"backend base_url must be an http(s) URL, got {base_url!r}")
-        self._reactor: IReactorTime = reactor
+        self._reactor = reactor
         self._timeout_s = timeout_s
         # A bigger answer could not be sent back anyway (the default message limit is 4 MiB).
         self._max_body_bytes = max_body_bytes
         self._base = base_url.rstrip("/")
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool._factory = _QuietClientFactory
-        self._pool.maxPersistentPerHost = max_connections
-        self._agent = Agent.usingEndpointFactory(reactor, _BackendEndpoint(reactor, parts), pool=self._pool)
-        # Built once: a Host header present up front spares Agent a copy of the headers per call.
-        self._host = parts.netloc.encode("ascii")
-        self._json = [b"application/json"]
-        self._get_headers = Headers({b"host": [self._host], b"accept": self._json})
-        self._route_urls: dict[Route, bytes] = {}
+        self._path_base = parts.path.rstrip("/")
+        endpoint = backend_endpoint(reactor, parts, timeout_s)
+        self.pool = ConnectionPool(
+            reactor, endpoint, max_connections=max_connections, max_waiting=max_waiting,
+            timeout_s=timeout_s, max_body_bytes=max_body_bytes,
+        )
+        # Built once: every request's fixed header lines.
+        host = parts.netloc.encode("ascii")
+        self._session_head = b" HTTP/1.1\r\nHost: " + host + b"\r\nAccept: application/json\r\n\r\n"
+        self._route_head = (
+            b" HTTP/1.1\r\nHost: " + host + b"\r\nContent-Type: application/json\r\nAccept: application/json\r\n"
+        )
+        self._route_lines: dict[Route, bytes] = {}
+        self._public_pool = _QuietPool(reactor, max_persistent=max_connections)
+        agent = Agent.usingEndpointFactory(reactor, _OneEndpoint(endpoint), pool=self._public_pool)
+        self._public = HTTPClient(agent)
+
+    @property
+    def pool_stats(self) -> PoolStats:
+        """The hot-path pool's connections and waiting requests (for ``/metrics``)."""
+        return self.pool.stats
 
     # --- public API -----------------------------------------------------------------
 
     def get_session(self, device_session_id: str) -> Deferred[Session | None]:
         """The session, ``None`` when the backend answers 404; ``BackendUnavailable`` otherwise."""
-        url = (self._base + SESSIONS_PATH + _quote_segment(device_session_id)).encode("ascii")
-        d = self._request(b"GET", url, self._get_headers, None)
+        target = self._path_base + SESSIONS_PATH + _quote_segment(device_session_id)
+        d = self.pool.request(b"GET " + target.encode("ascii") + self._session_head, retryable=True)
         return d.addCallback(self._session_answer)
 
     def call_route(
         self, route: Route, payload: bytes, user_id: str, device_session_id: str, request_id: str
     ) -> Deferred[BackendAnswer]:
         """Call a user route with the caller's identity headers; the payload is the JSON body."""
-        url = self._route_urls.get(route)
-        if url is None:
-            url = (self._base + USER_PATH + _quote_segments(route.path)).encode("ascii")
-            self._route_urls[route] = url
-        headers = Headers(
-            {
-                b"host": [self._host],
-                b"content-type": self._json,
-                b"accept": self._json,
-                b"x-user-id": [user_id.encode()],
-                b"x-device-session-id": [device_session_id.encode()],
-                b"x-request-id": [request_id.encode()],
-            }
-        )
-        method = route.method.encode("ascii")
-        body = None if method == b"GET" else _BytesProducer(payload)
-        return self._request(method, url, headers, body)
+        line = self._route_lines.get(route)
+        if line is None:
+            target = self._path_base + USER_PATH + _quote_segments(route.path)
+            line = self._route_lines[route] = route.method.encode("ascii") + b" " + target.encode("ascii")
+        get = route.method == "GET"
+        head = b"".join((
+            line, self._route_head,
+            b"X-User-Id: ", _header_value(user_id),
+            b"\r\nX-Device-Session-Id: ", _header_value(device_session_id),
+            b"\r\nX-Request-Id: ", _header_value(request_id),
+            # A GET carries no body (and so no Content-Length), as Agent sent it.
+            b"\r\n\r\n" if get else b"\r\nContent-Length: %d\r\n\r\n" % len(payload),
+        ))
+        return self.pool.request(head if get else head + payload, retryable=get)
 
     def post_json(
         self, path: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> Deferred[BackendAnswer]:
         """POST ``body`` (already JSON) to ``path`` (absolute, e.g. ``/api/v1/public/auth/...``)."""
-        raw = Headers({b"host": [self._host], b"content-type": self._json, b"accept": self._json})
-        for name, value in (headers or {}).items():
-            raw.setRawHeaders(name.encode("ascii"), [value.encode()])
-        url = (self._base + "/" + _quote_segments(path.lstrip("/"))).encode("ascii")
-        return self._request(b"POST", url, raw, _BytesProducer(body))
+        url = self._base + "/" + _quote_segments(path.lstrip("/"))
+        all_headers: dict[bytes | str, bytes | str] = {"Content-Type": "application/json",
+                                                       "Accept": "application/json"}
+        all_headers.update(headers or {})
+        d: Deferred[Any] = self._public.post(url, data=body, headers=all_headers)
+        d.addCallback(self._read_public)
+        d.addTimeout(self._timeout_s, self._reactor)
+        return d.addErrback(_unavailable)
 
     def close(self) -> Deferred[None]:
-        """Close the pool's cached connections (call once, at shutdown)."""
-        return self._pool.closeCachedConnections()
+        """Close the idle connections (call once, at shutdown)."""
+        closed = self.pool.close()
+        return closed.addCallback(lambda _: self._public_pool.closeCachedConnections())
 
     # --- internals ------------------------------------------------------------------
 
-    def _request(
-        self, method: bytes, url: bytes, headers: Headers, body: _BytesProducer | None
-    ) -> Deferred[BackendAnswer]:
-        inner: Deferred[Any] = self._agent.request(method, url, headers, cast(IBodyProducer | None, body))
-        inner.addCallback(self._read)
-        # The caller's cancellation surfaces from Agent in several shapes (ConnectingCancelledError,
-        # ResponseNeverReceived, ...), as does a timeout; only these flags tell them apart.
-        cancelled = timed_out = False
+    def _read_public(self, response: Any) -> Deferred[BackendAnswer]:  # an IResponse
+        from treq import collect
 
-        def expire() -> None:
-            nonlocal timed_out
-            # Not inner.called: that is already true while inner waits on Agent's inner steps.
-            if not outer.called:
-                timed_out = True
-                inner.cancel()  # aborts the connection
-
-        # One timeout for connect + request + body. Timers run before the reactor reads its
-        # sockets, so on a saturated reactor an answer already waiting in a socket would lose
-        # to its own timeout: expire one turn later, after the next read.
-        reactor: Any = self._reactor
-        timer = reactor.callLater(self._timeout_s, reactor.callLater, 0, expire)
-
-        def cancel(_: Deferred[BackendAnswer]) -> None:
-            nonlocal cancelled
-            cancelled = True
-            inner.cancel()
-
-        outer: Deferred[BackendAnswer] = Deferred(cancel)
-
-        def settle(result: Any) -> None:
-            if timer.active():
-                timer.cancel()
-            if outer.called:
-                return
-            if not isinstance(result, Failure):
-                outer.callback(result)
-            elif cancelled:
-                outer.errback(Failure(CancelledError()))
-            elif timed_out:
-                log.warn("backend request timed out after {timeout_s}s", timeout_s=self._timeout_s)
-                outer.errback(BackendUnavailable("backend timed out"))
-            elif result.check(BackendUnavailable):
-                outer.errback(result)
-            else:
-                outer.errback(BackendUnavailable(f"backend unavailable: {type(result.value).__name__}"))
-
-        inner.addBoth(settle)
-        return outer
-
-    def _read(self, response: Any) -> Deferred[BackendAnswer]:  # an IResponse
+        limit = self._max_body_bytes
         length = response.length
-        if isinstance(length, int) and length > self._max_body_bytes:
+        chunks: list[bytes] = []
+        size = 0
+
+        def add(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            if size > limit:
+                raise BackendUnavailable("backend answer too large")
+            chunks.append(data)
+
+        if isinstance(length, int) and length > limit:
             response.deliverBody(_Discard())
             raise BackendUnavailable("backend answer too large")
-        reader = _BodyReader(response.code, self._max_body_bytes)
-        response.deliverBody(reader)
-        return reader.done
+        done: Deferred[Any] = collect(response, add)
+        return done.addCallback(lambda _: BackendAnswer(response.code, b"".join(chunks)))
 
     @staticmethod
     def _session_answer(answer: BackendAnswer) -> Session | None:
@@ -353,3 +265,20 @@ class BackendClient:
             return parse_session(answer.body)
         except ValueError:
             raise BackendUnavailable("session lookup answered a malformed body") from None
+
+
+def _unavailable(failure: Failure) -> Failure:
+    """A public proxy failure in the client's shapes: cancellation, or ``BackendUnavailable``."""
+    if failure.check(BackendUnavailable, CancelledError):
+        return failure
+    if failure.check(TimeoutError):
+        return Failure(BackendUnavailable("backend timed out"))
+    return Failure(BackendUnavailable(f"backend unavailable: {type(failure.value).__name__}"))
+
+
+class _Discard(Protocol):
+    """A body protocol that stops the transfer at once (closing the connection)."""
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.stopProducing()

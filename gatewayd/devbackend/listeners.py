@@ -10,6 +10,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from gatewayd.backlog import DEFAULT_BACKLOG, with_backlog
 from gatewayd.devbackend.push import push_methods
 from gatewayd.devbackend.service import DevBackend, make_http_site
 
@@ -41,7 +42,7 @@ class PushServer:
 
 
 @inlineCallbacks
-def serve_push(reactor: Any, endpoint: str, backend: DevBackend) -> Any:
+def serve_push(reactor: Any, endpoint: str, backend: DevBackend, backlog: int = DEFAULT_BACKLOG) -> Any:
     """Listen on ``endpoint`` (an endpoint string) serving ``push_methods(backend.bus)`` over
     gRPC (HTTP/2; the gateway's own server, so gRPC-Web and Connect work too).
 
@@ -62,7 +63,7 @@ def serve_push(reactor: Any, endpoint: str, backend: DevBackend) -> Any:
         table.add(method)
     # Server defaults; the idle timeout only applies to connections without an open call.
     factory, _app = build_factory(table, reactor, ServerConfig(), notFound())
-    port = yield serverFromString(reactor, endpoint).listen(factory)
+    port = yield serverFromString(reactor, with_backlog(endpoint, backlog)).listen(factory)
     return PushServer(port, factory)
 
 
@@ -70,10 +71,14 @@ class DevBackendService(Service):
     """Runs a ``DevBackend`` on an HTTP endpoint and a push (gRPC) endpoint.
 
     ``http_port`` (an ``IListeningPort``) and ``push_server`` are set once started.
+    Both listen with ``backlog`` (unless their endpoint strings name one): the
+    gateway opens up to ``backend.max_connections`` connections at once.
     """
 
-    def __init__(self, reactor: Any, backend: DevBackend, http_endpoint: str, push_endpoint: str) -> None:
+    def __init__(self, reactor: Any, backend: DevBackend, http_endpoint: str, push_endpoint: str,
+                 backlog: int = DEFAULT_BACKLOG) -> None:
         self.reactor = reactor
+        self.backlog = backlog
         self.backend = backend
         self.http_endpoint = http_endpoint
         self.push_endpoint = push_endpoint
@@ -83,10 +88,10 @@ class DevBackendService(Service):
     @inlineCallbacks
     def startService(self) -> Any:
         Service.startService(self)
-        self.http_port = yield serverFromString(self.reactor, self.http_endpoint).listen(
+        self.http_port = yield serverFromString(self.reactor, with_backlog(self.http_endpoint, self.backlog)).listen(
             make_http_site(self.backend)
         )
-        self.push_server = yield serve_push(self.reactor, self.push_endpoint, self.backend)
+        self.push_server = yield serve_push(self.reactor, self.push_endpoint, self.backend, self.backlog)
         _log.info(
             "dev backend: HTTP on {http}, push on {push}",
             http=self.http_port.getHost(),

@@ -290,8 +290,11 @@ async def test_cancelling_a_call_stays_a_cancellation_and_closes_the_connection(
     opened: Deferred[None] = Deferred()
 
     class Silent(Protocol):
-        def connectionMade(self) -> None:
-            opened.callback(None)
+        """Reads the request and never answers."""
+
+        def dataReceived(self, data: bytes) -> None:
+            if not opened.called:
+                opened.callback(None)
 
         def connectionLost(self, reason: Any = None) -> None:
             lost.callback(None)

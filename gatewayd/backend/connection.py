@@ -1,0 +1,182 @@
+"""One keep-alive HTTP/1.1 connection to the backend, parsed by ``httptools`` (llhttp, in C).
+
+Promises:
+
+- One request at a time (no pipelining): ``send`` writes the whole request in
+  one ``write`` and the connection reports the answer to its ``Exchange``.
+- Bodies delimited by ``Content-Length``, chunked, or by the connection's end
+  (HTTP/1.0 style, complete as far as HTTP can tell); interim ``1xx``
+  answers are skipped.
+- An answer is handed over only once it is complete; the connection is
+  reusable when the answer allowed keep-alive and nothing followed it.
+- Anything malformed, an answer over the body limit, bytes nobody asked for,
+  or the connection lost before an answer is complete: the exchange fails
+  with ``BackendUnavailable`` and the connection is closed, never reused.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol as TypingProtocol
+
+import httptools
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from gatewayd.backend.answers import BackendAnswer, BackendUnavailable
+
+_DELIMITING = (b"content-length", b"transfer-encoding")
+
+
+class Exchange(TypingProtocol):
+    """The request waiting for this connection's answer."""
+
+    def answered(self, answer: BackendAnswer) -> None:
+        """The complete answer (the connection is already back in its pool)."""
+
+    def failed(self, error: BackendUnavailable, received_any: bool) -> None:
+        """No answer; ``received_any`` is False when not one byte of an answer arrived."""
+
+
+class ConnectionOwner(TypingProtocol):
+    """Where a connection goes when it is free again or gone (its pool)."""
+
+    def connection_free(self, connection: BackendConnection, reusable: bool) -> None:
+        """The exchange is over: ``reusable`` connections take the next request, others are closing."""
+
+    def connection_lost(self, connection: BackendConnection) -> None:
+        """The connection is gone (whatever it was doing)."""
+
+
+class BackendConnection(Protocol):
+    """A ``Protocol`` for one pooled connection; ``send`` one request, get one answer."""
+
+    def __init__(self, owner: ConnectionOwner, max_body_bytes: int) -> None:
+        self._owner = owner
+        self._max_body_bytes = max_body_bytes
+        self._parser = httptools.HttpResponseParser(self)
+        self._exchange: Exchange | None = None
+        self._status = 0
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._delimited = False  # Content-Length or Transfer-Encoding seen
+        self._headers_done = False
+        self._keep_alive = False
+        self._answer: BackendAnswer | None = None
+        self._error: BackendUnavailable | None = None
+        self._received_any = False
+        self.requests_sent = 0
+        self.closed = False
+
+    # --- the pool's side -----------------------------------------------------------------
+
+    def send(self, request: bytes, exchange: Exchange) -> None:
+        """Write ``request`` (complete HTTP/1.1 bytes); its answer goes to ``exchange``."""
+        self._exchange = exchange
+        self._status = self._size = 0
+        self._chunks = []
+        self._delimited = self._headers_done = self._keep_alive = self._received_any = False
+        self._answer = self._error = None
+        self.requests_sent += 1
+        self.transport.write(request)  # type: ignore[union-attr]
+
+    def abandon(self) -> None:
+        """Stop the exchange in progress (cancelled or timed out): its answer is never read."""
+        self._exchange = None
+        self.abort()
+        self._owner.connection_free(self, False)
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """Close an idle connection cleanly."""
+        if not self.closed:
+            self.closed = True
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # --- bytes in ----------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._exchange is None:
+            # Bytes on an idle connection (or after an abandoned exchange): never reuse it.
+            self.abort()
+            return
+        self._received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._error = BackendUnavailable("backend answered with a protocol upgrade")
+        except httptools.HttpParserError:
+            if self._error is None:
+                self._error = BackendUnavailable("backend answer is not valid HTTP/1.1")
+        if self._answer is not None:
+            self._finish(self._answer, reusable=self._keep_alive and self._error is None)
+        elif self._error is not None:
+            self._fail(self._error)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        exchange = self._exchange
+        if exchange is not None and self._answer is None:
+            if self._headers_done and not self._delimited and self._error is None:
+                # A body delimited by the connection's end: complete as far as HTTP can tell.
+                self._finish(BackendAnswer(self._status, b"".join(self._chunks)), reusable=False)
+            else:
+                self._fail(self._error or BackendUnavailable("backend closed the connection"))
+        self._owner.connection_lost(self)
+
+    # --- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._answer is not None:
+            # A second answer to one request: the connection is out of step.
+            self._error = BackendUnavailable("backend sent more than one answer")
+            raise self._error
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in _DELIMITING:
+            self._delimited = True
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        self._status = self._parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self._max_body_bytes:
+            self._chunks.clear()
+            self._error = BackendUnavailable("backend answer too large")
+            raise self._error
+        self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        status = self._status
+        if status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+            self._headers_done = self._delimited = False
+            return
+        self._keep_alive = self._parser.should_keep_alive()
+        chunks = self._chunks
+        self._answer = BackendAnswer(status, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    # --- handing over ---------------------------------------------------------------------------
+
+    def _finish(self, answer: BackendAnswer, reusable: bool) -> None:
+        exchange, self._exchange = self._exchange, None
+        self._chunks = []
+        if not reusable:
+            self.abort()
+        # Back in the pool (or out of it) before the caller's callbacks run, so they can reuse it at once.
+        self._owner.connection_free(self, reusable)
+        if exchange is not None:
+            exchange.answered(answer)
+
+    def _fail(self, error: BackendUnavailable) -> None:
+        exchange, self._exchange = self._exchange, None
+        self._chunks = []
+        self.abort()
+        self._owner.connection_free(self, False)
+        if exchange is not None:
+            exchange.failed(error, self._received_any)
