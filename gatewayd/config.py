@@ -117,7 +117,8 @@ class LimitsConfig:
     ip: Budget = Budget(rate=200.0, burst=400)
     session: Budget = Budget(rate=100.0, burst=200)
     user: Budget = Budget(rate=200.0, burst=400)
-    message_type: Budget = Budget(rate=50.0, burst=100)
+    # PROTOCOL.md section 7: one session calling one message type 100 times a second must pass.
+    message_type: Budget = Budget(rate=100.0, burst=200)
 
 
 @dataclass(frozen=True)

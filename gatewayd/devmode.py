@@ -7,20 +7,27 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from gatewayd.config import Config
+from gatewayd.config import Budget, Config
 
 log = Logger()
 
 DEV_LISTEN = "tcp:8080:interface=127.0.0.1"
 
+#: The least IP budget of authenticated calls in dev mode (PROTOCOL.md section 7): every
+#: local client shares 127.0.0.1, so the production default would throttle a developer's load test.
+DEV_MIN_IP_BUDGET = Budget(rate=2000.0, burst=4000)
+
 
 def dev_config(config: Config, state_dir: str | None) -> Config:
-    """Dev defaults on top of ``config``: memory stores, loopback listener, dev CORS, fixed email code."""
+    """Dev defaults on top of ``config``: memory stores, loopback listener, dev CORS, fixed email code,
+    and an IP budget of at least ``DEV_MIN_IP_BUDGET``."""
     listen = config.server.listen if config.server.listen != "tcp:8080" else DEV_LISTEN
+    ip = config.limits.ip
     return config.replace(
         dev={"enabled": True, **({"state_dir": state_dir} if state_dir else {})},
         stores={"kind": "memory"},
         server={"listen": listen},
+        limits={"ip": Budget(max(ip.rate, DEV_MIN_IP_BUDGET.rate), max(ip.burst, DEV_MIN_IP_BUDGET.burst))},
     )
 
 

@@ -12,6 +12,7 @@ from gatewayd.backend.rest import Session
 from gatewayd.rpc.call import Call
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
+from gatewayd.stores.base import RateDecision
 
 SUBSCRIBE_MESSAGE_TYPE = "gateway.subscribe"
 
@@ -22,7 +23,8 @@ class RequestContext:
 
     ``envelope`` is ``None`` when the request carried none (the envelope stage
     rejects that). ``payload`` is ``b""`` for SubscribeEvents. Stages fill in
-    ``session`` (session stage) and ``response`` (route stage).
+    ``session`` (session stage), ``budgets`` (the replay stage, for the
+    rate-limit stage) and ``response`` (route stage).
     """
 
     call: Call
@@ -31,6 +33,7 @@ class RequestContext:
     signature: bytes
     subscription: bool = False
     session: Session | None = None
+    budgets: tuple[RateDecision, ...] | None = None
     response: ExecuteCommandResponse | None = None
 
     @property

@@ -26,7 +26,7 @@ from gatewayd.pipeline.context import SUBSCRIBE_MESSAGE_TYPE, Clock, RequestCont
 from gatewayd.pipeline.envelope import EnvelopeStage
 from gatewayd.pipeline.freshness import FreshnessStage
 from gatewayd.pipeline.payload_hash import PayloadHashStage
-from gatewayd.pipeline.rate_limit import RateLimitStage
+from gatewayd.pipeline.rate_limit import BudgetPlan, RateLimitStage
 from gatewayd.pipeline.replay import ReplayStage
 from gatewayd.pipeline.route import RouteCaller, RouteStage
 from gatewayd.pipeline.session import SessionSource, SessionStage
@@ -85,7 +85,8 @@ class Pipeline:
         on_stage: StageObserver | None = None,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self._rate_store = stores.rate
+        self._stores = stores
+        self._freshness_window_s = freshness_window_s
         self._backend = backend
         self._signer = signer
         # PROTOCOL.md section 3, in order. The first failing stage decides the code.
@@ -95,7 +96,6 @@ class Pipeline:
             PayloadHashStage(),
             SignatureStage(),
             FreshnessStage(clock, freshness_window_s),  # before replay: a stale request reserves nothing
-            ReplayStage(stores.replay, freshness_window_s),
             *self._configured_stages(routes, limits),
         )
         # SubscribeEvents runs stages 1-6: everything but routing.
@@ -105,15 +105,20 @@ class Pipeline:
         self._on_stage = on_stage
         self._timer = timer
 
-    def _configured_stages(self, routes: Mapping[str, Route], limits: LimitsConfig) -> tuple[Stage, Stage]:
-        routed_types = frozenset(routes) | {SUBSCRIBE_MESSAGE_TYPE}
-        return (RateLimitStage(self._rate_store, limits, routed_types), RouteStage(routes, self._backend, self._signer))
+    def _configured_stages(self, routes: Mapping[str, Route], limits: LimitsConfig) -> tuple[Stage, Stage, Stage]:
+        # Replay and rate limit share one store call (Stores.admit), so the budgets go to the replay stage.
+        plan = BudgetPlan(limits, frozenset(routes) | {SUBSCRIBE_MESSAGE_TYPE})
+        return (
+            ReplayStage(self._stores, self._freshness_window_s, plan),
+            RateLimitStage(),
+            RouteStage(routes, self._backend, self._signer),
+        )
 
     def reconfigure(self, routes: Mapping[str, Route], limits: LimitsConfig) -> None:
         """New routes and budgets for calls that start from now on (SIGHUP reload)."""
-        rate, route = self._configured_stages(routes, limits)
-        self.stages = (*self.stages[:-2], rate, route)
-        self.subscription_stages = (*self.subscription_stages[:-1], rate)
+        replay, rate, route = self._configured_stages(routes, limits)
+        self.stages = (*self.stages[:-3], replay, rate, route)
+        self.subscription_stages = (*self.subscription_stages[:-2], replay, rate)
 
     def execute_command(self, call: Call, request: ExecuteCommandRequest) -> Deferred[ExecuteCommandResponse]:
         """The UnaryHandler of ExecuteCommand: the signed response, or ``RpcError``."""

@@ -1,20 +1,23 @@
-"""Stage 6: the caller's rate budgets (IP, session, user, message_type per user)."""
+"""Stage 6: the caller's rate budgets (IP, session, user, message_type per user).
+
+The budgets are charged in the same store call as the replay reservation
+(``Stores.admit``, one Redis round trip), which the replay stage makes with
+the keys ``BudgetPlan`` names; this stage then decides on the answers it
+left in ``ctx.budgets``.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Container
-from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
-from gatewayd.config import LimitsConfig
+from gatewayd.config import Budget, LimitsConfig
 from gatewayd.pipeline.context import RequestContext
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.details import retry_info
 from gatewayd.rpc.errors import RpcError
-from gatewayd.stores.base import RateLimiter, StoreUnavailable
 
 #: The one budget key all message types without a route share, so a client inventing
 #: types cannot mint fresh per-type budgets (they are UNIMPLEMENTED one stage later anyway).
@@ -35,76 +38,45 @@ def peer_host(peer: str) -> str:
     return peer
 
 
-class RateLimitStage:
-    """Spends one unit of each budget; any denial -> RESOURCE_EXHAUSTED with ``retry-after``
-    (whole seconds) and a ``google.rpc.RetryInfo`` detail (to the millisecond).
+class BudgetPlan:
+    """Which budgets a request spends: its IP, session, user, and message type per user."""
 
-    The four budgets are asked at once (one round trip of latency with Redis);
-    a request denied by one budget may still have spent the others, which only
-    ever errs on the side of refusing. A store failure -> UNAVAILABLE: never
-    skip a budget (fail closed).
-    """
-
-    name = "rate_limit"
-
-    def __init__(self, limiter: RateLimiter, limits: LimitsConfig, routed_types: Container[str]) -> None:
-        self._limiter = limiter
+    def __init__(self, limits: LimitsConfig, routed_types: Container[str]) -> None:
         self._limits = limits
         self._routed_types = routed_types
 
-    def check(self, ctx: RequestContext) -> Deferred[None] | None:
+    def budgets(self, ctx: RequestContext) -> tuple[tuple[str, Budget], ...]:
         env = ctx.env
         user_id = ctx.caller.user_id
         limits = self._limits
         message_type = env.message_type if env.message_type in self._routed_types else UNROUTED
-        consume = self._limiter.consume
-        gather = _Gather(4)
-        consume(f"ip:{peer_host(ctx.call.peer)}", limits.ip).addBoth(gather.arrive)
-        consume(f"session:{env.device_session_id}", limits.session).addBoth(gather.arrive)
-        consume(f"user:{user_id}", limits.user).addBoth(gather.arrive)
-        consume(f"type:{user_id}:{message_type}", limits.message_type).addBoth(gather.arrive)
-        if gather.complete:
-            # Every answer is in already (the memory store answers synchronously): no Deferred needed.
-            _decide(gather.results)
-            return None
-        return gather.wait().addCallback(_decide)
+        return (
+            (f"ip:{peer_host(ctx.call.peer)}", limits.ip),
+            (f"session:{env.device_session_id}", limits.session),
+            (f"user:{user_id}", limits.user),
+            (f"type:{user_id}:{message_type}", limits.message_type),
+        )
 
 
-class _Gather:
-    """Collect ``count`` outcomes (decisions or Failures); cheaper than gatherResults when they
-    arrive synchronously, as they do from the memory store."""
+class RateLimitStage:
+    """Any denied budget -> RESOURCE_EXHAUSTED with ``retry-after`` (whole seconds) and a
+    ``google.rpc.RetryInfo`` detail (to the millisecond).
 
-    __slots__ = ("count", "results", "waiting")
+    Every budget was asked (in the replay stage's store call), each on its
+    own: a request denied by one budget may still have spent the others,
+    which only ever errs on the side of refusing. A store failure was
+    UNAVAILABLE already: a budget is never skipped (fail closed).
+    """
 
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.results: list[Any] = []
-        self.waiting: Deferred[list[Any]] | None = None
+    name = "rate_limit"
 
-    @property
-    def complete(self) -> bool:
-        return len(self.results) == self.count
-
-    def arrive(self, outcome: Any) -> None:
-        self.results.append(outcome)
-        if self.waiting is not None and self.complete:
-            self.waiting.callback(self.results)
-
-    def wait(self) -> Deferred[list[Any]]:
-        """Fires with the outcomes once all have arrived (call once, when not yet complete)."""
-        self.waiting = Deferred()
-        return self.waiting
-
-
-def _decide(outcomes: list[Any]) -> None:
-    # Failures first: a budget that could not be asked is never treated as allowed.
-    for outcome in outcomes:
-        if isinstance(outcome, Failure):
-            if outcome.check(StoreUnavailable):
-                raise RpcError(Code.UNAVAILABLE, "rate limit store unavailable")
-            outcome.raiseException()
-    denied = [d.retry_after_s for d in outcomes if not d.allowed]
-    if denied:
-        retry_after = max(1, math.ceil(max(denied)))
-        raise RpcError(Code.RESOURCE_EXHAUSTED, "rate limit exceeded", {"retry-after": str(retry_after)},
-                       [retry_info(max(denied))])
+    def check(self, ctx: RequestContext) -> Deferred[None] | None:
+        decisions = ctx.budgets
+        if decisions is None:
+            raise RpcError(Code.INTERNAL, "stage order: budgets not asked")
+        denied = [d.retry_after_s for d in decisions if not d.allowed]
+        if denied:
+            retry_after = max(1, math.ceil(max(denied)))
+            raise RpcError(Code.RESOURCE_EXHAUSTED, "rate limit exceeded", {"retry-after": str(retry_after)},
+                           [retry_info(max(denied))])
+        return None

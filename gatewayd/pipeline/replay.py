@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from gatewayd.config import Budget
 from gatewayd.pipeline.context import RequestContext
+from gatewayd.pipeline.rate_limit import BudgetPlan
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
-from gatewayd.stores.base import ReplayStore, StoreUnavailable
+from gatewayd.stores.base import Admission, StoreUnavailable
 
 
 def replay_key(device_session_id: str, request_id: str) -> str:
     return f"replay:{device_session_id}:{request_id}"
+
+
+class Admitter(Protocol):
+    """What this stage needs of the stores (``gatewayd.stores.base.Stores``)."""
+
+    def admit(self, replay_key: str, ttl_s: float, budgets: Any) -> Deferred[Admission]: ...
 
 
 class ReplayStage:
@@ -24,26 +32,34 @@ class ReplayStage:
     ``window`` on either side of its timestamp, so it must be remembered for
     ``2 x window`` after first use to be refused for as long as it would pass
     the freshness stage. Freshness runs first, so a stale request reserves nothing.
+
+    The same store call charges the request's budgets (``plan``) when, and only
+    when, the reservation is new (a replay charges nothing), and leaves their
+    decisions in ``ctx.budgets`` for the rate-limit stage: one round trip for
+    stages 5 and 6, with the outcome of running them one after the other.
     """
 
     name = "replay"
 
-    def __init__(self, store: ReplayStore, window_s: float) -> None:
-        self._store = store
+    def __init__(self, stores: Admitter, window_s: float, plan: BudgetPlan) -> None:
+        self._stores = stores
         self._ttl_s = 2.0 * window_s
+        self._plan = plan
 
     def check(self, ctx: RequestContext) -> Deferred[None] | None:
         env = ctx.env
-        d: Deferred[Any] = self._store.reserve(replay_key(env.device_session_id, env.request_id), self._ttl_s)
-        return d.addCallbacks(self._reserved, self._failed)
+        budgets: tuple[tuple[str, Budget], ...] = self._plan.budgets(ctx)
+        d: Deferred[Any] = self._stores.admit(replay_key(env.device_session_id, env.request_id), self._ttl_s, budgets)
+        return d.addCallbacks(self._admitted, self._failed, callbackArgs=(ctx,))
 
     @staticmethod
-    def _reserved(fresh: bool) -> None:
-        if not fresh:
+    def _admitted(admission: Admission, ctx: RequestContext) -> None:
+        if not admission.fresh:
             raise RpcError(Code.ALREADY_EXISTS, "request_id already used")
+        ctx.budgets = admission.decisions
 
     @staticmethod
     def _failed(failure: Failure) -> Failure:
         if failure.check(StoreUnavailable):
-            raise RpcError(Code.UNAVAILABLE, "replay store unavailable")
+            raise RpcError(Code.UNAVAILABLE, "replay or rate limit store unavailable")
         return failure

@@ -5,16 +5,23 @@ Two implementations live next to this module: ``memory`` (one process, for
 gateway host through one Redis). Both answer through Deferreds so the pipeline
 does not care which one it talks to. A store that cannot answer errbacks
 ``StoreUnavailable``; callers fail closed with UNAVAILABLE.
+
+``Stores.admit`` is what a verified request asks: reserve its request id and,
+only when that was fresh, spend one unit of each of its budgets. Here it is
+the two stores' calls in that order; the Redis stores do it in one round trip
+(one Lua script) with exactly the same outcome.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from gatewayd.config import Budget, StoresConfig
 
@@ -37,6 +44,23 @@ class RateDecision:
 
 #: The one "allowed" answer; RateDecision is immutable, so it is shared.
 ALLOWED = RateDecision(True, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer of ``Stores.admit``.
+
+    ``fresh`` is False when the request id was reserved before; then no budget
+    was charged and ``decisions`` is empty. Otherwise ``decisions`` holds one
+    ``RateDecision`` per budget asked, in order.
+    """
+
+    fresh: bool
+    decisions: tuple[RateDecision, ...]
+
+
+#: The answer to a replayed request id: nothing was charged.
+REPLAYED = Admission(False, ())
 
 
 class ReplayStore(Protocol):
@@ -84,6 +108,31 @@ class Stores:
         self.replay = replay
         self.rate = rate
 
+    def admit(self, replay_key: str, ttl_s: float, budgets: Sequence[tuple[str, Budget]]) -> Deferred[Admission]:
+        """Reserve ``replay_key`` for ``ttl_s``; when that was fresh, spend one unit of each budget.
+
+        A replayed key charges nothing (``REPLAYED``). Each budget is decided on
+        its own: one denied budget does not refund the others (which only errs
+        on the side of refusing), and a denied budget spends nothing. The
+        reservation stands whatever the budgets say: a request refused for its
+        budgets has used its request id. Errbacks ``StoreUnavailable`` when any
+        part could not be answered (fail closed).
+        """
+        d: Deferred[Any] = self.replay.reserve(replay_key, ttl_s)
+        return d.addCallback(self._charge, budgets)
+
+    def _charge(self, fresh: bool, budgets: Sequence[tuple[str, Budget]]) -> Deferred[Admission] | Admission:
+        if not fresh:
+            return REPLAYED
+        consume = self.rate.consume
+        gather = _Gather(len(budgets))
+        for key, budget in budgets:
+            consume(key, budget).addBoth(gather.arrive)
+        if gather.complete:
+            # Every answer is in already (the memory store answers synchronously): no Deferred needed.
+            return _admission(gather.results)
+        return gather.wait().addCallback(_admission)
+
     def ping(self) -> Deferred[bool]:
         """Fire True when the stores can answer now, else False; never errbacks."""
         return defer.succeed(True)
@@ -91,6 +140,40 @@ class Stores:
     def close(self) -> Deferred[None]:
         """Release connections; fires once they are closed."""
         return defer.succeed(None)
+
+
+class _Gather:
+    """Collect ``count`` outcomes (decisions or Failures); cheaper than gatherResults when they
+    arrive synchronously, as they do from the memory store."""
+
+    __slots__ = ("count", "results", "waiting")
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.results: list[Any] = []
+        self.waiting: Deferred[list[Any]] | None = None
+
+    @property
+    def complete(self) -> bool:
+        return len(self.results) == self.count
+
+    def arrive(self, outcome: Any) -> None:
+        self.results.append(outcome)
+        if self.waiting is not None and self.complete:
+            self.waiting.callback(self.results)
+
+    def wait(self) -> Deferred[list[Any]]:
+        """Fires with the outcomes once all have arrived (call once, when not yet complete)."""
+        self.waiting = Deferred()
+        return self.waiting
+
+
+def _admission(outcomes: list[Any]) -> Admission:
+    # Failures first: a budget that could not be asked is never treated as allowed.
+    for outcome in outcomes:
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+    return Admission(True, tuple(outcomes))
 
 
 def check_cost(budget: Budget, cost: int) -> None:

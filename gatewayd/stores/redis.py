@@ -27,12 +27,19 @@ What the timeouts mean, as txredisapi implements them:
 - rate: one Lua script (EVALSHA, EVAL after NOSCRIPT) computing GCRA on
   Redis' own clock (``TIME``), so hosts with skewed clocks agree; the key
   expires when the bucket is full again. Times are integer microseconds.
+- admission (``admit``, every verified request): one script doing both, the
+  replay ``SET NX PX`` first and, only when it reserved, every budget's GCRA:
+  one round trip instead of five, with the keys, values and expiries the two
+  scripts above write (so gateways of either version can share one Redis).
+  Scripts are atomic, so no other client sees a state in between; all keys
+  of one call must live on one Redis (no Redis Cluster slots across them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import txredisapi
@@ -42,7 +49,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from gatewayd.config import Budget, StoresConfig
-from gatewayd.stores.base import ALLOWED, RateDecision, Stores, StoreUnavailable, check_cost
+from gatewayd.stores.base import ALLOWED, REPLAYED, Admission, RateDecision, Stores, StoreUnavailable, check_cost
 from gatewayd.stores.redis_connect import open_factory
 
 # KEYS[1]: the bucket. ARGV: emission interval (µs), burst, cost.
@@ -66,6 +73,39 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
 return {1, 0}
 """
 GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
+
+# KEYS[1]: the replay reservation; KEYS[2..n]: the budgets.
+# ARGV[1]: the reservation's ttl (ms); then per budget: emission interval (µs), burst, cost.
+# Returns {0} when the reservation existed (nothing charged), else {1, wait_1, ..., wait_n}
+# with wait_i = 0 when budget i allowed (and was charged), else its retry-after in µs.
+ADMIT_SCRIPT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+  return {0}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local reply = {1}
+for i = 2, #KEYS do
+  local arg = 2 + (i - 2) * 3
+  local interval = tonumber(ARGV[arg])
+  local burst = tonumber(ARGV[arg + 1])
+  local cost = tonumber(ARGV[arg + 2])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval * cost
+  local wait = new_tat - interval * burst - now
+  if wait > 0 then
+    reply[i] = math.ceil(wait)
+  else
+    new_tat = math.ceil(new_tat)
+    redis.call('SET', KEYS[i], string.format('%.0f', new_tat),
+               'PX', string.format('%.0f', math.ceil((new_tat - now) / 1000)))
+    reply[i] = 0
+  end
+end
+return reply
+"""
+ADMIT_SHA = hashlib.sha1(ADMIT_SCRIPT.encode()).hexdigest()
 
 
 def _unavailable(failure: Failure) -> Failure:
@@ -167,6 +207,12 @@ class RedisRateLimiter:
         return d.addCallback(_decision)
 
 
+def _admission(reply: Any) -> Admission:
+    if not reply[0]:
+        return REPLAYED
+    return Admission(True, tuple(ALLOWED if wait == 0 else RateDecision(False, wait / 1_000_000) for wait in reply[1:]))
+
+
 def _decision(reply: Any) -> RateDecision:
     allowed, retry_after_us = reply
     if allowed:
@@ -180,6 +226,19 @@ class RedisStores(Stores):
     def __init__(self, pool: RedisPool, key_prefix: str = "") -> None:
         super().__init__(RedisReplayStore(pool, key_prefix), RedisRateLimiter(pool, key_prefix))
         self.pool = pool
+        self._replay_prefix = key_prefix + "replay:"
+        self._rate_prefix = key_prefix + "rate:"
+
+    def admit(self, replay_key: str, ttl_s: float, budgets: Sequence[tuple[str, Budget]]) -> Deferred[Admission]:
+        """``Stores.admit`` in one round trip (``ADMIT_SCRIPT``)."""
+        rate_prefix = self._rate_prefix
+        keys = [self._replay_prefix + replay_key]
+        args: list[Any] = [max(1, math.ceil(ttl_s * 1000))]
+        for key, budget in budgets:
+            keys.append(rate_prefix + key)
+            args += (1_000_000 / budget.rate, budget.burst, 1)
+        d = self.pool.evalsha(ADMIT_SHA, ADMIT_SCRIPT, tuple(keys), tuple(args))
+        return d.addCallback(_admission)
 
     @classmethod
     def from_config(cls, config: StoresConfig, reactor: IReactorTime, **pool_options: Any) -> RedisStores:

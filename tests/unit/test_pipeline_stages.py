@@ -139,7 +139,7 @@ class Rig:
     """A Pipeline on a Clock, with a session table, spy stores and a fake backend."""
 
     def __init__(self, limits: LimitsConfig = GENEROUS, routes: Mapping[str, Route] = ROUTES,
-                 observe: bool = False) -> None:
+                 observe: bool = False, rate: Any = None) -> None:
         self.clock = Clock()
         self.clock.advance(START)
         self.device = Device(self.clock)
@@ -148,7 +148,7 @@ class Rig:
         self.session_error: Exception | None = None
         self.cache = SessionCache(self._lookup, self.clock, ttl_s=5.0, max_entries=100)
         self.replay = SpyReplay(self.clock)
-        self.rate = SpyRate(self.clock)
+        self.rate = SpyRate(self.clock) if rate is None else rate
         self.backend = FakeBackend()
         self.key = GatewayKey.generate()
         self.stages_seen: list[tuple[str, str]] = []
@@ -553,10 +553,10 @@ class SlowRate:
         ({"session:ds_1"}, StoreUnavailable("timeout"), Code.UNAVAILABLE),
     ],
 )
-def test_rate_limits_answered_later(rig: Rig, deny: set[str], fail: Exception | None, expected: Code | None) -> None:
+def test_rate_limits_answered_later(deny: set[str], fail: Exception | None, expected: Code | None) -> None:
     slow = SlowRate()
     slow.deny, slow.fail = deny, fail
-    rig.pipeline.stages[6]._limiter = slow  # type: ignore[attr-defined]
+    rig = Rig(rate=slow)
     d = rig.pipeline.execute_command(rig.call(), rig.device.command())
     assert not d.called and len(slow.pending) == 4 and rig.backend.calls == []
     slow.answer_all()
