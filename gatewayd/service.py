@@ -31,7 +31,7 @@ from gatewayd.health import NOT_SERVING, HealthService
 from gatewayd.heartbeat import Heartbeats
 from gatewayd.observability import GatewayMetrics, MetricsService, wrap_with_metrics
 from gatewayd.observability.access import AccessLog
-from gatewayd.observability.instrument import attach, time_backend_client, time_store_methods
+from gatewayd.observability.instrument import attach
 from gatewayd.observability.level import LevelGate
 from gatewayd.pipeline.pipeline import Pipeline, gateway_methods
 from gatewayd.pipeline.signer import EventSigner, ResponseSigner
@@ -86,13 +86,10 @@ class Gateway:
         key = self.keyring.signer
         self.metrics = GatewayMetrics()
         self.access_log = AccessLog(config.access_log)
-        self.stores = build_stores(config.stores, reactor)
-        if config.stores.kind != "memory":
-            time_store_methods(self.stores, self.metrics)
+        self.stores = build_stores(config.stores, reactor, observer=self.metrics.observe_store)
         backend = config.backend
         self.backend = BackendClient(reactor, backend.base_url, backend.timeout_s, backend.max_connections,
-                                     max_waiting=backend.max_waiting)
-        time_backend_client(self.backend, self.metrics)
+                                     max_waiting=backend.max_waiting, observer=self.metrics.observe_backend)
         self.sessions = SessionCache(
             self.backend.get_session, reactor, backend.session_cache_ttl_s, backend.session_cache_size
         )

@@ -21,8 +21,8 @@ Promises:
 - A failed connect fails the oldest waiting request only when no connection
   is open (nothing else could serve it); otherwise waiters keep waiting for
   the open ones, within their deadline.
-- ``stats`` tells the limit, the open, in-use and opening connections and
-  the waiting requests (``/metrics``).
+- ``stats`` tells the limit, the open, in-use and opening connections, the
+  waiting requests and how many were refused (``/metrics``).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class PoolStats:
     connecting: int
     waiting: int
     max_waiting: int
+    refused: int  # requests refused at once, the queue being full (since start)
 
 
 class _ConnectionFactory(Factory):
@@ -169,6 +170,7 @@ class ConnectionPool:
         self._in_connect_loop = False
         self._waiting: deque[_Request] = deque()
         self._lost: dict[BackendConnection, Deferred[None]] = {}
+        self._refused = 0
 
     @property
     def stats(self) -> PoolStats:
@@ -179,6 +181,7 @@ class ConnectionPool:
             connecting=self._connecting,
             waiting=len(self._waiting),
             max_waiting=self.max_waiting,
+            refused=self._refused,
         )
 
     def request(self, data: bytes, retryable: bool = False) -> Deferred[BackendAnswer]:
@@ -209,6 +212,7 @@ class ConnectionPool:
                 request.start(connection)
                 return
         if len(self._waiting) >= self.max_waiting:
+            self._refused += 1
             request.refuse(BackendUnavailable("backend connection queue is full"))
             return
         self._waiting.append(request)

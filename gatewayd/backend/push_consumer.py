@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gatewayd._proto.push.v1 import push_pb2
+from gatewayd.observability.stats import PushConsumerStats
 from gatewayd.rpc.client import DEFAULT_MAX_MESSAGE_BYTES, H2ClientConnection, connect_h2
 from gatewayd.rpc.codes import Code
 
@@ -161,6 +162,11 @@ class PushConsumer:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def stats(self) -> PushConsumerStats:
+        """The state and the push stream's message counts (for ``/metrics``)."""
+        return PushConsumerStats(self._state, self.events_received, self.malformed_messages, self.unknown_events)
 
     @property
     def connected(self) -> bool:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit
@@ -145,8 +146,16 @@ class _QuietPool(HTTPConnectionPool):
         self._factory = Quiet
 
 
+BackendObserver = Callable[[str, float, "Failure | None"], None]
+"""``observer(operation, seconds, failure)``: one finished backend request; ``operation`` is
+``session``, ``route`` or ``public``, ``failure`` None when an answer (any status) came."""
+
+
 class BackendClient:
-    """HTTP calls to the backend of PROTOCOL.md section 5 (see the module docstring)."""
+    """HTTP calls to the backend of PROTOCOL.md section 5 (see the module docstring).
+
+    ``observer``, when given, hears of every request once it is settled.
+    """
 
     def __init__(
         self,
@@ -156,11 +165,15 @@ class BackendClient:
         max_connections: int,
         max_body_bytes: int = 4 * 1024 * 1024,
         max_waiting: int = 1024,
+        observer: BackendObserver | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"backend base_url must be an http(s) URL, got {base_url!r}")
         self._reactor = reactor
+        self._observer = observer
+        self._timer = timer
         self._timeout_s = timeout_s
         # A bigger answer could not be sent back anyway (the default message limit is 4 MiB).
         self._max_body_bytes = max_body_bytes
@@ -183,7 +196,7 @@ class BackendClient:
         self._public = HTTPClient(agent)
 
     @property
-    def pool_stats(self) -> PoolStats:
+    def stats(self) -> PoolStats:
         """The hot-path pool's connections and waiting requests (for ``/metrics``)."""
         return self.pool.stats
 
@@ -191,14 +204,18 @@ class BackendClient:
 
     def get_session(self, device_session_id: str) -> Deferred[Session | None]:
         """The session, ``None`` when the backend answers 404; ``BackendUnavailable`` otherwise."""
+        start = self._timer()
         target = self._path_base + SESSIONS_PATH + _quote_segment(device_session_id)
         d = self.pool.request(b"GET " + target.encode("ascii") + self._session_head, retryable=True)
+        if self._observer is not None:
+            self._observe(d, "session", start)
         return d.addCallback(self._session_answer)
 
     def call_route(
         self, route: Route, payload: bytes, user_id: str, device_session_id: str, request_id: str
     ) -> Deferred[BackendAnswer]:
         """Call a user route with the caller's identity headers; the payload is the JSON body."""
+        start = self._timer()
         line = self._route_lines.get(route)
         if line is None:
             target = self._path_base + USER_PATH + _quote_segments(route.path)
@@ -212,12 +229,16 @@ class BackendClient:
             # A GET carries no body (and so no Content-Length), as Agent sent it.
             b"\r\n\r\n" if get else b"\r\nContent-Length: %d\r\n\r\n" % len(payload),
         ))
-        return self.pool.request(head if get else head + payload, retryable=get)
+        d = self.pool.request(head if get else head + payload, retryable=get)
+        if self._observer is not None:
+            self._observe(d, "route", start)
+        return d
 
     def post_json(
         self, path: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> Deferred[BackendAnswer]:
         """POST ``body`` (already JSON) to ``path`` (absolute, e.g. ``/api/v1/public/auth/...``)."""
+        start = self._timer()
         url = self._base + "/" + _quote_segments(path.lstrip("/"))
         all_headers: dict[bytes | str, bytes | str] = {"Content-Type": "application/json",
                                                        "Accept": "application/json"}
@@ -225,7 +246,10 @@ class BackendClient:
         d: Deferred[Any] = self._public.post(url, data=body, headers=all_headers)
         d.addCallback(self._read_public)
         d.addTimeout(self._timeout_s, self._reactor)
-        return d.addErrback(_unavailable)
+        d.addErrback(_unavailable)
+        if self._observer is not None:
+            self._observe(d, "public", start)
+        return d
 
     def close(self) -> Deferred[None]:
         """Close the idle connections (call once, at shutdown)."""
@@ -233,6 +257,16 @@ class BackendClient:
         return closed.addCallback(lambda _: self._public_pool.closeCachedConnections())
 
     # --- internals ------------------------------------------------------------------
+
+    def _observe(self, d: Deferred[Any], operation: str, start: float) -> None:
+        observer, timer = self._observer, self._timer
+
+        def settled(result: Any) -> Any:
+            if observer is not None:
+                observer(operation, timer() - start, result if isinstance(result, Failure) else None)
+            return result  # unchanged: the caller sees exactly what it would have seen
+
+        d.addBoth(settled)
 
     def _read_public(self, response: Any) -> Deferred[BackendAnswer]:  # an IResponse
         from treq import collect

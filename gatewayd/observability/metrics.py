@@ -1,37 +1,39 @@
 """The ``gatewayd_`` metrics of one gateway, in a registry of their own.
 
 ``GatewayMetrics`` owns a ``CollectorRegistry`` (never the global one, so a
-test process can build several gateways) and the metrics that are pushed to
-as things happen: finished RPCs (an ``RpcApplication`` observer), pipeline
-stages (a ``Pipeline`` ``on_stage`` observer), backend requests and store
-operations (``timed`` wrappers around their Deferred-returning methods).
-Everything that is a count or a size already kept by some object (open
-streams, push events, connections) is read at scrape time by
-``gatewayd.observability.collector`` instead, so hot paths gain no code.
+test process can build several gateways) and the metrics its observers
+record as things happen. Each observer is handed to the part it observes at
+construction: ``observe_call`` to the RPC application, ``observe_stage`` to
+``Pipeline(on_stage=...)``, ``observe_backend`` to ``BackendClient(observer=...)``,
+``observe_store`` to the Redis stores (``build_stores(observer=...)``).
+Counts and sizes some object keeps anyway (open streams, push events,
+connections, the backend pool) are read at scrape time by
+``gatewayd.observability.collector`` through the parts' typed ``stats``.
 
-Label values are bounded: ``method`` is a path of the method table (a call
-is only observed once its method was found), ``code`` a status code name,
-``stage`` a pipeline stage name, ``operation`` one of a fixed few.
+Observers cost a list index and an add (``gatewayd.observability.tally``):
+they run several times per call. Label values are bounded: ``method`` is a
+path of the method table (a call is only observed once its method was
+found), ``code`` a status code name, ``stage`` a pipeline stage name,
+``operation`` and ``store`` one of a fixed few.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 
+from gatewayd.observability.tally import CounterChild, HistogramChild, Tallies
 from gatewayd.rpc.call import Call
 from gatewayd.rpc.codes import Code
-
-T = TypeVar("T")
 
 # End-to-end RPC latency: 1 ms .. 30 s (a backend timeout is seconds long).
 CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -44,7 +46,7 @@ IO_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 
 
 class GatewayMetrics:
-    """Every pushed-to ``gatewayd_`` metric of one gateway, registered in ``registry``.
+    """Every observed ``gatewayd_`` metric of one gateway, registered in ``registry``.
 
     ``process=True`` also registers prometheus_client's process, platform and
     GC collectors in this registry (``process_*``, ``python_*``).
@@ -59,52 +61,53 @@ class GatewayMetrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.timer = timer
-        r = self.registry
-        self.calls = Counter(
+        t = Tallies()
+        self.calls = t.counter(
             "gatewayd_rpc_calls", "Finished RPCs by wire protocol, method and status code.",
-            ["protocol", "method", "code"], registry=r,
+            ["protocol", "method", "code"],
         )
-        self.call_seconds = Histogram(
+        self.call_seconds = t.histogram(
             "gatewayd_rpc_call_duration_seconds",
             "RPC duration from the first request byte to the status (a stream's whole lifetime).",
-            ["protocol", "method"], buckets=CALL_BUCKETS, registry=r,
+            ["protocol", "method"], CALL_BUCKETS,
         )
-        self.stage_seconds = Histogram(
+        self.stage_seconds = t.histogram(
             "gatewayd_pipeline_stage_duration_seconds", "Time spent in each verification stage.",
-            ["stage"], buckets=STAGE_BUCKETS, registry=r,
+            ["stage"], STAGE_BUCKETS,
         )
-        self.stage_rejections = Counter(
+        self.stage_rejections = t.counter(
             "gatewayd_pipeline_rejections",
             "Requests a pipeline stage rejected, by stage and status code (ERROR: not an RPC error).",
-            ["stage", "code"], registry=r,
+            ["stage", "code"],
         )
-        self.backend_seconds = Histogram(
+        self.backend_seconds = t.histogram(
             "gatewayd_backend_request_duration_seconds",
-            "Backend REST round trips by operation (session, route, public).",
-            ["operation"], buckets=IO_BUCKETS, registry=r,
+            "Backend REST round trips by operation (session, route, public), waiting for a pooled "
+            "connection included.",
+            ["operation"], IO_BUCKETS,
         )
-        self.backend_errors = Counter(
+        self.backend_errors = t.counter(
             "gatewayd_backend_errors",
             "Backend requests that failed (unavailable, timeout, cancelled, error); HTTP statuses are not.",
-            ["operation", "reason"], registry=r,
+            ["operation", "reason"],
         )
-        self.store_seconds = Histogram(
+        self.store_seconds = t.histogram(
             "gatewayd_store_operation_duration_seconds",
-            "Replay and rate store operations.",
-            ["store", "operation"], buckets=IO_BUCKETS, registry=r,
+            "Store round trips (Redis): admission (replay and budgets in one script), rate, replay.",
+            ["store", "operation"], IO_BUCKETS,
         )
-        self.store_errors = Counter(
+        self.store_errors = t.counter(
             "gatewayd_store_errors", "Store operations that failed (unavailable, cancelled, error).",
-            ["store", "operation", "reason"], registry=r,
+            ["store", "operation", "reason"],
         )
-        # labels() costs microseconds (validation, a lock): label children are looked up once and
-        # kept, since these observers run several times per request. Keys are bounded (see above).
-        self._call_children: dict[tuple[str, str, Code], tuple[Any, Any]] = {}
-        self._stage_children: dict[str, Any] = {}
+        self.registry.register(t)
+        # Children by key: the observers below run several times per call.
+        self._call_children: dict[tuple[str, str, Code], tuple[CounterChild, HistogramChild]] = {}
+        self._stage_children: dict[str, HistogramChild] = {}
         if process:
-            ProcessCollector(registry=r)
-            PlatformCollector(registry=r)
-            GCCollector(registry=r)
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
 
     # --- observers ------------------------------------------------------------------------------
 
@@ -114,10 +117,10 @@ class GatewayMetrics:
         children = self._call_children.get(key)
         if children is None:
             children = self._call_children[key] = (
-                self.calls.labels(call.protocol, call.method, code.name),
-                self.call_seconds.labels(call.protocol, call.method),
+                self.calls.child(call.protocol, call.method, code.name),
+                self.call_seconds.child(call.protocol, call.method),
             )
-        children[0].inc()
+        children[0].value += 1
         children[1].observe(seconds)
 
     def observe_stage(self, stage: str, seconds: float, outcome: str) -> None:
@@ -128,34 +131,22 @@ class GatewayMetrics:
         """
         histogram = self._stage_children.get(stage)
         if histogram is None:
-            histogram = self._stage_children[stage] = self.stage_seconds.labels(stage)
+            histogram = self._stage_children[stage] = self.stage_seconds.child(stage)
         histogram.observe(seconds)
         if outcome != "ok":
-            self.stage_rejections.labels(stage, outcome.upper()).inc()
+            self.stage_rejections.child(stage, outcome.upper()).inc()
 
-    # --- wrappers for Deferred-returning calls -------------------------------------------------
+    def observe_backend(self, operation: str, seconds: float, failure: Failure | None) -> None:
+        """A ``BackendObserver`` for ``BackendClient(observer=...)``."""
+        self.backend_seconds.child(operation).observe(seconds)
+        if failure is not None:
+            self.backend_errors.child(operation, failure_reason(failure)).inc()
 
-    def timed_backend(
-        self, operation: str, function: Callable[..., Deferred[T]]
-    ) -> Callable[..., Deferred[T]]:
-        """``function`` with its round trips in ``backend_seconds`` and failures in ``backend_errors``."""
-        seconds = self.backend_seconds.labels(operation)
-
-        def failed(reason: str) -> None:
-            self.backend_errors.labels(operation, reason).inc()
-
-        return _timed(function, self.timer, seconds.observe, failed)
-
-    def timed_store(
-        self, store: str, operation: str, function: Callable[..., Deferred[T]]
-    ) -> Callable[..., Deferred[T]]:
-        """``function`` with its duration in ``store_seconds`` and failures in ``store_errors``."""
-        seconds = self.store_seconds.labels(store, operation)
-
-        def failed(reason: str) -> None:
-            self.store_errors.labels(store, operation, reason).inc()
-
-        return _timed(function, self.timer, seconds.observe, failed)
+    def observe_store(self, store: str, operation: str, seconds: float, failure: Failure | None) -> None:
+        """A ``StoreObserver`` for the Redis stores (``build_stores(observer=...)``)."""
+        self.store_seconds.child(store, operation).observe(seconds)
+        if failure is not None:
+            self.store_errors.child(store, operation, failure_reason(failure)).inc()
 
     # --- exposition -----------------------------------------------------------------------------
 
@@ -169,37 +160,11 @@ def failure_reason(failure: Failure) -> str:
     """A bounded label for why a backend or store call failed."""
     if failure.check(CancelledError):
         return "cancelled"
-    name = type(failure.value).__name__
+    value: Any = failure.value
+    name = type(value).__name__
     if name in ("BackendUnavailable", "StoreUnavailable"):
-        text = str(failure.value).lower()
+        text = str(value).lower()
         return "timeout" if "timeout" in text or "timed out" in text else "unavailable"
     if name in ("TimeoutError", "DeadlineExceeded"):
         return "timeout"
     return "error"
-
-
-def _timed(
-    function: Callable[..., Deferred[T]],
-    timer: Callable[[], float],
-    observe: Callable[[float], None],
-    failed: Callable[[str], None],
-) -> Callable[..., Deferred[T]]:
-    def timed(*args: Any, **kwargs: Any) -> Deferred[T]:
-        start = timer()
-        try:
-            d = function(*args, **kwargs)
-        except BaseException:
-            observe(timer() - start)
-            failed(failure_reason(Failure()))
-            raise
-
-        def settled(result: Any) -> Any:
-            observe(timer() - start)
-            if isinstance(result, Failure):
-                failed(failure_reason(result))
-            return result  # unchanged: the caller sees exactly what it would have seen
-
-        return d.addBoth(settled)
-
-    timed.__wrapped__ = function  # type: ignore[attr-defined]
-    return timed

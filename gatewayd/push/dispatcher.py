@@ -7,6 +7,7 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 from gatewayd._proto.push.v1 import push_pb2
+from gatewayd.observability.stats import DispatcherStats
 from gatewayd.pipeline.signer import EventSigner
 from gatewayd.push.hub import Hub
 from gatewayd.rpc.call import Encoded
@@ -37,6 +38,11 @@ class Dispatcher:
         self.invalidate_user = invalidate_user
         self.events_in = 0
         self.invalidations = 0
+
+    @property
+    def stats(self) -> DispatcherStats:
+        """Client events and invalidations received so far (for ``/metrics``)."""
+        return DispatcherStats(events_in=self.events_in, invalidations=self.invalidations)
 
     def __call__(self, event: push_pb2.PushEvent) -> None:
         kind = event.WhichOneof("kind")

@@ -29,6 +29,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from gatewayd.observability.stats import HubStats
 from gatewayd.push.revocations import Revocations, Ticket, Verdict
 from gatewayd.rpc.call import Encoded, ServerStream
 from gatewayd.rpc.codes import Code
@@ -103,6 +104,11 @@ class Hub:
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def stats(self) -> HubStats:
+        """Open streams and events delivered so far (for ``/metrics``)."""
+        return HubStats(streams_open=self._count, events_delivered=self.delivered)
 
     @property
     def pending_sends(self) -> int:

@@ -14,7 +14,7 @@ the two stores' calls in that order; the Redis stores do it in one round trip
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +28,11 @@ from gatewayd.config import Budget, StoresConfig
 
 class StoreUnavailable(Exception):
     """The store could not answer in time; callers fail closed (UNAVAILABLE)."""
+
+
+StoreObserver = Callable[[str, str, float, "Failure | None"], None]
+"""``observer(store, operation, seconds, failure)``: one settled round trip to a store server;
+``failure`` is None when it answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +187,14 @@ def check_cost(budget: Budget, cost: int) -> None:
         raise ValueError(f"cost must be between 1 and the burst ({budget.burst}), got {cost}")
 
 
-def build_stores(config: StoresConfig, reactor: IReactorTime) -> Stores:
+def build_stores(config: StoresConfig, reactor: IReactorTime, observer: StoreObserver | None = None) -> Stores:
     """Build the stores ``config.kind`` names ("memory" or "redis").
 
     For Redis, ``config.key_prefix`` starts every key; in memory, keys need no
     namespace and are used as given. The Redis stores connect in the
-    background; ``ping()`` tells when they are ready.
+    background; ``ping()`` tells when they are ready, and they report their
+    round trips to ``observer``. The memory stores answer synchronously from
+    dicts: nothing worth observing.
     """
     if config.kind == "memory":
         from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore
@@ -196,5 +203,5 @@ def build_stores(config: StoresConfig, reactor: IReactorTime) -> Stores:
     if config.kind == "redis":
         from gatewayd.stores.redis import RedisStores
 
-        return RedisStores.from_config(config, reactor)
+        return RedisStores.from_config(config, reactor, observer)
     raise ValueError(f"unknown stores kind {config.kind!r}")

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import txredisapi
@@ -49,7 +50,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from gatewayd.config import Budget, StoresConfig
-from gatewayd.stores.base import ALLOWED, REPLAYED, Admission, RateDecision, Stores, StoreUnavailable, check_cost
+from gatewayd.stores.base import (
+    ALLOWED,
+    REPLAYED,
+    Admission,
+    RateDecision,
+    StoreObserver,
+    Stores,
+    StoreUnavailable,
+    check_cost,
+)
 from gatewayd.stores.redis_connect import open_factory
 
 # KEYS[1]: the bucket. ARGV: emission interval (µs), burst, cost.
@@ -173,17 +183,43 @@ class RedisPool:
         return d.addCallback(lambda _: None)
 
 
+class _Watch:
+    """Reports each round trip to a ``StoreObserver`` once it settles (nothing without one)."""
+
+    __slots__ = ("observer", "timer")
+
+    def __init__(self, observer: StoreObserver | None, timer: Callable[[], float]) -> None:
+        self.observer = observer
+        self.timer = timer
+
+    def __call__(self, d: Deferred[Any], store: str, operation: str, start: float) -> Deferred[Any]:
+        observer, timer = self.observer, self.timer
+        if observer is None:
+            return d
+
+        def settled(result: Any) -> Any:
+            observer(store, operation, timer() - start, result if isinstance(result, Failure) else None)
+            return result
+
+        return d.addBoth(settled)
+
+
+_UNWATCHED = _Watch(None, time.perf_counter)
+
+
 class RedisReplayStore:
     """``ReplayStore`` shared through Redis: ``SET NX PX`` under ``<prefix>replay:``."""
 
-    def __init__(self, pool: RedisPool, key_prefix: str = "") -> None:
+    def __init__(self, pool: RedisPool, key_prefix: str = "", watch: _Watch = _UNWATCHED) -> None:
         self._pool = pool
         self._prefix = key_prefix + "replay:"
+        self._watch = watch
 
     def reserve(self, key: str, ttl_s: float) -> Deferred[bool]:
+        start = self._watch.timer()
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
         d = self._pool.execute("SET", self._prefix + key, "1", "NX", "PX", ttl_ms)
-        return d.addCallback(_is_ok)
+        return self._watch(d, "replay", "reserve", start).addCallback(_is_ok)
 
 
 def _is_ok(reply: Any) -> bool:
@@ -193,18 +229,20 @@ def _is_ok(reply: Any) -> bool:
 class RedisRateLimiter:
     """``RateLimiter`` shared through Redis: the GCRA script under ``<prefix>rate:``."""
 
-    def __init__(self, pool: RedisPool, key_prefix: str = "") -> None:
+    def __init__(self, pool: RedisPool, key_prefix: str = "", watch: _Watch = _UNWATCHED) -> None:
         self._pool = pool
         self._prefix = key_prefix + "rate:"
+        self._watch = watch
 
     def consume(self, key: str, budget: Budget, cost: int = 1) -> Deferred[RateDecision]:
         if cost != 1:
             check_cost(budget, cost)
+        start = self._watch.timer()
         interval_us = 1_000_000 / budget.rate
         d = self._pool.evalsha(
             GCRA_SHA, GCRA_SCRIPT, (self._prefix + key,), (interval_us, budget.burst, cost)
         )
-        return d.addCallback(_decision)
+        return self._watch(d, "rate", "consume", start).addCallback(_decision)
 
 
 def _admission(reply: Any) -> Admission:
@@ -221,16 +259,24 @@ def _decision(reply: Any) -> RateDecision:
 
 
 class RedisStores(Stores):
-    """Both Redis stores over one pool; ``ping`` is a PING, ``close`` closes the pool."""
+    """Both Redis stores over one pool; ``ping`` is a PING, ``close`` closes the pool.
 
-    def __init__(self, pool: RedisPool, key_prefix: str = "") -> None:
-        super().__init__(RedisReplayStore(pool, key_prefix), RedisRateLimiter(pool, key_prefix))
+    ``observer``, when given, hears of every round trip once it settles: store
+    ``admission`` (operation ``admit``), ``rate`` (``consume``, the public
+    surface's budgets) or ``replay`` (``reserve``).
+    """
+
+    def __init__(self, pool: RedisPool, key_prefix: str = "", observer: StoreObserver | None = None,
+                 timer: Callable[[], float] = time.perf_counter) -> None:
+        watch = self._watch = _Watch(observer, timer)
+        super().__init__(RedisReplayStore(pool, key_prefix, watch), RedisRateLimiter(pool, key_prefix, watch))
         self.pool = pool
         self._replay_prefix = key_prefix + "replay:"
         self._rate_prefix = key_prefix + "rate:"
 
     def admit(self, replay_key: str, ttl_s: float, budgets: Sequence[tuple[str, Budget]]) -> Deferred[Admission]:
         """``Stores.admit`` in one round trip (``ADMIT_SCRIPT``)."""
+        start = self._watch.timer()
         rate_prefix = self._rate_prefix
         keys = [self._replay_prefix + replay_key]
         args: list[Any] = [max(1, math.ceil(ttl_s * 1000))]
@@ -238,13 +284,14 @@ class RedisStores(Stores):
             keys.append(rate_prefix + key)
             args += (1_000_000 / budget.rate, budget.burst, 1)
         d = self.pool.evalsha(ADMIT_SHA, ADMIT_SCRIPT, tuple(keys), tuple(args))
-        return d.addCallback(_admission)
+        return self._watch(d, "admission", "admit", start).addCallback(_admission)
 
     @classmethod
-    def from_config(cls, config: StoresConfig, reactor: IReactorTime, **pool_options: Any) -> RedisStores:
+    def from_config(cls, config: StoresConfig, reactor: IReactorTime, observer: StoreObserver | None = None,
+                    **pool_options: Any) -> RedisStores:
         """Stores on the Redis ``config`` names (see ``redis_connect``), ``config.timeout_s`` per command."""
         pool = RedisPool(open_factory(config, reactor, **pool_options))
-        return cls(pool, config.key_prefix)
+        return cls(pool, config.key_prefix, observer)
 
     def ping(self) -> Deferred[bool]:
         return self.pool.ping()

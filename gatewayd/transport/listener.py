@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from gatewayd.http2.limits import H2Limits, TurnBudget
 from gatewayd.http2.server import H2ServerConnection
 from gatewayd.http2.web import web_fallback_for
+from gatewayd.observability.stats import ConnectionStats
 from gatewayd.transport.exchange import HttpApplication
 from gatewayd.transport.http1 import GatewaySite
 from gatewayd.transport.nodelay import set_nodelay
@@ -80,6 +81,11 @@ class GatewayFactory(Factory):
         self.web_fallback = web_fallback_for(site)
         self.turn_budget = TurnBudget(clock, limits.streams_per_turn)
         self.on_h2_connection: Callable[[H2ServerConnection], None] | None = None
+
+    @property
+    def stats(self) -> ConnectionStats:
+        """Open connections, and those speaking HTTP/2 (for ``/metrics``)."""
+        return ConnectionStats(open=len(self.connections), http2_open=len(self.h2_connections))
 
     def buildProtocol(self, addr: object) -> Protocol | None:
         if not self.accepting:

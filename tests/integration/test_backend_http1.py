@@ -117,7 +117,7 @@ async def test_keep_alive_connections_are_reused_and_5xx_is_an_answer() -> None:
             answer = await client.call_route(Route("POST", "notes"), b"{}", "u", "s", "r")
             assert answer == BackendAnswer(503, b"down")
         assert server.connections == 1
-        stats = client.pool_stats
+        stats = client.stats
         assert (stats.open, stats.in_use, stats.waiting) == (1, 0, 0)
 
     await with_raw_server(always(b"HTTP/1.1 503 Unavailable\r\nContent-Length: 4\r\n\r\ndown"), test)
@@ -148,7 +148,7 @@ async def test_a_connection_closed_mid_answer_is_unavailable() -> None:
     async def test(client: BackendClient, server: RawFactory) -> None:
         with pytest.raises(BackendUnavailable):
             await client.call_route(Route("POST", "notes"), b"{}", "u", "s", "r")
-        assert client.pool_stats.open == 0
+        assert client.stats.open == 0
 
     await with_raw_server(half, test)
 
@@ -185,7 +185,7 @@ async def test_a_slow_answer_times_out_and_the_pool_recovers() -> None:
             await client.get_session("ds_1")
         slow["on"] = False
         assert (await client.get_session("ds_1")) is not None
-        assert client.pool_stats.open == 1
+        assert client.stats.open == 1
 
     await with_raw_server(maybe, test, timeout_s=0.2)
 
@@ -211,13 +211,13 @@ async def test_more_calls_than_connections_wait_for_the_pool_against_the_referen
         calls = [client.call_route(Route("GET", "profile"), b"", session.user_id, session.device_session_id,
                                    f"r-{i}") for i in range(100)]
         calls += [client.get_session(session.device_session_id) for _ in range(28)]
-        stats = client.pool_stats
+        stats = client.stats
         assert stats.open + stats.connecting <= 4 and stats.waiting >= 120
         answers = await gatherResults(calls)
         assert all(a.status == 200 for a in answers[:100])
         assert all(s is not None and s.user_id == session.user_id for s in answers[100:])
         assert len(connections) <= 4
-        stats = client.pool_stats
+        stats = client.stats
         assert (stats.in_use, stats.waiting) == (0, 0) and 1 <= stats.open <= 4
     finally:
         await client.close()

@@ -14,10 +14,10 @@ from twisted.internet import reactor
 from gatewayd.client import DeviceKey, GatewayClient, RpcCallError, VerifiedEvent
 from gatewayd.client.client import DeviceSession
 from gatewayd.observability import GatewayMetrics, MetricsService
-from gatewayd.observability.instrument import time_store_methods
 from gatewayd.rpc.codes import Code
 from gatewayd.testing.client import RunningGateway, login, new_email, signed_execute_request, start_gateway
 from gatewayd.testing.public import Answer, h2c, http1
+from gatewayd.testing.redis import RedisServer, ready, redis_server  # noqa: F401
 from gatewayd.testing.wait import until
 
 EXECUTE = "/gateway.v1.Gateway/ExecuteCommand"
@@ -237,38 +237,67 @@ async def test_metrics_root_in_front_of_a_klein_app(over: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_store_operations_are_timed(gateway: RunningGateway, clients: Any) -> None:
-    # In-memory stores are not timed by default (synchronous dict work); time them here.
-    time_store_methods(gateway.gateway.stores, gateway.gateway.metrics)
+async def test_redis_round_trips_are_observed(tmp_path: Any, redis_server: RedisServer) -> None:  # noqa: F811
+    gw = await start_gateway(str(tmp_path / "state"), stores={"kind": "redis", "redis_url": redis_server.url})
+    made: list[GatewayClient] = []
+    try:
+        await ready(gw.gateway.stores)
+        key, session = await login(gw.url, new_email("metrics"))
+        client = GatewayClient(gw.url, "connect", key=key, session=session, timeout_s=5.0)
+        made.append(client)
+        await client.execute("user.profile.get")
+        samples = await scrape(gw)
+        count = "gatewayd_store_operation_duration_seconds_count"
+        # One round trip for the replay reservation and the four budgets together...
+        assert value(samples, count, store="admission", operation="admit") == 1
+        # ... and the public surface's login budgets, one script each.
+        assert value(samples, count, store="rate", operation="consume") >= 1
+        assert not [k for k in samples if k[0] == "gatewayd_store_errors_total"]
+    finally:
+        for c in made:
+            await c.close()
+        await gw.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_backend_pool_shows_its_connections(gateway: RunningGateway, clients: Any) -> None:
     client, _, _ = await clients("connect")
     await client.execute("user.profile.get")
     samples = await scrape(gateway)
-    count = "gatewayd_store_operation_duration_seconds_count"
-    assert value(samples, count, store="replay", operation="reserve") == 1
-    # The rate stage charges four budgets: ip, session, user, message type.
-    assert value(samples, count, store="rate", operation="consume") >= 4
+    assert value(samples, "gatewayd_backend_pool_connections_max") == 64
+    assert value(samples, "gatewayd_backend_pool_connections_open") >= 1
+    assert value(samples, "gatewayd_backend_pool_connections_in_use") == 0
+    assert value(samples, "gatewayd_backend_pool_waiting") == 0
+    assert value(samples, "gatewayd_backend_pool_waiting_max") == 1024
+    assert value(samples, "gatewayd_backend_pool_refused_total") == 0
 
 
 def test_store_and_backend_failures_get_bounded_reasons() -> None:
-    from twisted.internet import defer
+    from twisted.internet.defer import CancelledError
+    from twisted.python.failure import Failure
 
     from gatewayd.backend.rest import BackendUnavailable
     from gatewayd.stores.base import StoreUnavailable
 
     metrics = GatewayMetrics(process=False)
-    down = metrics.timed_store("replay", "reserve", lambda: defer.fail(StoreUnavailable("redis down")))
-    down().addErrback(lambda f: f.trap(StoreUnavailable))
-    hanging = metrics.timed_store("replay", "reserve", lambda: defer.Deferred[None]())
-    hanging().addErrback(lambda f: f.trap(defer.CancelledError)).cancel()
-    timeout = BackendUnavailable("backend unavailable: TimeoutError")  # BackendClient's shape of a timeout
-    slow = metrics.timed_backend("route", lambda: defer.fail(timeout))
-    slow().addErrback(lambda f: f.trap(BackendUnavailable))
+    metrics.observe_store("admission", "admit", 0.002, Failure(StoreUnavailable("redis down")))
+    metrics.observe_store("admission", "admit", 0.001, Failure(CancelledError()))
+    metrics.observe_store("admission", "admit", 0.001, None)
+    metrics.observe_backend("route", 5.0, Failure(BackendUnavailable("backend timed out")))
+    metrics.observe_backend("route", 0.01, Failure(ValueError("a bug")))
     get = metrics.registry.get_sample_value
-    replay = {"store": "replay", "operation": "reserve"}
-    assert get("gatewayd_store_errors_total", {**replay, "reason": "unavailable"}) == 1
-    assert get("gatewayd_store_errors_total", {**replay, "reason": "cancelled"}) == 1
-    assert get("gatewayd_store_operation_duration_seconds_count", replay) == 2
+    admission = {"store": "admission", "operation": "admit"}
+    assert get("gatewayd_store_errors_total", {**admission, "reason": "unavailable"}) == 1
+    assert get("gatewayd_store_errors_total", {**admission, "reason": "cancelled"}) == 1
+    assert get("gatewayd_store_operation_duration_seconds_count", admission) == 3
+    assert get("gatewayd_store_operation_duration_seconds_sum", admission) == pytest.approx(0.004)
     assert get("gatewayd_backend_errors_total", {"operation": "route", "reason": "timeout"}) == 1
+    assert get("gatewayd_backend_errors_total", {"operation": "route", "reason": "error"}) == 1
+    route = {"operation": "route"}
+    assert get("gatewayd_backend_request_duration_seconds_bucket", {**route, "le": "0.01"}) == 1
+    assert get("gatewayd_backend_request_duration_seconds_bucket", {**route, "le": "2.5"}) == 1
+    assert get("gatewayd_backend_request_duration_seconds_bucket", {**route, "le": "5.0"}) == 2
+    assert get("gatewayd_backend_request_duration_seconds_bucket", {**route, "le": "+Inf"}) == 2
 
 
 @pytest_twisted.ensureDeferred
