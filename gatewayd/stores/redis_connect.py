@@ -59,6 +59,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gatewayd.config import ConfigError, StoresConfig
+from gatewayd.stores.resp import encode_command
 
 log = Logger()
 
@@ -187,6 +188,9 @@ class RedisConnection(txredisapi.RedisProtocol):
     ``REPLICAOF``): the command fails (fail closed) and the slot reconnects,
     which with sentinels finds the new primary.
     """
+
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        return encode_command(args)  # txredisapi's bytes, at a fraction of the cost
 
     def replyReceived(self, reply: Any) -> None:
         super().replyReceived(reply)
