@@ -14,7 +14,7 @@ from gatewayd.config import Budget
 from gatewayd.stores.base import ALLOWED, REPLAYED, Admission, Stores, StoreUnavailable
 from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore
 from gatewayd.stores.redis import RedisStores
-from gatewayd.testing.redis import RedisServer, ready, redis_server, redis_stores  # noqa: F401
+from gatewayd.testing.redis import RedisServer, ready, redis_stores
 
 # Rates so slow that nothing refills during a test: a denial is exact and stays.
 ONE = Budget(rate=0.001, burst=1)
@@ -92,7 +92,7 @@ async def test_the_reservation_is_the_replay_stores(stores: Stores) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_redis_admission_writes_what_the_separate_commands_write(
-        redis_server: RedisServer) -> None:  # noqa: F811
+        redis_server: RedisServer) -> None:
     """Gateways before and after the combined script can share one Redis during a rolling upgrade."""
     stores = redis_stores(redis_server.url, "mix:", 1.0)
     try:
@@ -113,7 +113,7 @@ async def test_redis_admission_writes_what_the_separate_commands_write(
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_admission_survives_a_script_flush(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_redis_admission_survives_a_script_flush(redis_server: RedisServer) -> None:
     stores = redis_stores(redis_server.url, "flush:", 1.0)
     try:
         await ready(stores)
@@ -125,7 +125,7 @@ async def test_redis_admission_survives_a_script_flush(redis_server: RedisServer
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_admission_fails_closed_when_redis_is_gone(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_redis_admission_fails_closed_when_redis_is_gone(redis_server: RedisServer) -> None:
     stores: RedisStores = redis_stores(redis_server.url, "down:", 0.5)
     try:
         await ready(stores)

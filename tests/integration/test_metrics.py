@@ -17,7 +17,7 @@ from gatewayd.observability import GatewayMetrics, MetricsService
 from gatewayd.rpc.codes import Code
 from gatewayd.testing.client import RunningGateway, login, new_email, signed_execute_request, start_gateway
 from gatewayd.testing.public import Answer, h2c, http1
-from gatewayd.testing.redis import RedisServer, ready, redis_server  # noqa: F401
+from gatewayd.testing.redis import RedisServer, ready
 from gatewayd.testing.wait import until
 
 EXECUTE = "/gateway.v1.Gateway/ExecuteCommand"
@@ -237,7 +237,7 @@ async def test_metrics_root_in_front_of_a_klein_app(over: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_round_trips_are_observed(tmp_path: Any, redis_server: RedisServer) -> None:  # noqa: F811
+async def test_redis_round_trips_are_observed(tmp_path: Any, redis_server: RedisServer) -> None:
     gw = await start_gateway(str(tmp_path / "state"), stores={"kind": "redis", "redis_url": redis_server.url})
     made: list[GatewayClient] = []
     try:
