@@ -9,15 +9,72 @@ out of the scrape rather than reported as 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, StateSetMetricFamily
 from prometheus_client.registry import Collector
 
-from gatewayd.observability.stats import StatsSources
+from gatewayd.observability.stats import (
+    ConnectionStats,
+    DispatcherStats,
+    HubStats,
+    PoolStatsLike,
+    PushConsumerStats,
+    StatsSource,
+    StatsSources,
+)
 
 PUSH_CONSUMER_STATES: tuple[str, ...] = ("idle", "connecting", "connected", "backoff", "stopped")
+
+S = TypeVar("S")
+Family = tuple[type[GaugeMetricFamily] | type[CounterMetricFamily], str, str, Callable[[S], float]]
+
+_G, _C = GaugeMetricFamily, CounterMetricFamily
+
+HUB: Sequence[Family[HubStats]] = (
+    (_G, "gatewayd_push_streams_open", "Open SubscribeEvents streams.", lambda s: s.streams_open),
+    (_C, "gatewayd_push_events_delivered", "Client events written to streams (one per matching stream).",
+     lambda s: s.events_delivered),
+)
+DISPATCHER: Sequence[Family[DispatcherStats]] = (
+    (_C, "gatewayd_push_events_in", "Client events received from the backend's push stream.",
+     lambda s: s.events_in),
+    (_C, "gatewayd_push_invalidations", "Session invalidations received from the backend.",
+     lambda s: s.invalidations),
+)
+CONNECTIONS: Sequence[Family[ConnectionStats]] = (
+    (_G, "gatewayd_connections_open", "Open client connections (HTTP/1.1 and HTTP/2).", lambda s: s.open),
+    (_G, "gatewayd_http2_connections_open", "Open HTTP/2 client connections.", lambda s: s.http2_open),
+)
+PUSH: Sequence[Family[PushConsumerStats]] = (
+    (_C, "gatewayd_push_consumer_events_received", "Messages read from the backend's push stream.",
+     lambda s: s.events_received),
+    (_C, "gatewayd_push_consumer_malformed_messages", "Push stream messages that did not decode.",
+     lambda s: s.malformed_messages),
+    (_C, "gatewayd_push_consumer_unknown_events", "Push events of a kind this gateway does not know.",
+     lambda s: s.unknown_events),
+)
+BACKEND_POOL: Sequence[Family[PoolStatsLike]] = (
+    (_G, "gatewayd_backend_pool_connections_max", "The backend pool's connection limit.",
+     lambda s: s.max_connections),
+    (_G, "gatewayd_backend_pool_connections_open", "Backend connections open (idle or in use).", lambda s: s.open),
+    (_G, "gatewayd_backend_pool_connections_in_use", "Backend connections carrying a request.", lambda s: s.in_use),
+    (_G, "gatewayd_backend_pool_connections_opening", "Backend connections being opened.", lambda s: s.connecting),
+    (_G, "gatewayd_backend_pool_waiting", "Backend requests waiting for a pooled connection.", lambda s: s.waiting),
+    (_G, "gatewayd_backend_pool_waiting_max", "The limit of requests waiting for a connection.",
+     lambda s: s.max_waiting),
+    (_C, "gatewayd_backend_pool_refused", "Backend requests refused at once because the wait queue was full.",
+     lambda s: s.refused),
+)
+
+
+def _families(source: StatsSource[S] | None, table: Sequence[Family[S]]) -> Iterator[Any]:
+    if source is None:
+        return
+    stats = source.stats
+    for family, name, documentation, read in table:
+        yield family(name, documentation, value=read(stats))
 
 
 class GatewayCollector(Collector):
@@ -33,52 +90,18 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         s = self._sources
-        gauge, counter = GaugeMetricFamily, CounterMetricFamily
-        if s.hub is not None:
-            hub = s.hub.stats
-            yield gauge("gatewayd_push_streams_open", "Open SubscribeEvents streams.", value=hub.streams_open)
-            yield counter("gatewayd_push_events_delivered",
-                          "Client events written to streams (one per matching stream).", value=hub.events_delivered)
-        if s.dispatcher is not None:
-            dispatcher = s.dispatcher.stats
-            yield counter("gatewayd_push_events_in", "Client events received from the backend's push stream.",
-                          value=dispatcher.events_in)
-            yield counter("gatewayd_push_invalidations", "Session invalidations received from the backend.",
-                          value=dispatcher.invalidations)
-        if s.connections is not None:
-            connections = s.connections.stats
-            yield gauge("gatewayd_connections_open", "Open client connections (HTTP/1.1 and HTTP/2).",
-                        value=connections.open)
-            yield gauge("gatewayd_http2_connections_open", "Open HTTP/2 client connections.",
-                        value=connections.http2_open)
+        yield from _families(s.hub, HUB)
+        yield from _families(s.dispatcher, DISPATCHER)
+        yield from _families(s.connections, CONNECTIONS)
         if s.calls_in_flight is not None:
-            yield gauge("gatewayd_rpc_calls_in_flight", "RPCs started and not yet finished (streams included).",
-                        value=len(s.calls_in_flight))
+            yield GaugeMetricFamily("gatewayd_rpc_calls_in_flight",
+                                    "RPCs started and not yet finished (streams included).",
+                                    value=len(s.calls_in_flight))
+        yield from _families(s.push, PUSH)
         if s.push is not None:
-            push = s.push.stats
-            yield counter("gatewayd_push_consumer_events_received", "Messages read from the backend's push stream.",
-                          value=push.events_received)
-            yield counter("gatewayd_push_consumer_malformed_messages", "Push stream messages that did not decode.",
-                          value=push.malformed_messages)
-            yield counter("gatewayd_push_consumer_unknown_events",
-                          "Push events of a kind this gateway does not know.", value=push.unknown_events)
+            state = s.push.stats.state
             yield StateSetMetricFamily(
                 "gatewayd_push_consumer_state", "The push consumer's state (1 for the current one).",
-                value={state: state == push.state for state in PUSH_CONSUMER_STATES},
+                value={name: name == state for name in PUSH_CONSUMER_STATES},
             )
-        if s.backend_pool is not None:
-            pool = s.backend_pool.stats
-            yield gauge("gatewayd_backend_pool_connections_max", "The backend pool's connection limit.",
-                        value=pool.max_connections)
-            yield gauge("gatewayd_backend_pool_connections_open", "Backend connections open (idle or in use).",
-                        value=pool.open)
-            yield gauge("gatewayd_backend_pool_connections_in_use", "Backend connections carrying a request.",
-                        value=pool.in_use)
-            yield gauge("gatewayd_backend_pool_connections_opening", "Backend connections being opened.",
-                        value=pool.connecting)
-            yield gauge("gatewayd_backend_pool_waiting", "Backend requests waiting for a pooled connection.",
-                        value=pool.waiting)
-            yield gauge("gatewayd_backend_pool_waiting_max", "The limit of requests waiting for a connection.",
-                        value=pool.max_waiting)
-            yield counter("gatewayd_backend_pool_refused",
-                          "Backend requests refused at once because the wait queue was full.", value=pool.refused)
+        yield from _families(s.backend_pool, BACKEND_POOL)
