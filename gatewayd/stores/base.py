@@ -197,9 +197,9 @@ def build_stores(config: StoresConfig, reactor: IReactorTime, observer: StoreObs
     dicts: nothing worth observing.
     """
     if config.kind == "memory":
-        from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore
+        from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore, MemoryStores
 
-        return Stores(MemoryReplayStore(reactor), MemoryRateLimiter(reactor))
+        return MemoryStores(MemoryReplayStore(reactor), MemoryRateLimiter(reactor))
     if config.kind == "redis":
         from gatewayd.stores.redis import RedisStores
 

@@ -24,6 +24,7 @@ first sweeps harder (a bounded number of entries); if nothing has expired:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import Protocol
 
 from twisted.internet import defer
@@ -31,7 +32,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from gatewayd.config import Budget
-from gatewayd.stores.base import ALLOWED, RateDecision, StoreUnavailable, check_cost
+from gatewayd.stores.base import (
+    ALLOWED,
+    REPLAYED,
+    Admission,
+    RateDecision,
+    Stores,
+    StoreUnavailable,
+    check_cost,
+)
 
 #: Entries examined per call by the amortised sweep.
 _SWEEP_STEP = 2
@@ -105,6 +114,13 @@ class MemoryReplayStore:
         return len(self._deadlines.entries)
 
     def reserve(self, key: str, ttl_s: float) -> Deferred[bool]:
+        try:
+            return defer.succeed(self.reserve_now(key, ttl_s))
+        except StoreUnavailable:
+            return defer.fail()
+
+    def reserve_now(self, key: str, ttl_s: float) -> bool:
+        """``reserve``'s answer, synchronously; raises ``StoreUnavailable``."""
         now = self._clock.seconds()
         deadlines = self._deadlines
         deadlines.sweep(now, _SWEEP_STEP)
@@ -112,13 +128,13 @@ class MemoryReplayStore:
         deadline = entries.get(key)
         if deadline is not None:
             if deadline > now:
-                return defer.succeed(False)
+                return False
             entries[key] = now + ttl_s
-            return defer.succeed(True)
+            return True
         if len(entries) >= deadlines.max_entries and not deadlines.make_room(now, evict=False):
-            return defer.fail(StoreUnavailable("replay store is full of live reservations"))
+            raise StoreUnavailable("replay store is full of live reservations")
         deadlines.add(key, now + ttl_s)
-        return defer.succeed(True)
+        return True
 
 
 class MemoryRateLimiter:
@@ -133,6 +149,10 @@ class MemoryRateLimiter:
         return len(self._deadlines.entries)
 
     def consume(self, key: str, budget: Budget, cost: int = 1) -> Deferred[RateDecision]:
+        return defer.succeed(self.consume_now(key, budget, cost))
+
+    def consume_now(self, key: str, budget: Budget, cost: int = 1) -> RateDecision:
+        """``consume``'s answer, synchronously."""
         if cost != 1:
             check_cost(budget, cost)
         now = self._clock.seconds()
@@ -147,11 +167,30 @@ class MemoryRateLimiter:
         new_tat = tat + cost * interval
         wait = new_tat - budget.burst * interval - now
         if wait > _EPSILON:
-            return defer.succeed(RateDecision(False, wait))
+            return RateDecision(False, wait)
         if known:
             entries[key] = new_tat
         else:
             if len(entries) >= deadlines.max_entries:
                 deadlines.make_room(now, evict=True)
             deadlines.add(key, new_tat)
-        return defer.succeed(ALLOWED)
+        return ALLOWED
+
+
+class MemoryStores(Stores):
+    """Both memory stores; ``admit`` is their synchronous calls in order, in one already fired Deferred."""
+
+    def __init__(self, replay: MemoryReplayStore, rate: MemoryRateLimiter) -> None:
+        super().__init__(replay, rate)
+        self._reserve = replay.reserve_now
+        self._consume = rate.consume_now
+
+    def admit(self, replay_key: str, ttl_s: float, budgets: Sequence[tuple[str, Budget]]) -> Deferred[Admission]:
+        try:
+            fresh = self._reserve(replay_key, ttl_s)
+        except StoreUnavailable:
+            return defer.fail()
+        if not fresh:
+            return defer.succeed(REPLAYED)
+        consume = self._consume
+        return defer.succeed(Admission(True, tuple([consume(key, budget) for key, budget in budgets])))

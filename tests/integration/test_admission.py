@@ -1,5 +1,6 @@
 """``Stores.admit``: the replay reservation and every budget in one store call, the same contract
-in memory (the two stores called in order) and in Redis (one Lua script, one round trip)."""
+composed from any two stores (called in order), in memory (synchronously, at once) and in Redis
+(one Lua script, one round trip)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from twisted.internet import reactor
 
 from gatewayd.config import Budget
 from gatewayd.stores.base import ALLOWED, REPLAYED, Admission, Stores, StoreUnavailable
-from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore
+from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore, MemoryStores
 from gatewayd.stores.redis import RedisStores
 from gatewayd.testing.redis import RedisServer, ready, redis_stores
 
@@ -22,10 +23,13 @@ TWO = Budget(rate=0.001, burst=2)
 MANY = Budget(rate=0.001, burst=100)
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "redis"])
+@pytest_twisted.async_yield_fixture(params=["composed", "memory", "redis"])
 async def stores(request: Any) -> AsyncIterator[Stores]:
-    if request.param == "memory":
+    if request.param == "composed":
         yield Stores(MemoryReplayStore(reactor), MemoryRateLimiter(reactor))
+        return
+    if request.param == "memory":
+        yield MemoryStores(MemoryReplayStore(reactor), MemoryRateLimiter(reactor))
         return
     server: RedisServer = request.getfixturevalue("redis_server")
     s = redis_stores(server.url, "adm:", 1.0)
@@ -88,6 +92,14 @@ async def test_the_reservation_is_the_replay_stores(stores: Stores) -> None:
     assert await stores.replay.reserve("replay:s:r1", 60.0) is False
     assert await stores.replay.reserve("replay:s:r9", 60.0) is True
     assert await stores.admit("replay:s:r9", 60.0, [("ip:f", MANY)]) == REPLAYED
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_memory_replay_store_fails_closed() -> None:
+    stores = MemoryStores(MemoryReplayStore(reactor, max_entries=1), MemoryRateLimiter(reactor))
+    assert (await stores.admit("replay:s:r1", 60.0, [("ip:z", MANY)])).fresh
+    with pytest.raises(StoreUnavailable):
+        await stores.admit("replay:s:r2", 60.0, [("ip:z", MANY)])
 
 
 @pytest_twisted.ensureDeferred
