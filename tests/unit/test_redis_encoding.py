@@ -28,3 +28,10 @@ def txredisapi_bytes(*args: Any) -> bytes:
 )
 def test_encode_command_matches_txredisapi(args: tuple[Any, ...]) -> None:
     assert encode_command(args) == txredisapi_bytes(*args)
+
+
+def test_numbers_equal_across_types_keep_their_own_encoding() -> None:
+    """1, 1.0 and True hash alike: the number cache must not mix them up, first use or later."""
+    args = ("EVAL", 1, 1.0, True, 1, 1.0, True, 0, 0.0, False)
+    for _ in range(2):
+        assert encode_command(args) == txredisapi_bytes(*args)
