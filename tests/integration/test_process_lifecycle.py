@@ -313,7 +313,7 @@ def _run(args: list[str], cwd: Path, timeout: float = 30.0) -> subprocess.Comple
 @pytest.mark.parametrize(
     ("toml", "named"),
     [
-        ('[server]\nlisten = "tcp:0"\nlisten_backlog = 5\n', "server.listen_backlog"),
+        ('[server]\nlisten = "tcp:0"\nlisten_queue = 5\n', "server.listen_queue"),  # an unknown key
         ('[server]\nmax_message_bytes = "big"\n', "server.max_message_bytes"),
         ("[server\nlisten = \n", "bad.toml"),  # not TOML at all: the file is named
     ],
