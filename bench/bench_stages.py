@@ -63,7 +63,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     )
     gateway = Gateway(config, reactor)  # not listening: we only borrow its parts
     recorder = Recorder()
-    pipeline = Pipeline(clock=reactor, sessions=gateway.sessions, stores=gateway.stores, backend=gateway.backend,
+    pipeline = Pipeline(clock=reactor, sessions=gateway.sessions, stores=gateway.stores, backend=gateway.backend_calls,
                         routes=config.routes, signer=gateway.response_signer,
                         freshness_window_s=config.security.freshness_window_s, limits=config.limits,
                         on_stage=recorder)

@@ -82,6 +82,10 @@ class BackendConfig:
     session_cache_size: int = 100_000
     push_backoff_initial_s: float = 0.5
     push_backoff_max_s: float = 30.0
+    # TLS to the backend (https base_url, tls: push endpoint): CA bundle and client certificate (issue 11).
+    tls_ca_file: str = ""
+    tls_client_cert: str = ""
+    tls_client_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,15 @@ class AccessLogConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    enabled: bool = False
+    exporter: str = "otlp"  # "otlp" (OTLP over HTTP, the `otlp` extra), "console" or "none"
+    endpoint: str = ""  # OTLP traces URL; empty: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or http://localhost:4318/v1/traces
+    sample_ratio: float = 1.0  # share of new traces recorded; a client's sampled flag is followed
+    service_name: str = "gatewayd"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"  # debug, info, warn, error, critical: applies to every log observer
 
@@ -170,6 +183,7 @@ class Config:
     dev: DevConfig = DevConfig()
     access_log: AccessLogConfig = AccessLogConfig()
     log: LogConfig = LogConfig()
+    tracing: TracingConfig = TracingConfig()
     routes: Mapping[str, Route] = field(default_factory=lambda: DEFAULT_ROUTES)
 
     def replace(self, **sections: Any) -> Config:
@@ -272,11 +286,36 @@ def _validate(config: Config) -> Config:
         raise ConfigError(f"log.level: expected debug, info, warn, error or critical, got {config.log.level!r}")
     if config.access_log.sample_rate > 1.0:
         raise ConfigError("access_log.sample_rate: must be between 0 and 1")
+    _validate_tracing(config.tracing)
+    _validate_backend_tls(config.backend)
     for name in ("ip", "session", "user", "message_type"):
         budget = getattr(config.limits, name)
         if budget.rate <= 0 or budget.burst < 1:
             raise ConfigError(f"limits.{name}: rate must be > 0 and burst >= 1")
     return config
+
+
+def _validate_tracing(tracing: TracingConfig) -> None:
+    if tracing.exporter not in ("otlp", "console", "none"):
+        raise ConfigError(f"tracing.exporter: expected 'otlp', 'console' or 'none', got {tracing.exporter!r}")
+    if tracing.sample_ratio > 1.0:
+        raise ConfigError("tracing.sample_ratio: must be between 0 and 1")
+    if not tracing.service_name:
+        raise ConfigError("tracing.service_name: must not be empty")
+    if tracing.enabled and tracing.exporter == "otlp":
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+        except ModuleNotFoundError:  # a parent package is missing
+            found = False
+        if not found:
+            raise ConfigError("tracing.exporter: 'otlp' needs the OTLP exporter: pip install 'gatewayd[otlp]'")
+
+
+def _validate_backend_tls(backend: BackendConfig) -> None:
+    if bool(backend.tls_client_cert) != bool(backend.tls_client_key):
+        raise ConfigError("backend.tls_client_cert and backend.tls_client_key: set both or neither")
 
 
 def from_mapping(data: Mapping[str, Any]) -> Config:

@@ -15,7 +15,7 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
@@ -33,6 +33,7 @@ from gatewayd.observability import GatewayMetrics, MetricsService, wrap_with_met
 from gatewayd.observability.access import AccessLog
 from gatewayd.observability.instrument import attach
 from gatewayd.observability.level import LevelGate
+from gatewayd.observability.propagation import ClientTraceBackend
 from gatewayd.pipeline.pipeline import Pipeline, gateway_methods
 from gatewayd.pipeline.signer import EventSigner, ResponseSigner
 from gatewayd.push.dispatcher import Dispatcher
@@ -42,12 +43,15 @@ from gatewayd.reflection import ReflectionService
 from gatewayd.reload import Reloader, ServerTLS, tls_options
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
-from gatewayd.rpc.methods import MethodTable
+from gatewayd.rpc.methods import Method, MethodTable
 from gatewayd.signing import GatewayKey, KeyFileError, Keyring, load_public_key
 from gatewayd.static import with_app
 from gatewayd.stores.base import build_stores
 from gatewayd.transport.cors import CorsPolicy
 from gatewayd.transport.server import build_factory
+
+if TYPE_CHECKING:
+    from gatewayd.observability.tracing import Tracing
 
 log = Logger()
 
@@ -76,6 +80,15 @@ def load_keyring(config: Config) -> Keyring:
     return Keyring.of(key, extra)
 
 
+def build_tracing(config: Config) -> Tracing | None:
+    """The gateway's tracing when ``[tracing]`` enables it (OpenTelemetry is imported only then)."""
+    if not config.tracing.enabled:
+        return None
+    from gatewayd.observability.tracing import Tracing
+
+    return Tracing(config.tracing)
+
+
 class Gateway:
     """Every part of one gateway instance, built from config (nothing listens yet)."""
 
@@ -86,12 +99,18 @@ class Gateway:
         key = self.keyring.signer
         self.metrics = GatewayMetrics()
         self.access_log = AccessLog(config.access_log)
+        self.tracing = build_tracing(config)  # None when tracing is off
         self.stores = build_stores(config.stores, reactor, observer=self.metrics.observe_store)
         backend = config.backend
         self.backend = BackendClient(reactor, backend.base_url, backend.timeout_s, backend.max_connections,
                                      max_waiting=backend.max_waiting, observer=self.metrics.observe_backend)
+        # The pipeline's backend calls carry the calling client's trace context (and, traced, a span each).
+        self.backend_calls: Any = ClientTraceBackend(self.backend)
+        if self.tracing is not None:
+            self.tracing.trace_stores(self.stores, config.stores.kind)
+            self.backend_calls = self.tracing.backend(self.backend, backend.base_url)
         self.sessions = SessionCache(
-            self.backend.get_session, reactor, backend.session_cache_ttl_s, backend.session_cache_size
+            self.backend_calls.get_session, reactor, backend.session_cache_ttl_s, backend.session_cache_size
         )
         self.response_signer = ResponseSigner(key, reactor)
         self.event_signer = EventSigner(key, reactor)
@@ -99,12 +118,13 @@ class Gateway:
             clock=reactor,
             sessions=self.sessions,
             stores=self.stores,
-            backend=self.backend,
+            backend=self.backend_calls,
             routes=config.routes,
             signer=self.response_signer,
             freshness_window_s=config.security.freshness_window_s,
             limits=config.limits,
             on_stage=self.metrics.observe_stage,
+            wrap_stage=None if self.tracing is None else self.tracing.wrap_stage,
         )
         self.hub = Hub(
             reactor,
@@ -120,10 +140,10 @@ class Gateway:
         self.heartbeats = Heartbeats(reactor, config.server.heartbeat_interval_s, self.event_signer)
         subscribe = self.heartbeats.wrap(self.subscribe)
         for method in [*self.health.methods(), *gateway_methods(self.pipeline, subscribe)]:
-            self.methods.add(method)
+            self.methods.add(self._traced(method))
         if config.server.reflection:
             for method in ReflectionService(self.methods).methods():
-                self.methods.add(method)
+                self.methods.add(self._traced(method))
         self.cors = CorsPolicy(config.server.cors_origins, dev=config.dev.enabled)
         if web_resource is None:
             web_resource = with_app(self._public_resource(), config)
@@ -132,6 +152,8 @@ class Gateway:
         self.web_resource = web_resource
         self.factory, self.rpc = build_factory(self.methods, reactor, config.server, self.web_resource, self.cors)
         self.rpc.on_finish = self.access_log.rpc_finished
+        if self.tracing is not None:
+            self.rpc.observers.append(self.tracing.call_finished)
         gateway_id = backend.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
         self.push = PushConsumer.from_endpoint_string(
             reactor,
@@ -142,6 +164,9 @@ class Gateway:
             backoff_max_s=backend.push_backoff_max_s,
         )
         attach(self, self.metrics)
+
+    def _traced(self, method: Method) -> Method:
+        return method if self.tracing is None else self.tracing.wrap_method(method)
 
     def _public_resource(self) -> IResource:
         from gatewayd.public.app import PublicApp
@@ -280,6 +305,8 @@ class GatewayService(Service):
         await gateway.push.stop()
         await gateway.backend.close()
         await gateway.stores.close()
+        if gateway.tracing is not None:
+            await gateway.tracing.shutdown()
         self.level_gate.uninstall()
         if self.metrics_service is not None:
             # Last: scrapes keep working while connections drain.

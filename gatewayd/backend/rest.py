@@ -35,7 +35,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from gatewayd.backend.answers import BackendAnswer, BackendUnavailable
@@ -111,13 +111,15 @@ def parse_session(body: bytes) -> Session:
     return Session(data["device_session_id"], data["user_id"], key, data["status"])
 
 
-def backend_endpoint(reactor: Any, parts: SplitResult, timeout_s: float) -> Any:
-    """The backend's client endpoint, with TCP_NODELAY, TLS for https, built once."""
+def backend_endpoint(reactor: Any, parts: SplitResult, timeout_s: float, tls: IPolicyForHTTPS | None = None) -> Any:
+    """The backend's client endpoint, with TCP_NODELAY, TLS for https (``tls``, default: the
+    platform's trust store), built once."""
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=max(1, round(timeout_s)))
     if parts.scheme == "https":
-        endpoint = wrapClientTLS(BrowserLikePolicyForHTTPS().creatorForNetloc(host.encode(), port), endpoint)
+        policy: Any = tls or BrowserLikePolicyForHTTPS()
+        endpoint = wrapClientTLS(policy.creatorForNetloc(host.encode(), port), endpoint)
     return NoDelayEndpoint(endpoint)
 
 
@@ -154,7 +156,9 @@ BackendObserver = Callable[[str, float, "Failure | None"], None]
 class BackendClient:
     """HTTP calls to the backend of PROTOCOL.md section 5 (see the module docstring).
 
-    ``observer``, when given, hears of every request once it is settled.
+    ``observer``, when given, hears of every request once it is settled. ``tls`` makes the
+    connections of an https ``base_url`` (``gatewayd.backend.tls``: CA bundle, client
+    certificate); without it the platform's trust store verifies the backend.
     """
 
     def __init__(
@@ -167,6 +171,7 @@ class BackendClient:
         max_waiting: int = 1024,
         observer: BackendObserver | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        tls: IPolicyForHTTPS | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -179,14 +184,14 @@ class BackendClient:
         self._max_body_bytes = max_body_bytes
         self._base = base_url.rstrip("/")
         self._path_base = parts.path.rstrip("/")
-        endpoint = backend_endpoint(reactor, parts, timeout_s)
+        endpoint = backend_endpoint(reactor, parts, timeout_s, tls)
         self.pool = ConnectionPool(
             reactor, endpoint, max_connections=max_connections, max_waiting=max_waiting,
             timeout_s=timeout_s, max_body_bytes=max_body_bytes,
         )
         # Built once: every request's fixed header lines.
         host = parts.netloc.encode("ascii")
-        self._session_head = b" HTTP/1.1\r\nHost: " + host + b"\r\nAccept: application/json\r\n\r\n"
+        self._session_head = b" HTTP/1.1\r\nHost: " + host + b"\r\nAccept: application/json\r\n"
         self._route_head = (
             b" HTTP/1.1\r\nHost: " + host + b"\r\nContent-Type: application/json\r\nAccept: application/json\r\n"
         )
@@ -202,19 +207,27 @@ class BackendClient:
 
     # --- public API -----------------------------------------------------------------
 
-    def get_session(self, device_session_id: str) -> Deferred[Session | None]:
-        """The session, ``None`` when the backend answers 404; ``BackendUnavailable`` otherwise."""
+    def get_session(self, device_session_id: str, headers: bytes = b"") -> Deferred[Session | None]:
+        """The session, ``None`` when the backend answers 404; ``BackendUnavailable`` otherwise.
+
+        ``headers``: extra header lines, each ending in CRLF, values already safe (trace context).
+        """
         start = self._timer()
         target = self._path_base + SESSIONS_PATH + _quote_segment(device_session_id)
-        d = self.pool.request(b"GET " + target.encode("ascii") + self._session_head, retryable=True)
+        request = b"".join((b"GET ", target.encode("ascii"), self._session_head, headers, b"\r\n"))
+        d = self.pool.request(request, retryable=True)
         if self._observer is not None:
             self._observe(d, "session", start)
         return d.addCallback(self._session_answer)
 
     def call_route(
-        self, route: Route, payload: bytes, user_id: str, device_session_id: str, request_id: str
+        self, route: Route, payload: bytes, user_id: str, device_session_id: str, request_id: str,
+        headers: bytes = b"",
     ) -> Deferred[BackendAnswer]:
-        """Call a user route with the caller's identity headers; the payload is the JSON body."""
+        """Call a user route with the caller's identity headers; the payload is the JSON body.
+
+        ``headers``: extra header lines, each ending in CRLF, values already safe (trace context).
+        """
         start = self._timer()
         line = self._route_lines.get(route)
         if line is None:
@@ -222,7 +235,7 @@ class BackendClient:
             line = self._route_lines[route] = route.method.encode("ascii") + b" " + target.encode("ascii")
         get = route.method == "GET"
         head = b"".join((
-            line, self._route_head,
+            line, self._route_head, headers,
             b"X-User-Id: ", _header_value(user_id),
             b"\r\nX-Device-Session-Id: ", _header_value(device_session_id),
             b"\r\nX-Request-Id: ", _header_value(request_id),

@@ -4,6 +4,8 @@ Promises:
 
 - ``get(id)`` answers from the cache while an entry is younger than its TTL;
   otherwise it starts one lookup per id, and every concurrent caller shares it.
+  ``get(id, call)`` hands ``call`` to the lookup it starts (``lookup(id, call)``),
+  so the backend request continues the trace of the call that caused it.
 - A caller cancelling its own Deferred only stops waiting; the shared lookup
   goes on for the other callers (and its answer is still cached).
 - Negative answers (unknown session, ``None``) are cached too, but only for
@@ -26,14 +28,18 @@ Promises:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
 from gatewayd.backend.rest import Session
 
-SessionLookup = Callable[[str], "Deferred[Session | None]"]
+if TYPE_CHECKING:
+    from gatewayd.rpc.call import Call
+
+SessionLookup = Callable[..., "Deferred[Session | None]"]
+"""``lookup(device_session_id)``, or ``lookup(device_session_id, call)`` for a lookup a call caused."""
 
 
 class Clock(Protocol):
@@ -78,7 +84,7 @@ class SessionCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, device_session_id: str) -> Deferred[Session | None]:
+    def get(self, device_session_id: str, call: Call | None = None) -> Deferred[Session | None]:
         """The session (``None`` when unknown); errbacks what the lookup errbacks."""
         entry = self._entries.get(device_session_id)
         if entry is not None:
@@ -100,7 +106,7 @@ class SessionCache:
         waiters.append(waiter)
         if start:
             # Started only once the first waiter is registered: a lookup may answer synchronously.
-            self._start(device_session_id, flight)
+            self._start(device_session_id, flight, call)
         return waiter
 
     def invalidate(self, device_session_id: str) -> None:
@@ -130,8 +136,11 @@ class SessionCache:
 
     # --- internals ------------------------------------------------------------------
 
-    def _start(self, device_session_id: str, flight: _Flight) -> None:
-        d: Deferred[Any] = maybeDeferred(self._lookup, device_session_id)
+    def _start(self, device_session_id: str, flight: _Flight, call: Call | None) -> None:
+        if call is None:
+            d: Deferred[Any] = maybeDeferred(self._lookup, device_session_id)
+        else:
+            d = maybeDeferred(self._lookup, device_session_id, call)
         d.addCallbacks(
             self._answered,
             self._failed,

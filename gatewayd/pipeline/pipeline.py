@@ -84,35 +84,43 @@ class Pipeline:
         limits: LimitsConfig,
         on_stage: StageObserver | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        wrap_stage: Callable[[Stage], Stage] | None = None,
     ) -> None:
+        # ``wrap_stage`` (tracing: a span per stage) wraps each stage of the list below, keeping its name.
+        self._wrap_stage = wrap_stage
         self._stores = stores
         self._freshness_window_s = freshness_window_s
         self._backend = backend
         self._signer = signer
         # PROTOCOL.md section 3, in order. The first failing stage decides the code.
         self.stages: tuple[Stage, ...] = (
-            EnvelopeStage(),
-            SessionStage(sessions),
-            PayloadHashStage(),
-            SignatureStage(),
-            FreshnessStage(clock, freshness_window_s),  # before replay: a stale request reserves nothing
+            *self._wrapped(
+                EnvelopeStage(),
+                SessionStage(sessions),
+                PayloadHashStage(),
+                SignatureStage(),
+                FreshnessStage(clock, freshness_window_s),  # before replay: a stale request reserves nothing
+            ),
             *self._configured_stages(routes, limits),
         )
         # SubscribeEvents runs stages 1-6: everything but routing.
-        self.subscription_stages: tuple[Stage, ...] = tuple(
-            s for s in self.stages if not isinstance(s, RouteStage)
-        )
+        self.subscription_stages: tuple[Stage, ...] = tuple(s for s in self.stages if s.name != RouteStage.name)
         self._on_stage = on_stage
         self._timer = timer
 
     def _configured_stages(self, routes: Mapping[str, Route], limits: LimitsConfig) -> tuple[Stage, Stage, Stage]:
         # Replay and rate limit share one store call (Stores.admit), so the budgets go to the replay stage.
         plan = BudgetPlan(limits, frozenset(routes) | {SUBSCRIBE_MESSAGE_TYPE})
-        return (
+        replay, rate, route = self._wrapped(
             ReplayStage(self._stores, self._freshness_window_s, plan),
             RateLimitStage(),
             RouteStage(routes, self._backend, self._signer),
         )
+        return replay, rate, route
+
+    def _wrapped(self, *stages: Stage) -> tuple[Stage, ...]:
+        wrap = self._wrap_stage
+        return stages if wrap is None else tuple(wrap(stage) for stage in stages)
 
     def reconfigure(self, routes: Mapping[str, Route], limits: LimitsConfig) -> None:
         """New routes and budgets for calls that start from now on (SIGHUP reload)."""

@@ -13,15 +13,18 @@ from gatewayd.config import Route
 from gatewayd.pipeline.context import RequestContext
 from gatewayd.pipeline.result_codes import result_code_for_status
 from gatewayd.pipeline.signer import ResponseSigner
+from gatewayd.rpc.call import Call
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 
 
 class RouteCaller(Protocol):
-    """What routing needs of the backend client."""
+    """What routing needs of the backend client; ``call`` is the call being routed (the backend
+    request continues its trace: ``gatewayd.observability.propagation``)."""
 
     def call_route(
-        self, route: Route, payload: bytes, user_id: str, device_session_id: str, request_id: str
+        self, route: Route, payload: bytes, user_id: str, device_session_id: str, request_id: str,
+        call: Call | None = None,
     ) -> Deferred[BackendAnswer]: ...
 
 
@@ -43,7 +46,7 @@ class RouteStage:
             raise RpcError(Code.UNIMPLEMENTED, "no route for message_type")
         session = ctx.caller
         d: Deferred[Any] = self._backend.call_route(
-            route, ctx.payload, session.user_id, env.device_session_id, env.request_id
+            route, ctx.payload, session.user_id, env.device_session_id, env.request_id, ctx.call
         )
         return d.addCallbacks(self._answered, self._failed, callbackArgs=(ctx,))
 

@@ -9,14 +9,16 @@ from twisted.python.failure import Failure
 
 from gatewayd.backend.rest import BackendUnavailable, Session
 from gatewayd.pipeline.context import RequestContext
+from gatewayd.rpc.call import Call
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 
 
 class SessionSource(Protocol):
-    """Where sessions come from (a ``SessionCache``)."""
+    """Where sessions come from (a ``SessionCache``); ``call`` is the call asking (the backend
+    request it may cause continues that call's trace)."""
 
-    def get(self, device_session_id: str) -> Deferred[Session | None]: ...
+    def get(self, device_session_id: str, call: Call | None = None) -> Deferred[Session | None]: ...
 
 
 class SessionStage:
@@ -28,7 +30,7 @@ class SessionStage:
         self._sessions = sessions
 
     def check(self, ctx: RequestContext) -> Deferred[None] | None:
-        d: Deferred[Any] = self._sessions.get(ctx.env.device_session_id)
+        d: Deferred[Any] = self._sessions.get(ctx.env.device_session_id, ctx.call)
         return d.addCallbacks(self._found, self._failed, callbackArgs=(ctx,))
 
     @staticmethod

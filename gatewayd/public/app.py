@@ -37,6 +37,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from gatewayd.backend.rest import BackendAnswer, BackendUnavailable
 from gatewayd.config import PublicConfig
 from gatewayd.observability.access import mark_rest_stage
+from gatewayd.observability.propagation import request_trace_context
 from gatewayd.public.abuse import CONFIRM_EMAIL_CODE_PATH, SEND_EMAIL_CODE_PATH, AbuseGuard, RequestKind
 from gatewayd.public.backend_answers import answer_error, success_body, unavailable
 from gatewayd.public.validation import (
@@ -70,7 +71,8 @@ _JSON = b"application/json"
 class AuthBackend(Protocol):
     """What the public surface needs of the backend client (``gatewayd.backend.rest.BackendClient``)."""
 
-    def post_json(self, path: str, body: bytes) -> Deferred[BackendAnswer]: ...
+    def post_json(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Deferred[BackendAnswer]:
+        ...
 
 
 class _PeerView:
@@ -177,7 +179,7 @@ class PublicApp:
         await self._guard.admit(kind, self.client_ip(request), parsed)
         mark_rest_stage(request, "backend")
         try:
-            answer = await self._backend.post_json(kind.path, parsed.as_json())
+            answer = await self._backend.post_json(kind.path, parsed.as_json(), request_trace_context(request))
         except BackendUnavailable:
             raise unavailable() from None
         if 200 <= answer.status <= 299:

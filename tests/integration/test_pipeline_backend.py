@@ -24,6 +24,7 @@ from gatewayd.backend.rest import BackendClient, BackendUnavailable
 from gatewayd.backend.sessions import SessionCache
 from gatewayd.config import DEFAULT_ROUTES, LimitsConfig, Route
 from gatewayd.devbackend.service import DevBackend, make_http_site
+from gatewayd.observability.propagation import ClientTraceBackend
 from gatewayd.pipeline.pipeline import Pipeline
 from gatewayd.pipeline.signer import ResponseSigner
 from gatewayd.rpc.call import Call
@@ -50,13 +51,14 @@ class Env:
         self.port: Any = reactor.listenTCP(0, make_http_site(self.backend), interface="127.0.0.1")
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.client = BackendClient(reactor, self.base, timeout_s=2.0, max_connections=4)
-        self.cache = SessionCache(self.client.get_session, reactor, ttl_s=5.0, max_entries=1000)
+        self.calls = ClientTraceBackend(self.client)  # what the gateway gives its pipeline (tracing off)
+        self.cache = SessionCache(self.calls.get_session, reactor, ttl_s=5.0, max_entries=1000)
         self.key = GatewayKey.generate()
         self.pipeline = Pipeline(
             clock=reactor,
             sessions=self.cache,
             stores=Stores(MemoryReplayStore(reactor), MemoryRateLimiter(reactor)),
-            backend=self.client,
+            backend=self.calls,
             routes=ROUTES,
             signer=ResponseSigner(self.key, reactor),
             freshness_window_s=300.0,

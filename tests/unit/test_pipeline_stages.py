@@ -98,7 +98,7 @@ class FakeBackend:
         self.answer: Any = BackendAnswer(200, b'{"ok":true}')
 
     def call_route(self, route: Route, payload: bytes, user_id: str, device_session_id: str,
-                   request_id: str) -> Deferred[BackendAnswer]:
+                   request_id: str, call: Any = None) -> Deferred[BackendAnswer]:
         self.calls.append((route, payload, user_id, device_session_id, request_id))
         if isinstance(self.answer, Deferred):
             return self.answer
@@ -168,7 +168,7 @@ class Rig:
         assert seconds >= 0
         self.stages_seen.append((name, outcome))
 
-    def _lookup(self, device_session_id: str) -> Deferred[Session | None]:
+    def _lookup(self, device_session_id: str, call: Any = None) -> Deferred[Session | None]:
         self.lookups.append(device_session_id)
         if self.session_error is not None:
             return fail(self.session_error)
