@@ -25,6 +25,7 @@ from twisted.web.resource import IResource
 from gatewayd.backend.push_consumer import PushConsumer
 from gatewayd.backend.rest import BackendClient
 from gatewayd.backend.sessions import SessionCache
+from gatewayd.backend.tls import BackendTLS, push_connector
 from gatewayd.backlog import with_backlog
 from gatewayd.config import Config, ConfigError
 from gatewayd.health import NOT_SERVING, HealthService
@@ -80,6 +81,17 @@ def load_keyring(config: Config) -> Keyring:
     return Keyring.of(key, extra)
 
 
+def load_backend_tls(config: Config) -> BackendTLS | None:
+    """The ``backend.tls_*`` files, when an https base URL or a ``tls:`` push endpoint needs them."""
+    backend = config.backend
+    if not (backend.base_url.startswith("https:") or backend.push_endpoint.startswith("tls:")):
+        return None
+    try:
+        return BackendTLS.from_config(backend)
+    except ConfigError as e:
+        raise StartupError(str(e)) from None
+
+
 def build_tracing(config: Config) -> Tracing | None:
     """The gateway's tracing when ``[tracing]`` enables it (OpenTelemetry is imported only then)."""
     if not config.tracing.enabled:
@@ -102,8 +114,10 @@ class Gateway:
         self.tracing = build_tracing(config)  # None when tracing is off
         self.stores = build_stores(config.stores, reactor, observer=self.metrics.observe_store)
         backend = config.backend
+        self.backend_tls = load_backend_tls(config)  # None unless the backend is reached over TLS
         self.backend = BackendClient(reactor, backend.base_url, backend.timeout_s, backend.max_connections,
-                                     max_waiting=backend.max_waiting, observer=self.metrics.observe_backend)
+                                     max_waiting=backend.max_waiting, observer=self.metrics.observe_backend,
+                                     tls=None if self.backend_tls is None else self.backend_tls.policy())
         # The pipeline's backend calls carry the calling client's trace context (and, traced, a span each).
         self.backend_calls: Any = ClientTraceBackend(self.backend)
         if self.tracing is not None:
@@ -155,9 +169,13 @@ class Gateway:
         if self.tracing is not None:
             self.rpc.observers.append(self.tracing.call_finished)
         gateway_id = backend.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.push = PushConsumer.from_endpoint_string(
+        try:
+            push_connect = push_connector(reactor, backend.push_endpoint, self.backend_tls)
+        except ConfigError as e:
+            raise StartupError(str(e)) from None
+        self.push = PushConsumer(
             reactor,
-            backend.push_endpoint,
+            push_connect,
             gateway_id,
             self.dispatcher,
             backoff_initial_s=backend.push_backoff_initial_s,

@@ -8,11 +8,13 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 
 from gatewayd.backlog import DEFAULT_BACKLOG, with_backlog
 from gatewayd.devbackend.push import push_methods
 from gatewayd.devbackend.service import DevBackend, make_http_site
+from gatewayd.devbackend.tls import with_tls
 
 _log = Logger()
 
@@ -42,9 +44,11 @@ class PushServer:
 
 
 @inlineCallbacks
-def serve_push(reactor: Any, endpoint: str, backend: DevBackend, backlog: int = DEFAULT_BACKLOG) -> Any:
+def serve_push(reactor: Any, endpoint: str, backend: DevBackend, backlog: int = DEFAULT_BACKLOG,
+               tls: CertificateOptions | None = None) -> Any:
     """Listen on ``endpoint`` (an endpoint string) serving ``push_methods(backend.bus)`` over
-    gRPC (HTTP/2; the gateway's own server, so gRPC-Web and Connect work too).
+    gRPC (HTTP/2; the gateway's own server, so gRPC-Web and Connect work too), behind TLS with
+    ``tls`` (ALPN h2 picks HTTP/2, as on the gateway's port).
 
     Fires with a ``PushServer``. Raises ``NotImplementedError`` if the gateway's
     transport (``gatewayd.transport.server``) is not installed.
@@ -63,7 +67,7 @@ def serve_push(reactor: Any, endpoint: str, backend: DevBackend, backlog: int = 
         table.add(method)
     # Server defaults; the idle timeout only applies to connections without an open call.
     factory, _app = build_factory(table, reactor, ServerConfig(), notFound())
-    port = yield serverFromString(reactor, with_backlog(endpoint, backlog)).listen(factory)
+    port = yield serverFromString(reactor, with_backlog(endpoint, backlog)).listen(with_tls(factory, tls))
     return PushServer(port, factory)
 
 
@@ -72,12 +76,14 @@ class DevBackendService(Service):
 
     ``http_port`` (an ``IListeningPort``) and ``push_server`` are set once started.
     Both listen with ``backlog`` (unless their endpoint strings name one): the
-    gateway opens up to ``backend.max_connections`` connections at once.
+    gateway opens up to ``backend.max_connections`` connections at once. With ``tls``
+    (``gatewayd.devbackend.tls.server_tls_options``) both speak TLS.
     """
 
     def __init__(self, reactor: Any, backend: DevBackend, http_endpoint: str, push_endpoint: str,
-                 backlog: int = DEFAULT_BACKLOG) -> None:
+                 backlog: int = DEFAULT_BACKLOG, tls: CertificateOptions | None = None) -> None:
         self.reactor = reactor
+        self.tls = tls
         self.backlog = backlog
         self.backend = backend
         self.http_endpoint = http_endpoint
@@ -89,9 +95,9 @@ class DevBackendService(Service):
     def startService(self) -> Any:
         Service.startService(self)
         self.http_port = yield serverFromString(self.reactor, with_backlog(self.http_endpoint, self.backlog)).listen(
-            make_http_site(self.backend)
+            with_tls(make_http_site(self.backend), self.tls)
         )
-        self.push_server = yield serve_push(self.reactor, self.push_endpoint, self.backend, self.backlog)
+        self.push_server = yield serve_push(self.reactor, self.push_endpoint, self.backend, self.backlog, self.tls)
         _log.info(
             "dev backend: HTTP on {http}, push on {push}",
             http=self.http_port.getHost(),

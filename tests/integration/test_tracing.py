@@ -259,11 +259,33 @@ async def test_an_unsampled_client_trace_records_nothing_but_still_propagates(tr
     assert list(spans.get_finished_spans()) == []
     received = traced.backend.for_session(device_session_id)
     assert len(received) == 2
+    parents = set()
     for r in received:
         assert r.traceparent is not None
         version, trace_id, parent, flags = r.traceparent.split("-")
-        # The client's trace and decision; the parent is the gateway's own (unrecorded) span.
+        # The client's trace and decision; the parent is the gateway's own (unrecorded) call span.
         assert (version, trace_id, flags) == ("00", TRACE_ID, "00") and parent != CLIENT_SPAN
+        parents.add(parent)
+    assert len(parents) == 1  # no child spans for a call not sampled
+
+
+@pytest_twisted.ensureDeferred
+async def test_sample_ratio_zero_records_no_new_trace_but_still_starts_one(tmp_path: Any) -> None:
+    env = await _start(tmp_path, tracing={"enabled": True, "exporter": "none", "sample_ratio": 0.0})
+    try:
+        assert env.spans is not None
+        device_session_id, request = await _request(env.gw)
+        assert await _connect(env.gw, request, {}) == 200
+        assert list(env.spans.get_finished_spans()) == []
+        received = env.backend.for_session(device_session_id)
+        assert len(received) == 2 and received[0].traceparent == received[1].traceparent
+        assert received[0].traceparent is not None
+        _, trace_id, _, flags = received[0].traceparent.split("-")
+        assert trace_id != "0" * 32 and int(flags, 16) & 1 == 0  # a new trace, not sampled
+    finally:
+        await env.gw.stop()
+        assert env.gw.gateway.tracing is not None
+        await env.gw.gateway.tracing.shutdown()
 
 
 @pytest_twisted.ensureDeferred

@@ -17,6 +17,9 @@ class DevBackendOptions(usage.Options):
         ["http", None, "tcp:8081:interface=127.0.0.1", "Endpoint string for the REST API."],
         ["push", None, "tcp:8082:interface=127.0.0.1", "Endpoint string for the push.v1.Push gRPC service."],
         ["email-code", None, "000000", "Fixed email code accepted besides the issued (logged) one."],
+        ["tls-certificate", None, "", "PEM certificate: both ports speak TLS (ALPN h2 and http/1.1)."],
+        ["tls-private-key", None, "", "PEM private key of --tls-certificate."],
+        ["tls-client-ca", None, "", "PEM CA: require client certificates it signed (mTLS)."],
     ]
     optFlags = [
         ["no-fixed-code", None, "Accept only issued codes (read them in the log)."],
@@ -27,6 +30,19 @@ class DevBackendOptions(usage.Options):
         code = self["email-code"]
         if not (len(code) == 6 and code.isdigit()):
             raise usage.UsageError("--email-code must be six digits")
+        if bool(self["tls-certificate"]) != bool(self["tls-private-key"]):
+            raise usage.UsageError("--tls-certificate and --tls-private-key go together")
+        if self["tls-client-ca"] and not self["tls-certificate"]:
+            raise usage.UsageError("--tls-client-ca needs --tls-certificate")
+        self["tls"] = None
+        if self["tls-certificate"]:
+            from gatewayd.devbackend.tls import server_tls_options
+
+            try:
+                self["tls"] = server_tls_options(self["tls-certificate"], self["tls-private-key"],
+                                                 self["tls-client-ca"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -47,7 +63,7 @@ class DevBackendServiceMaker:
             fixed_code=None if options["no-fixed-code"] else options["email-code"],
             debug=not options["no-debug"],
         )
-        return DevBackendService(reactor, backend, options["http"], options["push"])
+        return DevBackendService(reactor, backend, options["http"], options["push"], tls=options["tls"])
 
 
 serviceMaker = DevBackendServiceMaker()
