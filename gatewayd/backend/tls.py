@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from gatewayd.client.deferreds import settle
 from gatewayd.config import BackendConfig, ConfigError
 from gatewayd.rpc.client import DEFAULT_MAX_MESSAGE_BYTES, ConnectionClosedError, H2ClientConnection
 from gatewayd.transport.nodelay import NoDelayEndpoint
@@ -226,15 +227,10 @@ def _when_accepted(connecting: Deferred[Any], protocol: _TLSH2, reactor: Any,
     # Connected, handshaken and answered within the endpoint's timeout, else the attempt is dropped.
     timer = reactor.callLater(timeout_s, cancel, done)
 
-    def settle(result: Any) -> None:
+    def settled(result: Any) -> None:
         if timer.active():
             timer.cancel()
-        if done.called:
-            return
-        if isinstance(result, Failure):
-            done.errback(result)
-        else:
-            done.callback(protocol)
+        settle(done, result if isinstance(result, Failure) else protocol)
 
-    connecting.addCallback(lambda _: protocol.accepted).addBoth(settle)
+    connecting.addCallback(lambda _: protocol.accepted).addBoth(settled)
     return done

@@ -76,6 +76,23 @@ class Traced:
     backend: Recording
     spans: InMemorySpanExporter | None
 
+    @property
+    def exported(self) -> InMemorySpanExporter:
+        assert self.spans is not None, "tracing is off"
+        return self.spans
+
+    async def fresh_request(self) -> tuple[str, ExecuteCommandRequest]:
+        """A new device session and a signed request of it; no span recorded so far."""
+        device_session_id, request = await _request(self.gw)
+        if self.spans is not None:
+            self.spans.clear()
+        return device_session_id, request
+
+    async def stop(self) -> None:
+        await self.gw.stop()
+        if self.gw.gateway.tracing is not None:
+            await self.gw.gateway.tracing.shutdown()
+
 
 async def _start(tmp_path: Any, **sections: Any) -> Traced:
     gw = await start_gateway(str(tmp_path / "state"), **sections)
@@ -94,9 +111,7 @@ async def traced(tmp_path: Any) -> AsyncIterator[Traced]:
     try:
         yield env
     finally:
-        await env.gw.stop()
-        assert env.gw.gateway.tracing is not None
-        await env.gw.gateway.tracing.shutdown()
+        await env.stop()
 
 
 @pytest_twisted.async_yield_fixture
@@ -105,7 +120,7 @@ async def untraced(tmp_path: Any) -> AsyncIterator[Traced]:
     try:
         yield env
     finally:
-        await env.gw.stop()
+        await env.stop()
 
 
 async def _request(gw: RunningGateway, message_type: str = "user.profile.get") -> tuple[str, ExecuteCommandRequest]:
@@ -163,10 +178,8 @@ def _traceparent(span: ReadableSpan) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_a_call_continues_the_clients_trace_through_every_stage_to_the_backend(traced: Traced) -> None:
-    gw, spans = traced.gw, traced.spans
-    assert spans is not None
-    device_session_id, request = await _request(gw)
-    spans.clear()
+    gw, spans = traced.gw, traced.exported
+    device_session_id, request = await traced.fresh_request()
     metadata = [("traceparent", f"00-{TRACE_ID}-{CLIENT_SPAN}-01"), ("tracestate", TRACESTATE)]
     response = await threads.deferToThread(_grpc, gw.port.getHost().port, request, metadata)
     assert response.envelope.result_code == "ok"
@@ -206,10 +219,8 @@ async def test_a_call_continues_the_clients_trace_through_every_stage_to_the_bac
 
 @pytest_twisted.ensureDeferred
 async def test_without_a_traceparent_the_gateway_starts_the_trace(traced: Traced) -> None:
-    gw, spans = traced.gw, traced.spans
-    assert spans is not None
-    device_session_id, request = await _request(gw)
-    spans.clear()
+    gw, spans = traced.gw, traced.exported
+    device_session_id, request = await traced.fresh_request()
     assert await _connect(gw, request, {}) == 200
     named = _by_name(list(spans.get_finished_spans()))
     call = named["gateway.v1.Gateway/ExecuteCommand"]
@@ -227,11 +238,9 @@ async def test_without_a_traceparent_the_gateway_starts_the_trace(traced: Traced
 
 @pytest_twisted.ensureDeferred
 async def test_a_rejected_call_names_its_stage_and_reaches_no_route(traced: Traced) -> None:
-    gw, spans = traced.gw, traced.spans
-    assert spans is not None
-    device_session_id, request = await _request(gw)
+    gw, spans = traced.gw, traced.exported
+    device_session_id, request = await traced.fresh_request()
     request.signature = bytes(64)
-    spans.clear()
     status = await _grpc_web(gw, request, {"traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01"})
     assert status == Code.UNAUTHENTICATED
     named = _by_name(list(spans.get_finished_spans()))
@@ -251,10 +260,8 @@ async def test_a_rejected_call_names_its_stage_and_reaches_no_route(traced: Trac
 
 @pytest_twisted.ensureDeferred
 async def test_an_unsampled_client_trace_records_nothing_but_still_propagates(traced: Traced) -> None:
-    gw, spans = traced.gw, traced.spans
-    assert spans is not None
-    device_session_id, request = await _request(gw)
-    spans.clear()
+    gw, spans = traced.gw, traced.exported
+    device_session_id, request = await traced.fresh_request()
     assert await _connect(gw, request, {"traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-00"}) == 200
     assert list(spans.get_finished_spans()) == []
     received = traced.backend.for_session(device_session_id)
@@ -273,19 +280,16 @@ async def test_an_unsampled_client_trace_records_nothing_but_still_propagates(tr
 async def test_sample_ratio_zero_records_no_new_trace_but_still_starts_one(tmp_path: Any) -> None:
     env = await _start(tmp_path, tracing={"enabled": True, "exporter": "none", "sample_ratio": 0.0})
     try:
-        assert env.spans is not None
-        device_session_id, request = await _request(env.gw)
+        device_session_id, request = await env.fresh_request()
         assert await _connect(env.gw, request, {}) == 200
-        assert list(env.spans.get_finished_spans()) == []
+        assert list(env.exported.get_finished_spans()) == []
         received = env.backend.for_session(device_session_id)
         assert len(received) == 2 and received[0].traceparent == received[1].traceparent
         assert received[0].traceparent is not None
         _, trace_id, _, flags = received[0].traceparent.split("-")
         assert trace_id != "0" * 32 and int(flags, 16) & 1 == 0  # a new trace, not sampled
     finally:
-        await env.gw.stop()
-        assert env.gw.gateway.tracing is not None
-        await env.gw.gateway.tracing.shutdown()
+        await env.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -338,6 +342,4 @@ async def test_the_public_rest_proxy_passes_the_clients_trace_context_on(tmp_pat
         (received,) = [r for r in env.backend.requests if r.path == "/api/v1/public/auth/send-email-code"]
         assert (received.traceparent, received.tracestate) == (traceparent, TRACESTATE)
     finally:
-        await env.gw.stop()
-        if env.gw.gateway.tracing is not None:
-            await env.gw.gateway.tracing.shutdown()
+        await env.stop()
