@@ -52,7 +52,7 @@ from gatewayd.transport.cors import CorsPolicy
 from gatewayd.transport.server import build_factory
 
 if TYPE_CHECKING:
-    from gatewayd.observability.tracing import Tracing
+    from gatewayd.observability.tracing import TracedBackend, Tracing
 
 log = Logger()
 
@@ -119,7 +119,7 @@ class Gateway:
                                      max_waiting=backend.max_waiting, observer=self.metrics.observe_backend,
                                      tls=None if self.backend_tls is None else self.backend_tls.policy())
         # The pipeline's backend calls carry the calling client's trace context (and, traced, a span each).
-        self.backend_calls: Any = ClientTraceBackend(self.backend)
+        self.backend_calls: ClientTraceBackend | TracedBackend = ClientTraceBackend(self.backend)
         if self.tracing is not None:
             self.tracing.trace_stores(self.stores, config.stores.kind)
             self.backend_calls = self.tracing.backend(self.backend, backend.base_url)
