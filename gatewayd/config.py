@@ -53,6 +53,7 @@ class ServerConfig:
     request_body_timeout_s: float = 60.0
     keepalive_interval_s: float = 0.0
     keepalive_timeout_s: float = 20.0
+    send_timeout_s: float = 30.0
     drain_timeout_s: float = 10.0
     rapid_reset_window: int = 200
     control_frame_burst: int = 200

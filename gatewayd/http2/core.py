@@ -19,6 +19,9 @@ in-memory peer (tests/unit/test_h2_core.py). It promises:
   with reading paused;
 - an idle connection (no open stream for ``idle_timeout_s``) and one that does
   not answer a keepalive PING in time get GOAWAY(NO_ERROR) and are closed;
+- a stream whose queued bytes the peer's window takes none of for
+  ``send_timeout_s`` is reset, and a connection whose socket takes no bytes for
+  as long is aborted (gatewayd/http2/send_timeout.py); idle streams are not;
 - ``shutdown()`` drains gracefully the way gRPC does: GOAWAY(2^31-1), PING,
   then GOAWAY(last stream id) once the PING is answered (or after a bound),
   and the connection closes when its streams have finished.
@@ -41,6 +44,7 @@ from twisted.logger import Logger
 from gatewayd.http2.h2adapter import MAX_STREAM_ID, goaway_frame, server_connection, still_open
 from gatewayd.http2.limits import H2Limits, RapidResetMeter, TokenBucket, TurnBudget
 from gatewayd.http2.request_headers import parse_request_headers
+from gatewayd.http2.send_timeout import SendTimeout
 from gatewayd.http2.stream import H2Stream
 from gatewayd.transport.exchange import ExchangeHandler, HttpApplication
 
@@ -113,6 +117,12 @@ class ServerConnectionCore:
         self._shutdown_phase = 0
         self._closed_d: defer.Deferred[None] = defer.Deferred()
         self._lost = False
+        self._send_timeout = SendTimeout(self, clock, limits.send_timeout_s)
+
+    @property
+    def lost(self) -> bool:
+        """The connection is closing or gone: nothing more is sent or handled."""
+        return self._lost
 
     # -- connection lifecycle ---------------------------------------------------
 
@@ -173,6 +183,7 @@ class ServerConnectionCore:
         """The connection is gone: stop the timers, abort every unfinished call."""
         self._lost = True
         self._events.clear()
+        self._send_timeout.stop()
         calls = (self._idle_call, self._keepalive_call, self._keepalive_timeout, self._shutdown_ping_call,
                  self._flush_call, self._resume_call)
         for call in calls:
@@ -231,9 +242,11 @@ class ServerConnectionCore:
 
     def pause_sending(self) -> None:
         self.paused = True
+        self._send_timeout.paused()
 
     def resume_sending(self) -> None:
         self.paused = False
+        self._send_timeout.resumed()
         for stream in list(self.streams.values()):
             stream.push()
         self.flush()
@@ -294,6 +307,7 @@ class ServerConnectionCore:
         self.streams[sid] = stream
         handler = self.app.handler_for(stream)
         stream.handler = handler if handler is not None else self.web_fallback(stream)
+        self._send_timeout.watch()
         # END_STREAM arrives as its own StreamEnded event.
 
     def _data_received(self, event: h2.events.DataReceived) -> None:

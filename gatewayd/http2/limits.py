@@ -16,6 +16,8 @@ class H2Limits:
     idle_timeout_s: float = 300.0
     keepalive_interval_s: float = 0.0
     keepalive_timeout_s: float = 20.0
+    # A stream whose queued response bytes make no progress this long is reset; a socket, aborted (0 = off).
+    send_timeout_s: float = 30.0
     initial_window_size: int = 1024 * 1024
     # GOAWAY(ENHANCE_YOUR_CALM) once half of about this many recent streams were reset unanswered.
     rapid_reset_window: int = 200

@@ -21,6 +21,9 @@ from gatewayd.transport.exchange import ExchangeHandler, HeaderList
 if TYPE_CHECKING:
     from gatewayd.http2.core import ServerConnectionCore
 
+# Where a stream's queue stood (``H2Stream.send_mark``): its first chunk and the bytes queued.
+SendMark = tuple[bytes, int]
+
 
 class H2Stream:
     """One request stream of a ``ServerConnectionCore``."""
@@ -107,6 +110,9 @@ class H2Stream:
         except h2.exceptions.ProtocolError:
             pass
         self.conn.stream_done(self)
+        # Nothing queued goes out any more: free it now, whoever still holds the stream.
+        self._queue.clear()
+        self._queued_bytes = 0
         self.conn.flush_soon()
 
     def on_drain(self, callback: Callable[[], None] | None) -> None:
@@ -158,3 +164,22 @@ class H2Stream:
             self.conn.stream_done(self)
         elif self._drain_callback is not None:
             self._drain_callback()
+
+    # -- progress, for the send timeout (gatewayd/http2/send_timeout.py) ----------------
+
+    def send_mark(self) -> SendMark | None:
+        """Where the queue stands now; ``None`` when nothing is queued."""
+        queue = self._queue
+        return (queue[0], self._queued_bytes) if queue else None
+
+    def sent_since(self, mark: SendMark) -> bool:
+        """Whether queued bytes went out since ``mark`` was taken.
+
+        Costs ``push`` nothing: bytes leave only from the head of the queue, which
+        is then dropped or replaced by its rest (a new object, as the mark holds on
+        to the old one), and writes only add bytes. A new head, or fewer bytes
+        queued, means bytes went out; the one progress this misses is the same bytes
+        object queued twice in a row, the first sent and as many bytes written since.
+        """
+        queue = self._queue
+        return not queue or queue[0] is not mark[0] or self._queued_bytes < mark[1]

@@ -29,6 +29,7 @@ def h2_limits(config: ServerConfig) -> H2Limits:
         idle_timeout_s=config.idle_timeout_s,
         keepalive_interval_s=config.keepalive_interval_s,
         keepalive_timeout_s=config.keepalive_timeout_s,
+        send_timeout_s=config.send_timeout_s,
         rapid_reset_window=config.rapid_reset_window,
         control_frame_burst=config.control_frame_burst,
         control_frame_rate=config.control_frame_rate,
