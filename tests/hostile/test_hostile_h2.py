@@ -18,7 +18,7 @@ import hpack
 import pytest_twisted
 from h2.errors import ErrorCodes
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 
 from gatewayd.client.client import EXECUTE_COMMAND_PATH, SUBSCRIBE_EVENTS_PATH, DeviceSession, GatewayClient
 from gatewayd.client.keys import DeviceKey
@@ -34,16 +34,19 @@ from tests.hostile.support import Attack, GatewayProcess, attack, close, h2_clie
 
 T = TypeVar("T")
 
-GATEWAY_CONFIG = """
+# Keepalive PINGs stay off, as by default: a client that stops reading must be dropped by the
+# send timeout alone. keepalive_timeout_s still bounds how long a closed connection may linger.
+SEND_TIMEOUT_S = 3.0
+GATEWAY_CONFIG = f"""
 [server]
 stream_buffer_bytes = 16384
-keepalive_interval_s = 1.0
 keepalive_timeout_s = 2.0
+send_timeout_s = {SEND_TIMEOUT_S}
 [limits]
-ip = { rate = 5000.0, burst = 10000 }
-session = { rate = 5000.0, burst = 10000 }
-user = { rate = 5000.0, burst = 10000 }
-message_type = { rate = 5000.0, burst = 10000 }
+ip = {{ rate = 5000.0, burst = 10000 }}
+session = {{ rate = 5000.0, burst = 10000 }}
+user = {{ rate = 5000.0, burst = 10000 }}
+message_type = {{ rate = 5000.0, burst = 10000 }}
 """
 
 WATCH = "/grpc.health.v1.Health/Watch"
@@ -153,6 +156,7 @@ async def test_ping_flood_gets_goaway_enhance_your_calm(gateway: GatewayProcess)
 # --- flow control: subscribers that never open their window, clients that never read -------------
 
 NOTE_TEXT_CHARS = 3500
+STALLED_SOCKET = "its socket took no bytes"  # the send timeout's log line when it drops a connection
 
 
 async def _device(gateway: GatewayProcess) -> tuple[DeviceKey, DeviceSession]:
@@ -161,9 +165,11 @@ async def _device(gateway: GatewayProcess) -> tuple[DeviceKey, DeviceSession]:
 
 @pytest_twisted.ensureDeferred
 async def test_subscribers_that_never_open_their_window(gateway: GatewayProcess) -> None:
-    # 100 SubscribeEvents streams on one connection whose SETTINGS_INITIAL_WINDOW_SIZE is 0 and
-    # never grows, while 150 events of ~3.5 KiB flow to their user: 50 MiB if the gateway queued
-    # everything for them. It may queue stream_buffer_bytes (16 KiB) per stream, then ends each.
+    # 100 SubscribeEvents streams on one connection whose SETTINGS_INITIAL_WINDOW_SIZE is 0, while
+    # 150 events of ~3.5 KiB flow to their user: 50 MiB if the gateway queued everything for them.
+    # It may queue stream_buffer_bytes (16 KiB) per stream, then ends each. Half the streams get a
+    # byte of window every half second (slow progress, which must be left alone); the other half
+    # never do, and the send timeout resets each (its queue dropped), though the connection reads.
     key, session = await _device(gateway)
     device = (key, session)
     async with attack(gateway) as state:
@@ -180,6 +186,9 @@ async def test_subscribers_that_never_open_their_window(gateway: GatewayProcess)
             result = stalled.reader.streams[sid]
             assert result.headers is not None and result.headers[":status"] == "200", result
             assert not result.data and not result.ended, result
+        trickled, shut = stream_ids[:50], stream_ids[50:]
+        trickle = task.LoopingCall(lambda: stalled.send(window_updates(trickled, 1)))
+        trickle.start(0.5)
 
         events: list[str] = []
         good = GatewayClient(gateway.url, "grpc", key=device[0], session=device[1])
@@ -194,17 +203,29 @@ async def test_subscribers_that_never_open_their_window(gateway: GatewayProcess)
                 state.sample()
             assert events == ["gateway.server_time"] + ["user.note.created"] * 150
             assert not subscription.called
+            # The shut streams: reset CANCEL once they made no progress for send_timeout_s (they stalled
+            # at the first event; the bound is generous for a loaded machine), with nothing sent.
+            await stalled.wait_for(lambda r: all(r.streams[s].reset is not None for s in shut),
+                                   "the send timeout's resets", timeout=10 * SEND_TIMEOUT_S)
+            state.sample()
         finally:
+            if trickle.running:
+                trickle.stop()
             subscription.cancel()
             await actor.close()
             await good.close()
+        for sid in shut:
+            result = stalled.reader.streams[sid]
+            assert result.reset == ErrorCodes.CANCEL and result.trailers is None and not result.data, (sid, result)
+        assert not stalled.reader.goaways and not stalled.closed
+        assert all(stalled.reader.streams[s].reset is None for s in trickled)
 
-        # Once it opens its windows, each stalled stream reads what was queued for it and then
-        # its end: RESOURCE_EXHAUSTED, after at most the buffer plus one event.
-        await stalled.send(window_updates(stream_ids, 1 << 24))
-        await stalled.wait_for(lambda r: all(r.streams[s].ended for s in stream_ids), "every stream's end",
+        # Once the trickled streams' windows open, each reads what was queued for it and then its
+        # end: RESOURCE_EXHAUSTED, after at most the buffer plus one event.
+        await stalled.send(window_updates(trickled, 1 << 24))
+        await stalled.wait_for(lambda r: all(r.streams[s].ended for s in trickled), "every trickled stream's end",
                                timeout=20.0)
-        for sid in stream_ids:
+        for sid in trickled:
             result = stalled.reader.streams[sid]
             assert result.reset is None and result.trailers is not None, (sid, result)
             assert result.trailers.get("grpc-status") == str(int(Code.RESOURCE_EXHAUSTED)), result.trailers
@@ -216,8 +237,8 @@ async def test_subscribers_that_never_open_their_window(gateway: GatewayProcess)
 @pytest_twisted.ensureDeferred
 async def test_client_that_never_reads_large_responses_is_dropped(gateway: GatewayProcess) -> None:
     # A client opens huge windows, asks for a ~150 KiB note list on 50 streams and reads nothing.
-    # Its responses can only sit in the gateway; keepalive finds it unresponsive (the PING is
-    # never read), and the gateway must then drop the connection (GOAWAY cannot reach it).
+    # Its responses can only sit in the gateway, whose socket takes no more bytes: with keepalive
+    # off, the send timeout must drop the connection (a GOAWAY could not reach it anyway).
     key, session = await _device(gateway)
     actor = GatewayClient(gateway.url, "connect", key=key, session=session)
     try:
@@ -233,8 +254,10 @@ async def test_client_that_never_reads_large_responses_is_dropped(gateway: Gatew
         await deaf.send(grpc_calls(gateway.port, EXECUTE_COMMAND_PATH, requests, initial_window=2**31 - 1,
                                    connection_window=2**31 - 1 - 65535))
         client_port = deaf.client_port
+        drops_before = gateway.text().count(STALLED_SOCKET)
         await sample_until(state, lambda: gateway.server_socket_state(client_port) is None,
                            "the gateway to drop the connection of a client that reads nothing", timeout=30.0)
+        await until(lambda: gateway.text().count(STALLED_SOCKET) == drops_before + 1, "the gateway's log line")
         # What it could still read: some responses, then the end of the connection.
         deaf.start_reading(answer_pings=False)
         await until(lambda: deaf.closed, "the end of the connection", timeout=30.0)
