@@ -4,7 +4,7 @@ A stream whose response bytes wait in its queue while the peer's flow-control
 window takes none of them (a zero window, a client that stopped reading, or a
 stream already ended RESOURCE_EXHAUSTED whose queue and trailers wait) is reset
 once it has made no progress for ``send_timeout_s``; a connection whose socket
-took no bytes for as long (the transport paused our sending the whole time) is
+did not drain for as long (the transport paused our sending the whole time) is
 aborted. Nothing else counts: a long-lived event stream with nothing queued,
 however idle, is never touched (only stalled sends are; docs/operations.md).
 
@@ -79,7 +79,7 @@ class SendTimeout:
             self._marks.clear()
             return
         if self._socket_stalled():
-            log.info("dropping HTTP/2 connection from {peer}: its socket took no bytes for {timeout} s",
+            log.info("dropping HTTP/2 connection from {peer}: its socket did not drain for {timeout} s",
                      peer=core.peer, timeout=self._interval * CHECKS)
             self.stop()
             core.io.abort()
