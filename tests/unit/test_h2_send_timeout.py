@@ -2,31 +2,28 @@
 
 ``server.send_timeout_s`` (here 10 s, checked every 5 s): a stream whose queued bytes
 the client's window takes none of is reset after between 10 and 15 s without progress;
-a connection whose socket took no bytes (sending paused) as long is aborted.
+a connection whose socket did not drain (sending paused throughout) as long is aborted.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from h2.errors import ErrorCodes
 from hyperframe.frame import SettingsFrame, WindowUpdateFrame
 
 from gatewayd.config import ServerConfig
 from gatewayd.rpc.codes import Code
-from gatewayd.rpc.framing import encode_frame
-from gatewayd.testing.harness import CHECK, STREAM, check_request, echo_request
+from gatewayd.testing.harness import STREAM
 from tests.unit.h2_memory import CorePair
+from tests.unit.test_h2_core import check, stream_body
 
 TIMEOUT = 10.0
 LATEST = 1.5 * TIMEOUT  # a stall ends between TIMEOUT and this long after it began
 
 
-def stream_body(count: int, size: int, hold: bool = False) -> bytes:
-    spec = b'{"count": %d, "size": %d%s}' % (count, size, b', "hold": true' if hold else b"")
-    return encode_frame(echo_request(spec))
-
-
-def config(**changes: object) -> ServerConfig:
-    return ServerConfig(**{"send_timeout_s": TIMEOUT, **changes})  # type: ignore[arg-type]
+def config(**changes: Any) -> ServerConfig:
+    return ServerConfig(**({"send_timeout_s": TIMEOUT} | changes))
 
 
 def elapse(pair: CorePair, seconds: float) -> None:
@@ -38,12 +35,6 @@ def elapse(pair: CorePair, seconds: float) -> None:
             break
         pair.advance(max(0.0, min(due) - pair.clock.seconds()))
     pair.advance(end - pair.clock.seconds())
-
-
-def check(pair: CorePair) -> int:
-    sid = pair.open(CHECK, encode_frame(check_request()))
-    pair.turn()
-    return pair.client.responses[sid].grpc_status()
 
 
 def test_a_stream_whose_window_stays_shut_is_reset_and_its_queue_freed() -> None:
