@@ -15,7 +15,7 @@ from hyperframe.frame import SettingsFrame, WindowUpdateFrame
 from gatewayd.config import ServerConfig
 from gatewayd.rpc.codes import Code
 from gatewayd.testing.harness import STREAM
-from tests.unit.h2_memory import CorePair
+from tests.unit.h2_memory import CorePair, ProtocolPair
 from tests.unit.test_h2_core import check, stream_body
 
 TIMEOUT = 10.0
@@ -26,7 +26,7 @@ def config(**changes: Any) -> ServerConfig:
     return ServerConfig(**({"send_timeout_s": TIMEOUT} | changes))
 
 
-def elapse(pair: CorePair, seconds: float) -> None:
+def elapse(pair: CorePair | ProtocolPair, seconds: float) -> None:
     """Let ``seconds`` pass, running each timer at its time (a punctual reactor: one check arms the next)."""
     end = pair.clock.seconds() + seconds
     while True:
@@ -118,6 +118,18 @@ def test_a_socket_that_takes_no_bytes_is_dropped() -> None:
     elapse(pair, LATEST - TIMEOUT + 0.1)
     assert pair.io.aborted and pair.closed
     assert pair.methods.cancelled == [STREAM] and not pair.core.streams and not pair.app.active
+
+
+def test_a_full_twisted_transport_gets_the_connection_aborted() -> None:
+    # The transport pauses its producer (H2ServerConnection) and never resumes it.
+    pair = ProtocolPair(config())
+    sid = pair.open(STREAM, stream_body(1, 10, hold=True))
+    pair.turn()
+    pair.server.pauseProducing()
+    elapse(pair, TIMEOUT - 0.1)
+    assert not pair.transport.disconnected and sid in pair.server.streams
+    elapse(pair, LATEST - TIMEOUT + 0.1)
+    assert pair.transport.disconnected and pair.closed and pair.methods.cancelled == [STREAM]
 
 
 def test_a_socket_that_drains_now_and_then_is_kept() -> None:
