@@ -41,6 +41,7 @@ from zope.interface import implementer
 from gatewayd.backend.answers import BackendAnswer, BackendUnavailable
 from gatewayd.backend.pool import ConnectionPool, PoolStats
 from gatewayd.config import Route
+from gatewayd.request_body import request_body
 from gatewayd.transport.nodelay import NoDelayEndpoint
 
 __all__ = ["BackendAnswer", "BackendClient", "BackendUnavailable", "Session", "parse_session"]
@@ -198,7 +199,7 @@ class BackendClient:
         self._route_lines: dict[Route, bytes] = {}
         self._public_pool = _QuietPool(reactor, max_persistent=max_connections)
         agent = Agent.usingEndpointFactory(reactor, _OneEndpoint(endpoint), pool=self._public_pool)
-        self._public = HTTPClient(agent)
+        self._public = HTTPClient(agent, data_to_body_producer=lambda data: request_body(reactor, data))
 
     @property
     def stats(self) -> PoolStats:

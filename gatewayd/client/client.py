@@ -27,7 +27,8 @@ from gatewayd.client.keys import DeviceKey
 from gatewayd.client.sign import RandomBytes, SecondsClock, sign_request, sign_subscribe
 from gatewayd.client.verify import KeyCache, VerifiedEvent, VerifiedResponse, parse_published_keys, verify_event
 from gatewayd.client.verify import verify_response as _verify_response
-from gatewayd.client.wire import DEFAULT_MAX_MESSAGE_BYTES, RpcTransport, make_transport, request_body
+from gatewayd.client.wire import DEFAULT_MAX_MESSAGE_BYTES, RpcTransport, make_transport
+from gatewayd.request_body import request_body
 from gatewayd.rpc.codes import Code
 
 EXECUTE_COMMAND_PATH = "/gateway.v1.Gateway/ExecuteCommand"

@@ -26,7 +26,6 @@ Deferred drops its stream or connection.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -35,15 +34,15 @@ from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol as TwistedProtocol
-from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from gatewayd.client.deferreds import settle, settle_each
 from gatewayd.client.errors import GatewayUnreachableError, RpcCallError
+from gatewayd.request_body import request_body
 from gatewayd.rpc.client import ConnectionClosedError, H2ClientConnection, connect_h2
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
@@ -239,15 +238,6 @@ def _read_all(response: IResponse, limit: int) -> Deferred[bytes]:
         chunks.append(data)
 
     return _read(response, collect).addCallback(lambda _: b"".join(chunks))
-
-
-def request_body(reactor: Any, body: bytes) -> FileBodyProducer:
-    """``body`` as an HTTP request body written by a cooperator on ``reactor``.
-
-    ``FileBodyProducer``'s default cooperator runs on the global reactor: a client
-    given another reactor (a ``Clock``-driven in-memory network) would never send.
-    """
-    return FileBodyProducer(io.BytesIO(body), cooperator=Cooperator(scheduler=lambda work: reactor.callLater(0, work)))
 
 
 class _HttpTransport:

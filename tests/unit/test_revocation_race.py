@@ -50,7 +50,7 @@ class HeldLookups(Rig):
         self.subscribe = SubscribeEvents(self.pipeline, self.hub, self.signer, self.clock)
         self.dispatcher = Dispatcher(self.hub, self.signer, self.cache.invalidate, self.cache.invalidate_user)
 
-    def _lookup(self, device_session_id: str) -> Deferred[Session | None]:
+    def _lookup(self, device_session_id: str, call: Any = None) -> Deferred[Session | None]:
         self.lookups.append(device_session_id)
         d: Deferred[Session | None] = Deferred()
         self.held.append(d)
