@@ -117,7 +117,10 @@ class Conn(asyncio.Protocol):
         return fut
 
     def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
+        self.received(data, time.perf_counter())
+
+    def received(self, data: bytes, now: float) -> None:
+        """Handle ``data`` as read at ``now`` (perf_counter; a recording subscriber replays later)."""
         for ev in self.h2.receive_data(data):
             if isinstance(ev, h2.events.DataReceived):
                 self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
