@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="subscriber processes (connections split)")
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--gap", type=float, default=0.5, help="seconds between events")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds to wait after the last event (default: 1 + 1 per 10,000 streams)")
     parser.add_argument("--wave", type=int, default=500, help="streams opened at a time per process")
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on opening and on the event phase")
@@ -117,7 +119,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-delivery-"))
     observe = work / "observer.jsonl"
     stack = start_stack(work, "memory", max_streams=max(100, streams + 10), wrapper="twist_observe.py",
-                        env={"BENCH_OBSERVE": str(observe), "BENCH_OBSERVE_WINDOW_S": str(max(0.2, args.gap * 0.9))})
+                        env={"BENCH_OBSERVE": str(observe), "BENCH_OBSERVE_WINDOW_S": "1.0"})
     subs: list[subprocess.Popen[str]] = []
     try:
         assert stack.gateway is not None
@@ -143,6 +145,8 @@ def main() -> None:
         for i in range(args.events):
             sent.append(publish(stack.backend_http, sessions[0], i))
             time.sleep(args.gap)
+        # The subscribers cannot tell when the last event is in (they only record): wait for it.
+        time.sleep(args.settle or 1.0 + conns * streams / 10_000)
         publish_cpu = cpu_seconds(gw) - cpu1
         results = []
         for p in subs:
