@@ -177,11 +177,21 @@ def code_version() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def gateway_code() -> str:
+    """The last commit that touched the measured code (gatewayd/, twisted/): bench-only commits do not move it."""
+    try:
+        return subprocess.run(["git", "log", "-1", "--format=%h", "--", "gatewayd", "twisted"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def emit(result: dict[str, Any], path: Path | None) -> None:
     """Print one JSON result line (and append it to ``path``)."""
     # The machine is shared: every result carries the 1-minute load average and the time it was taken.
     result = {"loadavg": Path("/proc/loadavg").read_text().split()[0],
-              "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "code": code_version(), **result}
+              "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "code": code_version(),
+              "gateway_code": gateway_code(), **result}
     line = json.dumps(result, sort_keys=True)
     print(line, flush=True)
     if path is not None:
