@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.fanout_client import Conn, Stream, sign_subscriptions, wait_until
+from bench.fanout_client import Conn, Stream, add_stream_args, ended_counts, open_streams
 
 
 class RecordingConn(Conn):
@@ -62,34 +61,12 @@ async def read_stop_line(timeout_s: float) -> None:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sessions = json.loads(Path(args.sessions).read_text())
-    n = args.connections * args.streams
-    bodies = sign_subscriptions(sessions, n)
-    loop = asyncio.get_running_loop()
     streams: list[Stream] = []
-    conns: list[RecordingConn] = []
     t0 = time.perf_counter()
-    for c in range(args.connections):
-        chunk = bodies[c * args.streams:(c + 1) * args.streams]
-        _, conn = await loop.create_connection(functools.partial(RecordingConn, args.port, chunk, streams, {}),
-                                               "127.0.0.1", args.port)
-        await asyncio.wait_for(conn.settings, 10)
-        conns.append(conn)
-    wave = args.wave or n
-    plan = [(conn, i) for i in range(args.streams) for conn in conns]  # interleave connections
-    for w in range(0, n, wave):
-        for conn, i in plan[w:w + wave]:
-            conn.open_streams(i, i + 1)
-        target = min(n, w + wave)
-        try:
-            await wait_until(lambda k=target: len(streams) >= k and all(s.count >= 1 or s.ended for s in streams),
-                             args.timeout, "streams did not all open")
-        except TimeoutError:
-            break
+    conns = await open_streams(RecordingConn, args.port, sessions, args.connections, args.streams, args.wave,
+                               args.timeout, streams)
     live = [s for s in streams if s.count >= 1 and s.ended is None]
-    failed: dict[str, int] = {}
-    for s in streams:
-        if s.ended:
-            failed[s.ended] = failed.get(s.ended, 0) + 1
+    failed = ended_counts(streams)
     for conn in conns:
         conn.recording = True
     print(json.dumps({"ready": True, "opened": len(live), "open_s": time.perf_counter() - t0,
@@ -99,10 +76,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         conn.replay()
     events = max((len(s.arrivals) for s in live), default=0)
     arrivals = [[s.arrivals[k] for s in live if len(s.arrivals) > k] for k in range(events)]
-    ended_later: dict[str, int] = {}
-    for s in live:
-        if s.ended:
-            ended_later[s.ended] = ended_later.get(s.ended, 0) + 1
+    ended_later = ended_counts(live)
     for conn in conns:
         conn.transport.close()
     return {"live": len(live), "arrivals": arrivals, "ended_after_open": ended_later,
@@ -111,12 +85,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--sessions", required=True)
-    parser.add_argument("--connections", type=int, default=10)
-    parser.add_argument("--streams", type=int, default=100)
-    parser.add_argument("--wave", type=int, default=0, help="open streams this many at a time (0: all at once)")
-    parser.add_argument("--timeout", type=float, default=300.0)
+    add_stream_args(parser, 300.0)
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))), flush=True)
 
