@@ -123,6 +123,30 @@ def listen_overflows() -> int:
     return int(dict(zip(lines[0], lines[1], strict=True)).get("ListenOverflows", 0))
 
 
+def runqueue_seconds(pid: int) -> float:
+    """Seconds the threads of ``pid`` have spent runnable but waiting for a CPU (``schedstat``'s run delay,
+    summed over threads). Over a run, its growth divided by the wall time says how much the process was
+    held back by the other processes on its core rather than waiting for I/O."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
+
+
+def time_wait_to(port: int) -> int:
+    """Sockets in TIME_WAIT toward 127.0.0.1:``port`` (``/proc/net/tcp``): connections closed by the side
+    that dialled, e.g. a client pool that opens a connection per call."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "06" and int(fields[2].split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of ``values``; NaN when empty."""
     if not values:

@@ -28,6 +28,7 @@ import json
 import statistics
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ from bench._common import (
     exit_on_sigterm,
     free_port,
     listen_overflows,
+    runqueue_seconds,
     start,
+    time_wait_to,
     wait_port,
 )
 from bench._stack import Stack, login, start_backend, start_stack
@@ -80,6 +83,7 @@ class Server:
     port: int
     proc: Proc
     backend: Proc
+    backend_port: int
     sessions: Path
     stack: Stack | None = None
     procs: tuple[Proc, ...] = ()
@@ -97,7 +101,8 @@ def start_gatewayd(work: Path, backend_core: str) -> Server:
         assert stack.gateway is not None and stack.backend is not None
         sessions = work / "sessions.json"
         sessions.write_text(json.dumps(login(stack.backend_http, 8)))
-        return Server("gatewayd", stack.port, stack.gateway, stack.backend, sessions, stack=stack)
+        return Server("gatewayd", stack.port, stack.gateway, stack.backend, stack.backend_http, sessions,
+                      stack=stack)
     except BaseException:
         stack.stop()
         raise
@@ -115,7 +120,7 @@ def start_reference(work: Path, backend_core: str, key: Path) -> Server:
         wait_port(port, proc=server.popen)
         sessions = work / "sessions.json"
         sessions.write_text(json.dumps(login(http, 8)))
-        return Server("reference", port, server, backend, sessions, procs=tuple(procs))
+        return Server("reference", port, server, backend, http, sessions, procs=tuple(procs))
     except BaseException:
         for p in reversed(procs):
             p.stop()
@@ -163,18 +168,22 @@ def loadgen(server: Server, setting: Setting, duration: float, warmup: float, re
            "--connections", str(setting.connections), "--streams", str(setting.streams),
            "--duration", str(duration), "--warmup", str(warmup), "--timeout", str(warmup + duration + 60),
            "--cpu-pids", str(server.proc.pid), str(server.backend.pid)]
-    overflows = listen_overflows()
+    overflows, time_wait = listen_overflows(), time_wait_to(server.backend_port)
+    waited, t0 = runqueue_seconds(server.proc.pid), time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=warmup + duration + 180)
     if out.returncode != 0:
         raise SystemExit(f"loadgen failed against {server.name}: {out.stderr[-2000:]}")
     r: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     r["server_cpu_us"], r["backend_cpu_us"] = r.pop("cpu_us")
     r["listen_overflows"] = listen_overflows() - overflows
+    # Fraction of the run the server's threads sat runnable without a CPU (the neighbours' share).
+    r["server_runq"] = (runqueue_seconds(server.proc.pid) - waited) / (time.monotonic() - t0)
+    r["backend_time_wait"] = time_wait_to(server.backend_port) - time_wait  # throwaway backend connections
     return r
 
 
 KEYS = ("ok_rps", "p50_ms", "p99_ms", "max_ms", "max_over_p50", "server_cpu_us", "backend_cpu_us", "client_cpu",
-        "listen_overflows")
+        "listen_overflows", "backend_time_wait", "server_runq")
 
 
 def median(runs: list[dict[str, Any]], key: str) -> float:

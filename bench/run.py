@@ -54,8 +54,9 @@ def spread(values: list[float], digits: int = 0) -> str:
 def render_reference(rows: list[dict[str, Any]]) -> list[str]:
     out = ["### ExecuteCommand: gatewayd vs the grpc.aio + aiohttp reference (`bench_reference.py`)", "",
            "| arrangement | setting | server | ok/s | p50 ms | p99 ms | max ms | max/p50 | server CPU µs/call "
-           "| backend CPU µs/call | loadgen CPU | listen overflows | outcomes |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| backend CPU µs/call | server run-queue wait | loadgen CPU | listen overflows | new TIME_WAIT to backend "
+           "| outcomes |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         outcomes: dict[str, int] = {}
         for o in r["outcomes"]:
@@ -64,7 +65,9 @@ def render_reference(rows: list[dict[str, Any]]) -> list[str]:
         out.append(f"| {r['arrangement']} | {r['setting']} | {r['server']} | {spread(r['ok_rps'])} | "
                    f"{spread(r['p50_ms'], 1)} | {spread(r['p99_ms'], 1)} | {spread(r['max_ms'], 1)} | "
                    f"{spread(r['max_over_p50'], 1)} | {spread(r['server_cpu_us'])} | {spread(r['backend_cpu_us'])} | "
-                   f"{spread(r['client_cpu'], 2)} | {sum(r['listen_overflows'])} | {outcomes} |")
+                   f"{spread(r.get('server_runq', [0]), 2)} | "
+                   f"{spread(r['client_cpu'], 2)} | {sum(r['listen_overflows'])} | "
+                   f"{spread(r.get('backend_time_wait', [0]))} | {outcomes} |")
     out += ["", "Ratios (medians; gatewayd / reference for ok/s, reference / gatewayd for CPU per call):", ""]
     by = {(r["arrangement"], r["setting"], r["server"]): r for r in rows}
     for (arr, setting, server), r in by.items():
