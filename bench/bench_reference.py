@@ -48,6 +48,7 @@ from bench._common import (
     wait_port,
 )
 from bench._stack import Stack, login, start_backend, start_stack
+from bench.profile import Profiler, summarize
 from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandRequest, ExecuteCommandResponse
 from gatewayd.signing import GatewayKey, response_signing_input, verify
 
@@ -217,6 +218,9 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", choices=[s.name for s in SETTINGS], default=[s.name for s in SETTINGS])
     parser.add_argument("--max-rate", type=float, default=4000.0,
                         help="requests pre-signed per run = this x (warmup + duration)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the runs, one more run per (setting, server) under py-spy (not timed; summary "
+                             "next to the logs)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     exit_on_sigterm()
@@ -243,6 +247,15 @@ def main() -> None:
                             print(f"warning: {server.name} used every pre-signed request: raise --max-rate",
                                   flush=True)
                         runs[server.name].append(r)
+                if args.profile:
+                    for server in sides:
+                        out = work / f"profile-{setting.name}-{server.name}.txt"
+                        prof = Profiler(server.proc.pid, out)
+                        prof.start()
+                        loadgen(server, setting, args.duration, args.warmup, requests)
+                        prof.stop()
+                        out.with_suffix(".summary").write_text(summarize(out))
+                        print(f"profile: {out.with_suffix('.summary')}", flush=True)
                 for name, rs in runs.items():
                     emit({"bench": "reference", "arrangement": arrangement, "setting": setting.name,
                           "server": name, "protocol": setting.protocol, "connections": setting.connections,
