@@ -116,6 +116,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (``TcpExtListenOverflows``;
+    machine-wide: other processes' listeners count too)."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines() if line.startswith("TcpExt:")]
+    return int(dict(zip(lines[0], lines[1], strict=True)).get("ListenOverflows", 0))
+
+
+def runqueue_seconds(pid: int) -> float:
+    """Seconds the threads of ``pid`` have spent runnable but waiting for a CPU (``schedstat``'s run delay,
+    summed over threads). Over a run, its growth divided by the wall time says how much the process was
+    held back by the other processes on its core rather than waiting for I/O."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
+
+
+def time_wait_to(port: int) -> int:
+    """Sockets in TIME_WAIT toward 127.0.0.1:``port`` (``/proc/net/tcp``): connections closed by the side
+    that dialled, e.g. a client pool that opens a connection per call."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "06" and int(fields[2].split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of ``values``; NaN when empty."""
     if not values:
@@ -170,11 +201,21 @@ def code_version() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def gateway_code() -> str:
+    """The last commit that touched the measured code (gatewayd/, twisted/): bench-only commits do not move it."""
+    try:
+        return subprocess.run(["git", "log", "-1", "--format=%h", "--", "gatewayd", "twisted"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def emit(result: dict[str, Any], path: Path | None) -> None:
     """Print one JSON result line (and append it to ``path``)."""
     # The machine is shared: every result carries the 1-minute load average and the time it was taken.
     result = {"loadavg": Path("/proc/loadavg").read_text().split()[0],
-              "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "code": code_version(), **result}
+              "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "code": code_version(),
+              "gateway_code": gateway_code(), **result}
     line = json.dumps(result, sort_keys=True)
     print(line, flush=True)
     if path is not None:

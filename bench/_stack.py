@@ -32,6 +32,8 @@ class Stack:
     port: int = 0
     procs: list[Proc] = field(default_factory=list)
     gateway: Proc | None = None
+    backend: Proc | None = None
+    backend_http: int = 0
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -39,13 +41,33 @@ class Stack:
         self.procs.clear()
 
 
+def start_backend(work: Path, kind: str, core: str, twist: list[str] | None = None) -> tuple[Proc, int, int]:
+    """The backend process: ``dev`` (``twist gatewayd-devbackend``) or ``ref`` (``bench/ref_backend.py``,
+    aiohttp); returns it with its HTTP and push ports once it listens."""
+    http, push = free_port(), free_port()
+    if kind == "ref":
+        argv = [PYTHON, "-m", "bench.ref_backend", "--http", str(http), "--push", str(push)]
+    else:
+        argv = [*(twist or [TWIST]), "gatewayd-devbackend", "--no-debug",
+                "--http", f"tcp:{http}:interface=127.0.0.1", "--push", f"tcp:{push}:interface=127.0.0.1"]
+    proc = start(f"{kind}backend", argv, core, work)
+    wait_port(http, proc=proc.popen)
+    wait_port(push, proc=proc.popen)
+    return proc, http, push
+
+
 def start_stack(work: Path, stores: str = "memory", max_streams: int = 100, nodelay: bool = False,
-                backend_timeout_s: float = 5.0) -> Stack:
-    """Start redis (when ``stores == "redis"``), the dev backend and the gateway; wait until ready.
+                backend_timeout_s: float = 5.0, backend: str = "dev", backend_core: str = CLIENT_CORE,
+                wrapper: str = "", env: dict[str, str] | None = None) -> Stack:
+    """Start redis (when ``stores == "redis"``), the backend and the gateway; wait until ready.
 
     ``nodelay``: run both Twisted processes through ``bench/twist_nodelay.py`` (TCP_NODELAY everywhere).
+    ``backend``: ``dev`` (the project's reference backend) or ``ref`` (``bench/ref_backend.py``, aiohttp),
+    pinned to ``backend_core``. ``wrapper``: a ``twist`` replacement script in bench/ for the gateway
+    (e.g. ``twist_observe.py``), ``env`` extra environment for the gateway.
     """
     twist = [PYTHON, str(ROOT / "bench" / "twist_nodelay.py")] if nodelay else [TWIST]
+    gateway_twist = [PYTHON, str(ROOT / "bench" / wrapper)] if wrapper else twist
     work.mkdir(parents=True, exist_ok=True)
     stack = Stack(work)
     try:
@@ -57,12 +79,9 @@ def start_stack(work: Path, stores: str = "memory", max_streams: int = 100, node
             stack.procs.append(proc)
             wait_port(rport, proc=proc.popen)
             redis_url = f'redis_url = "redis://127.0.0.1:{rport}/0"'
-        http, push = free_port(), free_port()
-        proc = start("devbackend", [*twist, "gatewayd-devbackend", "--no-debug",
-                                    "--http", f"tcp:{http}:interface=127.0.0.1",
-                                    "--push", f"tcp:{push}:interface=127.0.0.1"], CLIENT_CORE, work)
+        proc, http, push = start_backend(work, backend, backend_core, twist)
         stack.procs.append(proc)
-        wait_port(http, proc=proc.popen)
+        stack.backend, stack.backend_http = proc, http
         key = work / "gateway.key"
         if not key.exists():
             GatewayKey.generate().save(key)
@@ -91,7 +110,8 @@ login_ip = {BIG}
 send_email = {BIG}
 confirm_challenge = {BIG}
 """)
-        stack.gateway = start("gatewayd", [*twist, "gatewayd", "--config", str(config)], SERVER_CORE, work)
+        stack.gateway = start("gatewayd", [*gateway_twist, "gatewayd", "--config", str(config)], SERVER_CORE, work,
+                              env)
         stack.procs.append(stack.gateway)
         wait_port(stack.port, proc=stack.gateway.popen)
         wait_ready(stack.port)

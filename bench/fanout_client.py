@@ -21,6 +21,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import struct
 import time
 from pathlib import Path
@@ -117,7 +118,10 @@ class Conn(asyncio.Protocol):
         return fut
 
     def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
+        self.received(data, time.perf_counter())
+
+    def received(self, data: bytes, now: float) -> None:
+        """Handle ``data`` as read at ``now`` (perf_counter; a recording subscriber replays later)."""
         for ev in self.h2.receive_data(data):
             if isinstance(ev, h2.events.DataReceived):
                 self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -174,10 +178,59 @@ async def wait_until(predicate: Any, timeout_s: float, what: str) -> float:
     return time.perf_counter() - t0
 
 
+async def open_streams(conn_class: type[Conn], port: int, sessions: list[dict[str, str]], connections: int,
+                       per_conn: int, wave: int, timeout_s: float, streams: list[Stream]) -> list[Any]:
+    """Connect ``connections`` times and open ``per_conn`` streams on each, ``wave`` at a time across
+    connections (0: all at once), each wave answered before the next; ``streams`` fills up.
+
+    Each wave is signed just before it is sent: opening 100,000 streams on a busy machine takes longer
+    than the freshness window (300 s)."""
+    loop = asyncio.get_running_loop()
+    conns = []
+    for _ in range(connections):
+        _, conn = await loop.create_connection(functools.partial(conn_class, port, [b""] * per_conn, streams, {}),
+                                               "127.0.0.1", port)
+        await asyncio.wait_for(conn.settings, 10)
+        conns.append(conn)
+    n = connections * per_conn
+    plan = [(conn, i) for i in range(per_conn) for conn in conns]  # interleave connections
+    for w in range(0, n, wave or n):
+        batch = plan[w:w + (wave or n)]
+        for (conn, i), body in zip(batch, sign_subscriptions(sessions, len(batch)), strict=True):
+            conn.bodies[i] = body
+            conn.open_streams(i, i + 1)
+        target = min(n, w + (wave or n))
+        try:
+            await wait_until(lambda k=target: len(streams) >= k and all(s.count >= 1 or s.ended for s in streams),
+                             timeout_s, "streams did not all open")
+        except TimeoutError:
+            break
+    return conns
+
+
+def ended_counts(streams: list[Stream]) -> dict[str, int]:
+    """How many of ``streams`` ended, by how (times in the messages folded to ``N``)."""
+    counts: dict[str, int] = {}
+    for s in streams:
+        if s.ended:
+            how = re.sub(r"\d{6,}", "N", s.ended)
+            counts[how] = counts.get(how, 0) + 1
+    return counts
+
+
+def add_stream_args(parser: argparse.ArgumentParser, timeout_s: float) -> None:
+    """The options both fan-out clients take: where, who, how many, how fast to open."""
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--sessions", required=True)
+    parser.add_argument("--connections", type=int, default=10)
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--wave", type=int, default=0, help="open streams this many at a time (0: all at once)")
+    parser.add_argument("--timeout", type=float, default=timeout_s)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sessions = json.loads(Path(args.sessions).read_text())
     n = args.connections * args.streams
-    bodies = sign_subscriptions(sessions, n)
     loop = asyncio.get_running_loop()
     rss_before = rss_kib(args.gateway_pid)
     cpu_open = cpu_seconds(args.gateway_pid)
@@ -185,32 +238,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     conns = []
     unary: dict[int, Any] = {}
     t0 = time.perf_counter()
-    for c in range(args.connections):
-        chunk = bodies[c * args.streams:(c + 1) * args.streams]
-        _, conn = await loop.create_connection(functools.partial(Conn, args.port, chunk, streams, {}),
-                                               "127.0.0.1", args.port)
-        await asyncio.wait_for(conn.settings, 10)
-        conns.append(conn)
-    # Open in waves of --wave streams (0: all at once), each wave answered before the next starts.
-    wave = args.wave or n
-    plan = [(conn, i) for i in range(0, args.streams) for conn in conns]  # interleave connections
-    for w in range(0, n, wave):
-        for conn, i in plan[w:w + wave]:
-            conn.open_streams(i, i + 1)
-        target = min(n, w + wave)
-        try:
-            await wait_until(lambda k=target: len(streams) >= k
-                             and all(s.count >= 1 or s.ended for s in streams),
-                             args.timeout, "streams did not all open")
-        except TimeoutError:
-            break
+    conns = await open_streams(Conn, args.port, sessions, args.connections, args.streams, args.wave, args.timeout,
+                               streams)
     open_s = time.perf_counter() - t0
     cpu_open = cpu_seconds(args.gateway_pid) - cpu_open
     opened = sum(1 for s in streams if s.count >= 1 and s.ended is None)
-    failed: dict[str, int] = {}
-    for s in streams:
-        if s.ended:
-            failed[s.ended] = failed.get(s.ended, 0) + 1
+    failed = ended_counts(streams)
     await asyncio.sleep(1.0)  # let the gateway finish its bookkeeping before sampling memory
     rss_after = rss_kib(args.gateway_pid)
     _, pub = await loop.create_connection(lambda: Conn(args.port, [], [], unary), "127.0.0.1", args.port)
@@ -256,10 +289,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for f in publishes:
         key = "pending" if not f.done() else "ok" if f.exception() is None else str(f.exception())
         publish_outcomes[key] = publish_outcomes.get(key, 0) + 1
-    ended_later: dict[str, int] = {}
-    for st in live:
-        if st.ended:
-            ended_later[st.ended] = ended_later.get(st.ended, 0) + 1
+    ended_later = ended_counts(live)
     for conn in [*conns, pub]:
         conn.transport.close()
     return {"bench": "fanout", "connections": args.connections, "streams": args.streams, "n": n,
@@ -278,15 +308,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--sessions", required=True)
-    parser.add_argument("--connections", type=int, default=10)
-    parser.add_argument("--streams", type=int, default=100)
+    add_stream_args(parser, 90.0)
     parser.add_argument("--gateway-pid", type=int, required=True)
     parser.add_argument("--singles", type=int, default=3)
     parser.add_argument("--burst", type=int, default=20)
-    parser.add_argument("--timeout", type=float, default=90.0)
-    parser.add_argument("--wave", type=int, default=0, help="open streams this many at a time (0: all at once)")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))), flush=True)
 

@@ -11,6 +11,14 @@ them for the protocol. Then it keeps ``--streams`` calls in flight on each of
 until every request is answered, and prints one JSON line: throughput,
 latency percentiles and a count of each outcome (``ok`` is gRPC status 0 /
 HTTP 200 with result_code "ok").
+
+``--duration D --warmup W``: a timed run instead. No new call starts after
+``W + D`` seconds (or when the pre-signed requests run out); only calls that
+complete inside the window ``[W, W + D]`` count (throughput, latencies,
+outcomes), and ``--cpu-pids`` are sampled at the window's edges, so
+``cpu_us`` is each process's CPU per call answered in the window. The load
+generator's own CPU share over the window is ``client_cpu`` (near 1.0: it is
+the bottleneck, the comparison is void).
 """
 
 from __future__ import annotations
@@ -68,10 +76,34 @@ class Stats:
     def __init__(self) -> None:
         self.latencies: list[float] = []
         self.outcomes: Counter[str] = Counter()
+        self.calls: list[tuple[float, float, str]] = []  # (started, ended, outcome)
 
     def done(self, started: float, outcome: str) -> None:
-        self.latencies.append(time.perf_counter() - started)
+        ended = time.perf_counter()
+        self.latencies.append(ended - started)
         self.outcomes[outcome] += 1
+        self.calls.append((started, ended, outcome))
+
+
+def until(work: Iterator[bytes], deadline: float) -> Iterator[bytes]:
+    """``work`` until ``deadline`` (perf_counter) has passed."""
+    for body in work:
+        if time.perf_counter() >= deadline:
+            return
+        yield body
+
+
+class CpuWindow:
+    """CPU seconds of some processes (and of this one) at the start and end of the timed window."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.marks: list[tuple[float, float, list[float]]] = []  # (perf_counter, own cpu, cpu per pid)
+
+    def mark(self) -> None:
+        from bench._common import cpu_seconds
+
+        self.marks.append((time.perf_counter(), sum(os.times()[:2]), [cpu_seconds(p) for p in self.pids]))
 
 
 class H2Client(asyncio.Protocol):
@@ -203,11 +235,16 @@ class H1Client(asyncio.Protocol):
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sessions = json.loads(Path(args.sessions).read_text())
     bodies = sign_requests(sessions, args.requests, args.message_type, args.payload.encode())
-    work = iter(bodies)
+    work: Iterator[bytes] = iter(bodies)
     stats = Stats()
     loop = asyncio.get_running_loop()
     futures = []
     t0 = time.perf_counter()
+    window = CpuWindow(args.cpu_pids)
+    if args.duration:
+        work = until(work, t0 + args.warmup + args.duration)
+        loop.call_later(args.warmup, window.mark)
+        loop.call_later(args.warmup + args.duration, window.mark)
     for _ in range(args.connections):
         fut: asyncio.Future[None] = loop.create_future()
         futures.append(fut)
@@ -217,6 +254,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             factory = lambda f=fut: H2Client(args.port, args.protocol, work, args.streams, stats, f)  # noqa: E731
         await loop.create_connection(factory, "127.0.0.1", args.port)
     await asyncio.wait_for(asyncio.gather(*futures), args.timeout)
+    if args.duration:
+        return timed_result(args, stats, window)
     elapsed = time.perf_counter() - t0
     lat = [x * 1000 for x in stats.latencies]
     return {"protocol": args.protocol, "requests": args.requests, "answered": len(lat),
@@ -224,6 +263,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rps": len(lat) / elapsed, "mean_ms": sum(lat) / max(1, len(lat)),
             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "max_ms": max(lat, default=0.0),
             "first_ms": lat[0] if lat else 0.0, "outcomes": dict(stats.outcomes)}
+
+
+def timed_result(args: argparse.Namespace, stats: Stats, window: CpuWindow) -> dict[str, Any]:
+    """Throughput, latencies and CPU per call of the calls that completed inside the window."""
+    if len(window.marks) < 2:
+        raise RuntimeError("the run ended before its window: raise --requests")
+    (w0, own0, cpu0), (w1, own1, cpu1) = window.marks[:2]
+    inside = [(s, e, o) for s, e, o in stats.calls if w0 <= e <= w1]
+    lat = [(e - s) * 1000 for s, e, _ in inside]
+    outcomes = Counter(o for _, _, o in inside)
+    seconds = w1 - w0
+    p50 = percentile(lat, 50)
+    return {"protocol": args.protocol, "requests": args.requests, "answered": len(lat),
+            "connections": args.connections, "streams": args.streams, "window_s": seconds,
+            "rps": len(lat) / seconds, "ok_rps": outcomes.get("ok", 0) / seconds,
+            "mean_ms": sum(lat) / max(1, len(lat)), "p50_ms": p50, "p99_ms": percentile(lat, 99),
+            "max_ms": max(lat, default=0.0), "max_over_p50": max(lat, default=0.0) / p50 if lat else 0.0,
+            "cpu_us": [1e6 * (b - a) / max(1, len(lat)) for a, b in zip(cpu0, cpu1, strict=True)],
+            "client_cpu": (own1 - own0) / seconds, "outcomes": dict(outcomes),
+            "outcomes_all": dict(stats.outcomes), "unused_requests": args.requests - len(stats.calls)}
 
 
 def main() -> None:
@@ -237,6 +296,9 @@ def main() -> None:
     parser.add_argument("--message-type", default="user.profile.get")
     parser.add_argument("--payload", default="")
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--duration", type=float, default=0.0, help="timed run: seconds measured after --warmup")
+    parser.add_argument("--warmup", type=float, default=0.0, help="timed run: seconds before the window")
+    parser.add_argument("--cpu-pids", type=int, nargs="*", default=[], help="timed run: processes to charge")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))), flush=True)
 
