@@ -110,7 +110,7 @@ class BeatingStream:
             return
         exchange = getattr(self.stream, "exchange", None)
         if exchange is not None and exchange.http2 and not exchange.buffered_bytes:
-            exchange.send_data(b"")  # an empty DATA frame (transport/h2server.py)
+            exchange.send_data(b"")  # an empty DATA frame (gatewayd/http2/stream.py)
             self._last = self.heartbeats.clock.seconds()
 
     def stop(self, result: Any) -> Any:
