@@ -30,6 +30,7 @@ from zope.interface import implementer
 from gatewayd import config as config_module
 from gatewayd.config import Config, ConfigError
 from gatewayd.signing import Keyring
+from gatewayd.tls_files import load_certificate
 
 if TYPE_CHECKING:
     from gatewayd.service import GatewayService
@@ -43,22 +44,15 @@ RELOADED_SERVER_KEYS = ("tls_certificate", "tls_private_key", "cors_origins", "h
 def tls_options(config: Config) -> ssl.CertificateOptions:
     """The listener's TLS settings from ``server.tls_*`` (ALPN h2 and http/1.1); ``ConfigError`` names the key."""
     server = config.server
+    cert = load_certificate(server.tls_certificate, "server.tls_certificate", server.tls_private_key,
+                            "server.tls_private_key")
     try:
-        pem = Path(server.tls_certificate).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"server.tls_certificate: {server.tls_certificate}: {e.strerror or e}") from None
-    try:
-        pem += b"\n" + Path(server.tls_private_key).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"server.tls_private_key: {server.tls_private_key}: {e.strerror or e}") from None
-    try:
-        cert = ssl.PrivateCertificate.loadPEM(pem)
         return ssl.CertificateOptions(
             privateKey=cert.privateKey.original.to_cryptography_key(),
             certificate=cert.original.to_cryptography(),
             acceptableProtocols=[b"h2", b"http/1.1"],
         )
-    except Exception as e:  # pyOpenSSL and cryptography raise several kinds for a bad PEM or a mismatch
+    except Exception as e:  # cryptography raises several kinds for a key it cannot use
         raise ConfigError(f"server.tls_certificate: cannot use it with server.tls_private_key: {e}") from None
 
 

@@ -13,6 +13,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
@@ -94,6 +95,76 @@ def event_signing_input(
         payload_hash,
         key_id.encode(),
     )
+
+
+class RequestFields(Protocol):
+    """What a request's signing input is built from: a ``RequestEnvelope``."""
+
+    @property
+    def protocol_version(self) -> int: ...
+    @property
+    def device_session_id(self) -> str: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def timestamp_ms(self) -> int: ...
+    @property
+    def message_type(self) -> str: ...
+    @property
+    def payload_hash(self) -> bytes: ...
+
+
+class ResponseFields(Protocol):
+    """What a response's signing input is built from: a ``ResponseEnvelope`` (and the caller's session)."""
+
+    @property
+    def protocol_version(self) -> int: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def timestamp_ms(self) -> int: ...
+    @property
+    def result_code(self) -> str: ...
+    @property
+    def payload_hash(self) -> bytes: ...
+    @property
+    def key_id(self) -> str: ...
+
+
+class EventFields(Protocol):
+    """What an event's signing input is built from: a ``GatewayEvent``."""
+
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def timestamp_ms(self) -> int: ...
+    @property
+    def payload_hash(self) -> bytes: ...
+    @property
+    def key_id(self) -> str: ...
+
+
+def request_signing_input_of(envelope: RequestFields) -> bytes:
+    """``request_signing_input`` over a ``RequestEnvelope``'s fields."""
+    return request_signing_input(
+        envelope.protocol_version, envelope.device_session_id, envelope.request_id, envelope.timestamp_ms,
+        envelope.message_type, envelope.payload_hash,
+    )
+
+
+def response_signing_input_of(envelope: ResponseFields, device_session_id: str) -> bytes:
+    """``response_signing_input`` over a ``ResponseEnvelope``'s fields and the caller's ``device_session_id``."""
+    return response_signing_input(
+        envelope.protocol_version, device_session_id, envelope.request_id, envelope.timestamp_ms,
+        envelope.result_code, envelope.payload_hash, envelope.key_id,
+    )
+
+
+def event_signing_input_of(event: EventFields) -> bytes:
+    """``event_signing_input`` over a ``GatewayEvent``'s fields."""
+    return event_signing_input(event.event_type, event.event_id, event.timestamp_ms, event.payload_hash, event.key_id)
 
 
 def key_id_for(public_key: bytes) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import ssl
@@ -34,6 +33,7 @@ from zope.interface import implementer
 from gatewayd.client.deferreds import settle
 from gatewayd.config import BackendConfig, ConfigError
 from gatewayd.rpc.client import DEFAULT_MAX_MESSAGE_BYTES, ConnectionClosedError, H2ClientConnection
+from gatewayd.tls_files import client_options, load_certificate, load_trust_root
 from gatewayd.transport.nodelay import NoDelayEndpoint
 
 PushConnect = Callable[[], "Deferred[H2ClientConnection]"]
@@ -43,48 +43,26 @@ _REPLACED = {"trustRoots": "backend.tls_ca_file", "certificate": "backend.tls_cl
              "privateKey": "backend.tls_client_key"}
 
 
-def _read(key: str, path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{key}: {path}: {e.strerror or e}") from None
-
-
 @dataclass(frozen=True)
 class BackendTLS:
     """What the gateway trusts of the backend, and the client certificate it presents (if any)."""
 
-    trust_root: Any  # an IOpenSSLTrustRoot
+    trust_root: Any = None  # an IOpenSSLTrustRoot; None: the platform's trust store
     client_certificate: ssl.PrivateCertificate | None = None
 
     @classmethod
     def from_config(cls, backend: BackendConfig) -> BackendTLS:
         """Load the ``backend.tls_*`` files; ``ConfigError`` names the key of one that cannot be used."""
-        trust_root: Any = ssl.platformTrust()
-        if backend.tls_ca_file:
-            pem = _read("backend.tls_ca_file", backend.tls_ca_file)
-            try:
-                certificates = [ssl.Certificate.loadPEM(block) for block in _pem_blocks(pem)]
-                if not certificates:
-                    raise ValueError("no certificate in the file")
-                trust_root = ssl.trustRootFromCertificates(certificates)
-            except Exception as e:  # pyOpenSSL raises several kinds for a bad PEM
-                raise ConfigError(f"backend.tls_ca_file: {backend.tls_ca_file}: not a PEM CA bundle: {e}") from None
+        trust_root = load_trust_root(backend.tls_ca_file, "backend.tls_ca_file") if backend.tls_ca_file else None
         client = None
         if backend.tls_client_cert:
-            pem = _read("backend.tls_client_cert", backend.tls_client_cert)
-            key = _read("backend.tls_client_key", backend.tls_client_key)
-            try:
-                client = ssl.PrivateCertificate.loadPEM(pem + b"\n" + key)
-            except Exception as e:
-                raise ConfigError(
-                    f"backend.tls_client_cert: cannot use it with backend.tls_client_key: {e}") from None
+            client = load_certificate(backend.tls_client_cert, "backend.tls_client_cert",
+                                      backend.tls_client_key, "backend.tls_client_key")
         return cls(trust_root, client)
 
     def options(self, hostname: str, protocols: list[bytes]) -> IOpenSSLClientConnectionCreator:
         """Client TLS for ``hostname`` offering ALPN ``protocols``."""
-        return ssl.optionsForClientTLS(hostname, trustRoot=self.trust_root, clientCertificate=self.client_certificate,
-                                       acceptableProtocols=protocols)
+        return client_options(hostname, self.trust_root, self.client_certificate, protocols)
 
     def policy(self) -> IPolicyForHTTPS:
         """The ``BackendClient``'s policy for an https base URL (ALPN ``http/1.1``)."""
@@ -98,11 +76,6 @@ class _RestPolicy:
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
         return self._tls.options(hostname.decode("idna"), [b"http/1.1"])
-
-
-def _pem_blocks(pem: bytes) -> list[bytes]:
-    end = b"-----END CERTIFICATE-----"
-    return [block + end for block in pem.split(end) if b"-----BEGIN CERTIFICATE-----" in block]
 
 
 def _split_endpoint(description: str) -> tuple[list[str], dict[str, str]]:

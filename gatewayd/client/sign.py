@@ -12,7 +12,7 @@ from gatewayd._proto.gateway.v1.gateway_pb2 import (
     SubscribeEventsRequest,
 )
 from gatewayd.client.keys import DeviceKey
-from gatewayd.signing import EMPTY_SHA256, request_signing_input, sha256
+from gatewayd.signing import EMPTY_SHA256, request_signing_input_of, sha256
 
 PROTOCOL_VERSION = 1
 SUBSCRIBE_MESSAGE_TYPE = "gateway.subscribe"
@@ -35,6 +35,29 @@ def now_ms(clock: SecondsClock) -> int:
     return int(clock.seconds() * 1000)
 
 
+def request_envelope(
+    device_session_id: str,
+    message_type: str,
+    payload_hash: bytes,
+    *,
+    clock: SecondsClock,
+    request_id: str | None = None,
+    random_bytes: RandomBytes = os.urandom,
+    timestamp_ms: int | None = None,
+    protocol_version: int = PROTOCOL_VERSION,
+) -> RequestEnvelope:
+    """An unsigned envelope stamped with ``clock``'s time and a fresh request id, unless
+    ``timestamp_ms`` / ``request_id`` say otherwise."""
+    return RequestEnvelope(
+        protocol_version=protocol_version,
+        device_session_id=device_session_id,
+        request_id=request_id if request_id is not None else new_request_id(random_bytes),
+        timestamp_ms=now_ms(clock) if timestamp_ms is None else timestamp_ms,
+        message_type=message_type,
+        payload_hash=payload_hash,
+    )
+
+
 def signed_envelope(
     key: DeviceKey,
     device_session_id: str,
@@ -46,25 +69,14 @@ def signed_envelope(
     random_bytes: RandomBytes = os.urandom,
 ) -> tuple[RequestEnvelope, bytes]:
     """An envelope stamped with ``clock``'s time and a fresh request id, and the device's signature."""
-    envelope = RequestEnvelope(
-        protocol_version=PROTOCOL_VERSION,
-        device_session_id=device_session_id,
-        request_id=request_id if request_id is not None else new_request_id(random_bytes),
-        timestamp_ms=now_ms(clock),
-        message_type=message_type,
-        payload_hash=payload_hash,
-    )
+    envelope = request_envelope(device_session_id, message_type, payload_hash, clock=clock,
+                                request_id=request_id, random_bytes=random_bytes)
     return envelope, sign_envelope(key, envelope)
 
 
 def sign_envelope(key: DeviceKey, envelope: RequestEnvelope) -> bytes:
     """The device's Ed25519 signature over ``envelope``'s request signing input (PROTOCOL.md section 3)."""
-    return key.sign(
-        request_signing_input(
-            envelope.protocol_version, envelope.device_session_id, envelope.request_id,
-            envelope.timestamp_ms, envelope.message_type, envelope.payload_hash,
-        )
-    )
+    return key.sign(request_signing_input_of(envelope))
 
 
 def sign_request(

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandResponse, GatewayEvent
 from gatewayd.client.deferreds import settle_each
 from gatewayd.client.errors import VerificationError
-from gatewayd.signing import event_signing_input, key_id_for, response_signing_input, sha256, verify
+from gatewayd.signing import event_signing_input_of, key_id_for, response_signing_input_of, sha256, verify
 
 
 @dataclass(frozen=True)
@@ -139,11 +139,7 @@ def verify_response(
         raise VerificationError(f"response answers request {e.request_id!r}, not {request_id!r}")
     if e.payload_hash != sha256(response.payload_bytes):
         raise VerificationError("response payload does not match its payload_hash")
-    signed = response_signing_input(
-        e.protocol_version, device_session_id, e.request_id, e.timestamp_ms, e.result_code,
-        e.payload_hash, e.key_id,
-    )
-    if not verify(public_key, signed, response.signature):
+    if not verify(public_key, response_signing_input_of(e, device_session_id), response.signature):
         raise VerificationError(f"bad response signature (key {e.key_id!r})")
     return VerifiedResponse(e.request_id, e.result_code, e.timestamp_ms, e.key_id, response.payload_bytes)
 
@@ -152,9 +148,6 @@ def verify_event(event: GatewayEvent, public_key: bytes) -> VerifiedEvent:
     """Check ``event`` is signed by ``public_key`` and its payload matches its hash."""
     if event.payload_hash != sha256(event.payload_bytes):
         raise VerificationError(f"event {event.event_id!r}: payload does not match its payload_hash")
-    signed = event_signing_input(
-        event.event_type, event.event_id, event.timestamp_ms, event.payload_hash, event.key_id
-    )
-    if not verify(public_key, signed, event.signature):
+    if not verify(public_key, event_signing_input_of(event), event.signature):
         raise VerificationError(f"event {event.event_id!r}: bad signature (key {event.key_id!r})")
     return VerifiedEvent(event.event_type, event.event_id, event.timestamp_ms, event.key_id, event.payload_bytes)

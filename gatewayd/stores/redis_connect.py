@@ -36,10 +36,8 @@ and its primary connections cannot use TLS.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -48,22 +46,15 @@ from twisted.internet import defer, error, protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
-from twisted.internet.ssl import (
-    Certificate,
-    PrivateCertificate,
-    optionsForClientTLS,
-    platformTrust,
-    trustRootFromCertificates,
-)
+from twisted.internet.ssl import PrivateCertificate
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from gatewayd.config import ConfigError, StoresConfig
 from gatewayd.stores.resp import encode_command
+from gatewayd.tls_files import client_options, load_certificate, load_trust_root
 
 log = Logger()
-
-_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 def split_host_port(value: str, key: str) -> tuple[str, int]:
@@ -74,13 +65,6 @@ def split_host_port(value: str, key: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{key}: expected host:port, got {value!r}")
     return host, int(port)
-
-
-def _read(path: str, key: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{key}: {path}: {e.strerror or e}") from None
 
 
 @dataclass(frozen=True)
@@ -133,20 +117,13 @@ class RedisTarget:
                     raise ConfigError(f"stores.{name}: set, but stores.redis_url is not rediss:// (no TLS)")
         if bool(config.redis_tls_certificate) != bool(config.redis_tls_private_key):
             raise ConfigError("stores.redis_tls_certificate and stores.redis_tls_private_key: set both or neither")
-        trust_root = None
-        if config.redis_tls_ca:
-            pems = _PEM_CERTIFICATE.findall(_read(config.redis_tls_ca, "stores.redis_tls_ca"))
-            if not pems:
-                raise ConfigError(f"stores.redis_tls_ca: {config.redis_tls_ca}: no PEM certificate in it")
-            trust_root = trustRootFromCertificates([Certificate.loadPEM(pem) for pem in pems])
+        trust_root = load_trust_root(config.redis_tls_ca, "stores.redis_tls_ca") if config.redis_tls_ca else None
         client_certificate = None
         if config.redis_tls_certificate:
-            cert = _read(config.redis_tls_certificate, "stores.redis_tls_certificate")
-            key = _read(config.redis_tls_private_key, "stores.redis_tls_private_key")
-            try:
-                client_certificate = PrivateCertificate.loadPEM(cert + b"\n" + key)
-            except Exception as e:  # OpenSSL's errors: unreadable PEM, a key that does not match
-                raise ConfigError(f"stores.redis_tls_certificate: cannot load it with its private key: {e}") from None
+            client_certificate = load_certificate(
+                config.redis_tls_certificate, "stores.redis_tls_certificate",
+                config.redis_tls_private_key, "stores.redis_tls_private_key",
+            )
         return cls(
             host=parts.hostname or "",
             port=port,
@@ -172,11 +149,7 @@ class RedisTarget:
         """A client endpoint to ``host:port``, TLS when the URL says ``rediss://``."""
         endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=timeout_s)
         if self.tls:
-            options = optionsForClientTLS(
-                self.tls_server_name or host,
-                trustRoot=self.trust_root if self.trust_root is not None else platformTrust(),
-                clientCertificate=self.client_certificate,
-            )
+            options = client_options(self.tls_server_name or host, self.trust_root, self.client_certificate)
             endpoint = wrapClientTLS(options, endpoint)
         return endpoint
 

@@ -30,7 +30,7 @@ from gatewayd._proto.gateway.v1.gateway_pb2 import (
 )
 from gatewayd.client.client import DeviceSession, GatewayClient
 from gatewayd.client.keys import DeviceKey
-from gatewayd.client.sign import SUBSCRIBE_MESSAGE_TYPE, new_request_id, sign_envelope
+from gatewayd.client.sign import SUBSCRIBE_MESSAGE_TYPE, request_envelope, sign_envelope
 from gatewayd.config import Config
 from gatewayd.signing import EMPTY_SHA256, sha256
 from gatewayd.testing.wait import bounded, until
@@ -105,18 +105,10 @@ def signed_subscribe_request(
 
 def _envelope(device_session_id: str, message_type: str, payload_hash: bytes, timestamp_ms: int | None,
               clock: Any, request_id: str | None, protocol_version: int) -> RequestEnvelope:
-    if timestamp_ms is None:
-        if clock is None:
-            from twisted.internet import reactor as clock
-        timestamp_ms = int(clock.seconds() * 1000)
-    return RequestEnvelope(
-        protocol_version=protocol_version,
-        device_session_id=device_session_id,
-        request_id=request_id if request_id is not None else new_request_id(),
-        timestamp_ms=timestamp_ms,
-        message_type=message_type,
-        payload_hash=payload_hash,
-    )
+    if clock is None and timestamp_ms is None:
+        from twisted.internet import reactor as clock
+    return request_envelope(device_session_id, message_type, payload_hash, clock=clock, request_id=request_id,
+                            timestamp_ms=timestamp_ms, protocol_version=protocol_version)
 
 
 async def login(public_url: str, email: str, key: DeviceKey | None = None, code: str = DEV_CODE,

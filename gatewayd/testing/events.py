@@ -1,7 +1,8 @@
-"""Checking SubscribeEvents streams against the wire contract, independently of the client.
+"""Checking what the gateway signs against the wire contract, independently of the client.
 
 ``published_keys`` fetches the gateway's keys; ``check_event`` verifies one event's payload
-hash, key id and Ed25519 signature over PROTOCOL.md's event signing input with
+hash, key id and Ed25519 signature over PROTOCOL.md's event signing input, and
+``check_response`` one ExecuteCommandResponse's over the response signing input, with
 ``gatewayd.signing`` alone (the client's own verification is what is under test elsewhere).
 ``RawStream`` records a stream's raw messages from a client transport, unverified.
 """
@@ -10,18 +11,19 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import treq
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
-from gatewayd._proto.gateway.v1.gateway_pb2 import GatewayEvent, SubscribeEventsRequest
+from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandResponse, GatewayEvent, SubscribeEventsRequest
 from gatewayd.client import DeviceKey, RpcCallError
 from gatewayd.client.client import GATEWAY_KEYS_PATH, SUBSCRIBE_EVENTS_PATH, DeviceSession
 from gatewayd.client.wire import RpcTransport
 from gatewayd.rpc.codes import Code
-from gatewayd.signing import event_signing_input, key_id_for, sha256, verify
+from gatewayd.signing import event_signing_input_of, key_id_for, response_signing_input_of, sha256, verify
 from gatewayd.testing.client import RunningGateway, login, signed_subscribe_request
 from gatewayd.testing.wait import until
 
@@ -53,15 +55,23 @@ async def published_keys(url: str, reactor: Any = None) -> dict[str, bytes]:
     return keys
 
 
-def check_event(event: GatewayEvent, keys: dict[str, bytes]) -> Any:
+def check_event(event: GatewayEvent, keys: Mapping[str, bytes]) -> Any:
     """Assert ``event`` is signed by a published gateway key over PROTOCOL.md's event signing
     input and its payload matches its hash; returns the payload parsed as JSON."""
     assert event.key_id in keys, (event.key_id, list(keys))
     assert event.payload_hash == sha256(event.payload_bytes), event
-    signed = event_signing_input(event.event_type, event.event_id, event.timestamp_ms, event.payload_hash,
-                                 event.key_id)
-    assert verify(keys[event.key_id], signed, event.signature), f"bad signature on {event}"
+    assert verify(keys[event.key_id], event_signing_input_of(event), event.signature), f"bad signature on {event}"
     return json.loads(event.payload_bytes)
+
+
+def check_response(response: ExecuteCommandResponse, device_session_id: str, keys: Mapping[str, bytes]) -> None:
+    """Assert ``response`` is signed by one of ``keys`` (``{key_id: public key}``) over PROTOCOL.md's
+    response signing input with the caller's ``device_session_id``, and its payload matches its hash."""
+    envelope = response.envelope
+    assert envelope.key_id in keys, (envelope.key_id, list(keys))
+    assert envelope.payload_hash == sha256(response.payload_bytes), response
+    signed = response_signing_input_of(envelope, device_session_id)
+    assert verify(keys[envelope.key_id], signed, response.signature), f"bad signature on {response}"
 
 
 def check_server_time(event: GatewayEvent, keys: dict[str, bytes], reactor: Any = None) -> None:

@@ -84,6 +84,46 @@ def _headers_dict(pairs: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
+class FrameReader:
+    """What a peer sent, parsed by hand: bytes into frames, header blocks into header dicts.
+
+    Sans-I/O and free of h2's state machine, so it keeps reading whatever comes (after a
+    GOAWAY, on a reset stream). One HPACK decoder serves the connection, as it must.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._decoder = hpack.Decoder()
+        self._decoder.max_header_list_size = 1 << 24
+        self._block: tuple[int, bytearray, bool] | None = None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """The frames completed by ``data`` (a partial frame waits for the rest)."""
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(bytes(self._buffer[:9])))
+            if len(self._buffer) < 9 + length:
+                break
+            frame.parse_body(memoryview(bytes(self._buffer[9 : 9 + length])))
+            del self._buffer[: 9 + length]
+            frames.append(frame)
+        return frames
+
+    def header_block(self, frame: HeadersFrame | ContinuationFrame) -> tuple[int, dict[str, str], bool] | None:
+        """Add ``frame`` to the header block it starts or continues; once the block ends,
+        ``(stream_id, headers, END_STREAM was set)``."""
+        if isinstance(frame, HeadersFrame):
+            self._block = (frame.stream_id, bytearray(), "END_STREAM" in frame.flags)
+        assert self._block is not None, "CONTINUATION without HEADERS"
+        self._block[1].extend(frame.data)
+        if "END_HEADERS" not in frame.flags:
+            return None
+        sid, block, end_stream = self._block
+        self._block = None
+        return sid, _headers_dict(self._decoder.decode(bytes(block), raw=True)), end_stream
+
+
 class RawH2Client(Protocol, Waitable):
     """An HTTP/2 client that sends exact frames and records every frame the server sends.
 
@@ -100,10 +140,7 @@ class RawH2Client(Protocol, Waitable):
         self.responses: dict[int, Response] = {}
         self.goaways: list[tuple[int, int]] = []  # (last_stream_id, error_code)
         self.closed = False
-        self._buffer = bytearray()
-        self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = 1 << 24
-        self._block: tuple[int, bytearray, bool] | None = None
+        self._reader = FrameReader()
 
     def describe(self) -> str:
         return f"goaways={self.goaways} closed={self.closed} responses={list(self.responses.values())!r:.600}"
@@ -168,13 +205,7 @@ class RawH2Client(Protocol, Waitable):
     # -- receiving --------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= 9:
-            frame, length = Frame.parse_frame_header(memoryview(bytes(self._buffer[:9])))
-            if len(self._buffer) < 9 + length:
-                break
-            frame.parse_body(memoryview(bytes(self._buffer[9 : 9 + length])))
-            del self._buffer[: 9 + length]
+        for frame in self._reader.feed(data):
             self.frames.append(frame)
             self._handle(frame)
         self._check_waiters()
@@ -186,15 +217,10 @@ class RawH2Client(Protocol, Waitable):
         elif isinstance(frame, PingFrame):
             if "ACK" not in frame.flags and self.auto_ping_ack:
                 self.write_frame(PingFrame(0, frame.opaque_data, flags=["ACK"]))
-        elif isinstance(frame, HeadersFrame):
-            self._block = (frame.stream_id, bytearray(frame.data), "END_STREAM" in frame.flags)
-            if "END_HEADERS" in frame.flags:
-                self._headers_done()
-        elif isinstance(frame, ContinuationFrame):
-            assert self._block is not None
-            self._block[1].extend(frame.data)
-            if "END_HEADERS" in frame.flags:
-                self._headers_done()
+        elif isinstance(frame, HeadersFrame | ContinuationFrame):
+            block = self._reader.header_block(frame)
+            if block is not None:
+                self._headers_done(*block)
         elif isinstance(frame, DataFrame):
             response = self.responses.setdefault(frame.stream_id, Response(frame.stream_id))
             response.data += frame.data
@@ -210,11 +236,7 @@ class RawH2Client(Protocol, Waitable):
         elif isinstance(frame, GoAwayFrame):
             self.goaways.append((frame.last_stream_id, frame.error_code))
 
-    def _headers_done(self) -> None:
-        assert self._block is not None
-        sid, block, end_stream = self._block
-        self._block = None
-        headers = _headers_dict(self._decoder.decode(bytes(block), raw=True))
+    def _headers_done(self, sid: int, headers: dict[str, str], end_stream: bool) -> None:
         response = self.responses.setdefault(sid, Response(sid))
         if response.headers is None:
             response.headers = headers
@@ -227,4 +249,4 @@ class RawH2Client(Protocol, Waitable):
         self._check_waiters()
 
 
-__all__ = ["RawH2Client", "Response"]
+__all__ = ["FrameReader", "RawH2Client", "Response"]

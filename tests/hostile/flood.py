@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from hyperframe.frame import Frame, GoAwayFrame, PingFrame, SettingsFrame
 from twisted.internet import defer, threads
 
+from gatewayd.testing.raw_h2 import FrameReader
+
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 STALL_S = 10.0  # a send or read blocked this long: the gateway neither reads nor closes
 
@@ -42,19 +44,6 @@ class FloodResult:
 def h2_preamble(*frames: Frame) -> bytes:
     """The client preface, an empty SETTINGS, then ``frames``."""
     return H2_PREFACE + SettingsFrame(0).serialize() + b"".join(f.serialize() for f in frames)
-
-
-def parse_frames(data: bytes) -> list[Frame]:
-    frames = []
-    view = memoryview(data)
-    while len(view) >= 9:
-        frame, length = Frame.parse_frame_header(view[:9])
-        if len(view) < 9 + length:
-            break
-        frame.parse_body(view[9 : 9 + length])
-        frames.append(frame)
-        view = view[9 + length :]
-    return frames
 
 
 def _flood(port: int, preamble: bytes, chunk: bytes, budget: int, read: bool, rcvbuf: int | None) -> FloodResult:
@@ -96,7 +85,7 @@ def _flood(port: int, preamble: bytes, chunk: bytes, budget: int, read: bool, rc
             result.closed = True
     result.received = bytes(received)
     if preamble.startswith(H2_PREFACE):
-        result.frames = parse_frames(result.received)
+        result.frames = FrameReader().feed(result.received)
     return result
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import h2.config
 import h2.connection
 import h2.settings
-import hpack
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -30,6 +29,7 @@ from hyperframe.frame import (
 from twisted.internet import defer, threads
 
 from gatewayd.rpc.framing import FrameDecoder, encode_frame
+from gatewayd.testing.raw_h2 import FrameReader
 from gatewayd.testing.wait import until
 
 
@@ -82,20 +82,12 @@ class H2Reader:
 
     streams: dict[int, StreamResult] = field(default_factory=dict)
     goaways: list[tuple[int, int]] = field(default_factory=list)
-    _buffer: bytearray = field(default_factory=bytearray)
-    _block: tuple[int, bytearray] | None = None
-    _decoder: hpack.Decoder = field(default_factory=hpack.Decoder)
+    _frames: FrameReader = field(default_factory=FrameReader)
 
     def feed(self, data: bytes) -> list[bytes]:
         """Parse ``data``; return the opaque data of each PING (not ACK) in it, to be answered."""
-        self._buffer += data
         pings = []
-        while len(self._buffer) >= 9:
-            frame, length = Frame.parse_frame_header(memoryview(bytes(self._buffer[:9])))
-            if len(self._buffer) < 9 + length:
-                break
-            frame.parse_body(memoryview(bytes(self._buffer[9 : 9 + length])))
-            del self._buffer[: 9 + length]
+        for frame in self._frames.feed(data):
             if isinstance(frame, PingFrame) and "ACK" not in frame.flags:
                 pings.append(frame.opaque_data)
             self._handle(frame)
@@ -103,13 +95,9 @@ class H2Reader:
 
     def _handle(self, frame: Frame) -> None:
         if isinstance(frame, HeadersFrame | ContinuationFrame):
-            if isinstance(frame, HeadersFrame):
-                self._block = (frame.stream_id, bytearray())
-            assert self._block is not None
-            self._block[1].extend(frame.data)
-            if "END_HEADERS" in frame.flags:
-                sid, block = self._block
-                headers = {k.decode(): v.decode("latin-1") for k, v in self._decoder.decode(bytes(block), raw=True)}
+            block = self._frames.header_block(frame)
+            if block is not None:
+                sid, headers, _ = block
                 stream = self.streams.setdefault(sid, StreamResult())
                 if stream.headers is None:
                     stream.headers = headers

@@ -324,7 +324,7 @@ def test_bad_tls_settings_are_refused_naming_the_key(tmp_path: Path, pki: Pki) -
         gateway(tls_ca_file=str(tmp_path / "missing.pem"))
     with pytest.raises(StartupError, match=r"backend\.tls_ca_file: .*not a PEM CA bundle"):
         gateway(tls_ca_file=pki.client[1])  # a key, not a certificate
-    with pytest.raises(StartupError, match=r"backend\.tls_client_cert: cannot use it"):
+    with pytest.raises(StartupError, match=r"backend\.tls_client_cert: cannot load it with backend\.tls_client_key"):
         gateway(tls_client_cert=pki.client[0], tls_client_key=pki.server[1])  # another certificate's key
     with pytest.raises(StartupError, match=r"backend\.push_endpoint: trustRoots= is not read here"):
         gateway(push_endpoint="tls:host=localhost:port=1:trustRoots=/etc/ssl/certs")

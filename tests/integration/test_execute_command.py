@@ -23,8 +23,9 @@ from gatewayd.client.wire import PROTOCOLS
 from gatewayd.config import Budget
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.details import retry_delay_s
-from gatewayd.signing import response_signing_input, sha256, verify
+from gatewayd.signing import sha256
 from gatewayd.testing.client import RunningGateway, login, new_email, routes_with, signed_execute_request, start_gateway
+from gatewayd.testing.events import check_response
 from gatewayd.testing.wait import until
 
 MAX_MESSAGE_BYTES = 16 * 1024
@@ -110,13 +111,8 @@ async def device_factory(gateway: RunningGateway, protocol: str) -> AsyncIterato
 
 def assert_signed_by_gateway(gw: RunningGateway, device: Device, response: ExecuteCommandResponse) -> None:
     """Verify independently of the client's own code, with the gateway's signing key."""
-    e = response.envelope
     signer = gw.gateway.keyring.signer
-    assert e.key_id == signer.key_id
-    assert e.payload_hash == sha256(response.payload_bytes)
-    signed = response_signing_input(e.protocol_version, device.session_id, e.request_id, e.timestamp_ms,
-                                    e.result_code, e.payload_hash, e.key_id)
-    assert verify(signer.public_key, signed, response.signature)
+    check_response(response, device.session_id, {signer.key_id: signer.public_key})
 
 
 # --- success -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from gatewayd.heartbeat import HEARTBEAT_EVENT, Heartbeats
 from gatewayd.pipeline.signer import EventSigner
 from gatewayd.rpc.framing import encode_frame
 from gatewayd.rpc.methods import Method
-from gatewayd.signing import GatewayKey, event_signing_input, verify
+from gatewayd.signing import GatewayKey, event_signing_input_of, verify
 from gatewayd.testing.harness import STREAM, Harness
 from gatewayd.testing.server import serve
 
@@ -81,8 +81,7 @@ async def test_events_on_request_are_signed_gateway_heartbeats(harness: Harness)
     beat = gateway_pb2.GatewayEvent.FromString(response.messages()[1][1])
     assert first.event_type != HEARTBEAT_EVENT
     assert beat.event_type == HEARTBEAT_EVENT and beat.payload_bytes == b'{"server_time_ms":1700000015000}'
-    signed = event_signing_input(beat.event_type, beat.event_id, beat.timestamp_ms, beat.payload_hash, beat.key_id)
-    assert beat.key_id == key.key_id and verify(key.public_key, signed, beat.signature)
+    assert beat.key_id == key.key_id and verify(key.public_key, event_signing_input_of(beat), beat.signature)
     assert _empty_frames(client, sid) == 0
 
 

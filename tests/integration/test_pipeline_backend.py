@@ -30,9 +30,10 @@ from gatewayd.pipeline.signer import ResponseSigner
 from gatewayd.rpc.call import Call
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
-from gatewayd.signing import GatewayKey, response_signing_input, sha256, verify
+from gatewayd.signing import GatewayKey
 from gatewayd.stores.base import Stores
 from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore
+from gatewayd.testing.events import check_response
 from tests.unit.test_pipeline_route import STATUS_TABLE
 from tests.unit.test_pipeline_stages import Device
 
@@ -109,14 +110,7 @@ async def env() -> AsyncIterator[Env]:
 
 
 def assert_signed_by(env: Env, device: Device, response: ExecuteCommandResponse) -> None:
-    e = response.envelope
-    assert e.key_id == env.key.key_id
-    assert e.payload_hash == sha256(response.payload_bytes)
-    signed = response_signing_input(
-        e.protocol_version, device.session.device_session_id, e.request_id, e.timestamp_ms, e.result_code,
-        e.payload_hash, e.key_id,
-    )
-    assert verify(env.key.public_key, signed, response.signature)
+    check_response(response, device.session.device_session_id, {env.key.key_id: env.key.public_key})
 
 
 @pytest_twisted.ensureDeferred

@@ -25,8 +25,8 @@ from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandRequest, Execut
 from gatewayd.client import DeviceKey
 from gatewayd.client.client import DeviceSession
 from gatewayd.rpc.codes import Code
-from gatewayd.signing import response_signing_input, sha256, verify
 from gatewayd.testing.client import RunningGateway, login, new_email, signed_execute_request, start_gateway
+from gatewayd.testing.events import check_response as check_signed
 from gatewayd.testing.events import published_keys
 from gatewayd.testing.wait import bounded
 from tests.interop._clients import BUF, PROTO_DIR, NodeClient, run_tool
@@ -88,12 +88,7 @@ def check_response(response: ExecuteCommandResponse, request: ExecuteCommandRequ
     envelope = response.envelope
     assert (envelope.protocol_version, envelope.request_id, envelope.result_code) == (
         1, request.envelope.request_id, "ok"), response
-    assert envelope.payload_hash == sha256(response.payload_bytes), response
-    assert envelope.key_id in keys, (envelope.key_id, list(keys))
-    signed = response_signing_input(envelope.protocol_version, request.envelope.device_session_id,
-                                    envelope.request_id, envelope.timestamp_ms, envelope.result_code,
-                                    envelope.payload_hash, envelope.key_id)
-    assert verify(keys[envelope.key_id], signed, response.signature), f"bad signature on {response}"
+    check_signed(response, request.envelope.device_session_id, keys)
     note = json.loads(response.payload_bytes)
     assert note["text"] == text and note["note_id"], note
 

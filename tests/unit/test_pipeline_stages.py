@@ -28,7 +28,7 @@ from gatewayd.pipeline.signer import ResponseSigner
 from gatewayd.rpc.call import Call
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
-from gatewayd.signing import EMPTY_SHA256, GatewayKey, request_signing_input, sha256
+from gatewayd.signing import EMPTY_SHA256, GatewayKey, request_signing_input_of, sha256
 from gatewayd.stores.base import RateDecision, Stores, StoreUnavailable
 from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore
 
@@ -73,12 +73,7 @@ class Device:
         )
 
     def sign(self, env: RequestEnvelope) -> bytes:
-        return self.key.sign(
-            request_signing_input(
-                env.protocol_version, env.device_session_id, env.request_id, env.timestamp_ms,
-                env.message_type, env.payload_hash,
-            )
-        ).signature
+        return self.key.sign(request_signing_input_of(env)).signature
 
     def command(self, message_type: str = "user.notes.create", payload: bytes = b'{"text":"hi"}',
                 **fields: Any) -> ExecuteCommandRequest:

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from gatewayd.pipeline.signer import EventSigner
 from gatewayd.push.hub import Hub
 from gatewayd.push.subscribe import SERVER_TIME_EVENT, SubscribeEvents
-from gatewayd.signing import GatewayKey, event_signing_input, verify
+from gatewayd.signing import GatewayKey, event_signing_input_of, verify
 
 
 def test_streams_opening_in_one_millisecond_share_one_signed_event() -> None:
@@ -26,7 +26,5 @@ def test_streams_opening_in_one_millisecond_share_one_signed_event() -> None:
         event = encoded.message
         assert event.event_type == SERVER_TIME_EVENT
         assert json.loads(event.payload_bytes) == {"server_time_ms": ms}
-        signed = event_signing_input(event.event_type, event.event_id, event.timestamp_ms, event.payload_hash,
-                                     event.key_id)
-        assert verify(key.public_key, signed, event.signature)
+        assert verify(key.public_key, event_signing_input_of(event), event.signature)
     assert first.message.event_id != third.message.event_id
