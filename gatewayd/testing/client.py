@@ -6,7 +6,8 @@
 - ``login(...)``: a device session through the public REST surface.
 - ``start_gateway(...)``: a whole gateway in-process (reference backend on
   its own loopback ports, ``Gateway`` on a free port, push consumer running),
-  stopped in order by ``RunningGateway.stop()``.
+  stopped in order by ``RunningGateway.stop()``; ``running_gateway(...)`` the
+  same as an async context manager (a fixture's ``async with``).
 - ``new_email(...)``: a user no other call in this process has used.
 - ``Closer``: clients and transports to close at the end of a test.
 """
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,6 +225,20 @@ async def start_gateway(state_dir: str, reactor: Any = None, **config_sections: 
     gateway.push.start()
     return RunningGateway(gateway, port, backend, service, f"http://127.0.0.1:{http_port}",
                           HTTPConnectionPool(reactor, persistent=False))
+
+
+@asynccontextmanager
+async def running_gateway(state_dir: str, *, push_connected: bool = False, reactor: Any = None,
+                          **config_sections: Any) -> AsyncIterator[RunningGateway]:
+    """``start_gateway(...)``, stopped on leaving the block; with ``push_connected``, entered
+    once its push call is up (``RunningGateway.push_connected``)."""
+    gw = await start_gateway(state_dir, reactor, **config_sections)
+    try:
+        if push_connected:
+            await gw.push_connected()
+        yield gw
+    finally:
+        await gw.stop()
 
 
 def routes_with(extra: Mapping[str, tuple[str, str]]) -> dict[str, Any]:

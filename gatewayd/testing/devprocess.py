@@ -57,17 +57,22 @@ class DevGatewayProcess:
         self.process.wait()
 
 
-def ready(port: int) -> bool:
-    """``/readyz`` answers 200 (backend, stores and push stream up)."""
+def answers(port: int, path: str = "/readyz", host: str = "127.0.0.1") -> bool:
+    """``GET path`` on ``host:port`` answers 200 (``/readyz``: backend, stores and push stream up)."""
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn = http.client.HTTPConnection(host, port, timeout=2)
         try:
-            conn.request("GET", "/readyz")
+            conn.request("GET", path)
             return conn.getresponse().status == 200
         finally:
             conn.close()
     except OSError:
         return False
+
+
+def ready(port: int) -> bool:
+    """``/readyz`` on the loopback ``port`` answers 200."""
+    return answers(port)
 
 
 def start_dev_process(tmp_path: Path, config_text: str | None = None, json_log: bool = False,

@@ -1,7 +1,7 @@
 """Child processes for the browser test, run without blocking the reactor.
 
-``LineProcess`` keeps every output line and lets a test wait (bounded) for a
-line that matches; it is killed if it outlives its timeout.
+``LineProcess`` is a ``ChildProcess`` that keeps every output line and lets a test wait
+(bounded) for a line that matches.
 """
 
 from __future__ import annotations
@@ -9,44 +9,29 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import defer, reactor
 
-from gatewayd.testing.procs import child_env
+from gatewayd.testing.procs import ChildProcess, child_env
 
 __all__ = ["LineProcess", "child_env"]
 
 
-class LineProcess(protocol.ProcessProtocol):
+class LineProcess(ChildProcess):
     """One child process; ``lines`` holds what it printed (stdout and stderr), in order."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.lines: list[str] = []
         self.stdout_lines: list[str] = []
         self._partial = {1: b"", 2: b""}
         self._waiters: list[tuple[re.Pattern[str], defer.Deferred[re.Match[str]]]] = []
-        self.ended: defer.Deferred[int | None] = defer.Deferred()
-        self.exit_code: int | None = None
 
     @classmethod
-    def spawn(cls, argv: Sequence[str], cwd: str, env: dict[str, str], timeout: float) -> LineProcess:
+    def start(cls, argv: Sequence[str], cwd: str, env: dict[str, str], timeout: float) -> LineProcess:
+        """Spawn ``argv``; it is killed if still running after ``timeout`` seconds."""
         proc = cls()
-        reactor.spawnProcess(proc, argv[0], list(argv), env=env, path=cwd)
-        killer = reactor.callLater(timeout, proc.signal, "KILL")
-
-        def cancel(result: object) -> object:
-            if killer.active():
-                killer.cancel()
-            return result
-
-        proc.ended.addBoth(cancel)
+        proc.spawn(argv, cwd, timeout, env)
         return proc
-
-    def signal(self, name: str) -> None:
-        if self.transport is not None:
-            try:
-                self.transport.signalProcess(name)
-            except error.ProcessExitedAlready:
-                pass
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         if fd not in self._partial:
@@ -74,11 +59,8 @@ class LineProcess(protocol.ProcessProtocol):
         self._waiters.append((compiled, d))
         return d.addTimeout(timeout, reactor)
 
-    def processEnded(self, reason: object) -> None:
-        value = getattr(reason, "value", None)
-        self.exit_code = getattr(value, "exitCode", None)
+    def process_ended(self) -> None:
         for _, d in self._waiters:
             if not d.called:
                 d.errback(AssertionError("process ended first; output:\n" + "\n".join(self.lines[-40:])))
         self._waiters.clear()
-        self.ended.callback(self.exit_code)

@@ -74,10 +74,10 @@ async def run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[st
     tmp = tmp_path_factory.mktemp("browser")
     dist = tmp / "dist"
     env = child_env()
-    build = LineProcess.spawn(["node", str(ROOT / "web" / "build.mjs"), str(dist)], str(ROOT), env, 60)
+    build = LineProcess.start(["node", str(ROOT / "web" / "build.mjs"), str(dist)], str(ROOT), env, 60)
     assert await build.ended == 0, "\n".join(build.lines)
 
-    gateway = LineProcess.spawn(
+    gateway = LineProcess.start(
         [str(TWIST), "--log-format=text", "gatewayd", "--dev", "--listen", "tcp:0:interface=127.0.0.1",
          "--state-dir", str(tmp / "state")],
         str(ROOT), child_env(GATEWAYD_SERVER_STATIC_DIR=str(dist)), 180,
@@ -101,7 +101,7 @@ async def run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[st
                 {"name": "grpc-web", "transport": "grpc-web", "url": same_origin, "email": "grpcweb@example.com"},
             ]
         plan = {"chromium": CHROMIUM, "screenshots": str(ARTIFACTS), "scenarios": scenarios}
-        node = LineProcess.spawn(["node", str(ROOT / "tests" / "browser" / "e2e.mjs"), json.dumps(plan)],
+        node = LineProcess.start(["node", str(ROOT / "tests" / "browser" / "e2e.mjs"), json.dumps(plan)],
                                  str(ROOT), env, 150)
         code = await node.ended
         output = [json.loads(line) for line in node.stdout_lines if line.startswith("{")]

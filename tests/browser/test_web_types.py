@@ -19,7 +19,7 @@ TSC = ROOT / "node_modules" / "typescript" / "bin" / "tsc"
                     reason="node or node_modules missing: run scripts/test-setup.sh (npm ci)")
 @pytest_twisted.ensureDeferred
 async def test_web_sources_type_check() -> None:
-    proc = LineProcess.spawn(["node", str(TSC), "-p", str(ROOT / "web" / "tsconfig.json")], str(ROOT),
+    proc = LineProcess.start(["node", str(TSC), "-p", str(ROOT / "web" / "tsconfig.json")], str(ROOT),
                              child_env(), 120)
     assert await proc.ended == 0, "\n".join(proc.lines)
 
@@ -28,7 +28,7 @@ async def test_web_sources_type_check() -> None:
                     reason="node_modules missing: run scripts/test-setup.sh (npm ci)")
 @pytest_twisted.ensureDeferred
 async def test_generated_code_is_fresh(tmp_path: pathlib.Path) -> None:
-    proc = LineProcess.spawn(["bash", str(ROOT / "web" / "gen.sh"), str(tmp_path)], str(ROOT), child_env(), 60)
+    proc = LineProcess.start(["bash", str(ROOT / "web" / "gen.sh"), str(tmp_path)], str(ROOT), child_env(), 60)
     assert await proc.ended == 0, "\n".join(proc.lines)
     committed = ROOT / "web" / "src" / "gen"
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}

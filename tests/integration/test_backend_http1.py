@@ -24,6 +24,7 @@ from twisted.internet.task import Clock
 from gatewayd.backend.rest import BackendAnswer, BackendClient, BackendUnavailable
 from gatewayd.config import Route
 from gatewayd.devbackend.service import DevBackend, make_http_site
+from tests.support import record_connections
 
 Answer = Callable[[bytes, Any], None]
 """Given one request's bytes and the server transport, write (or not) an answer."""
@@ -194,14 +195,7 @@ async def test_a_slow_answer_times_out_and_the_pool_recovers() -> None:
 async def test_more_calls_than_connections_wait_for_the_pool_against_the_reference_backend() -> None:
     backend = DevBackend(Clock(), random.Random(7).randbytes, fixed_code="000000", debug=True)
     site = make_http_site(backend)
-    connections: list[Any] = []
-    original = site.buildProtocol
-
-    def counting(addr: Any) -> Any:
-        connections.append(addr)
-        return original(addr)
-
-    site.buildProtocol = counting  # type: ignore[method-assign]
+    connections = record_connections(site)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     client = BackendClient(reactor, f"http://127.0.0.1:{port.getHost().port}", timeout_s=10.0,
                            max_connections=4, max_waiting=200)

@@ -9,7 +9,6 @@ environment.
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import socket
@@ -20,12 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from gatewayd.testing.devprocess import TWIST, answers
 from gatewayd.testing.procs import child_env
 from gatewayd.testing.redis import free_port
 from tests.integration.test_systemd import WRAPPER
 
-ROOT = Path(__file__).resolve().parents[2]
-TWIST = str(Path(sys.executable).with_name("twist"))
 FLAG = "--dev-insecure-allow-remote-logins"
 START_TIMEOUT_S = 30.0
 
@@ -39,18 +37,6 @@ def run_refused(args: list[str], tmp_path: Path, env: dict[str, str] | None = No
                           cwd=tmp_path, stdin=subprocess.DEVNULL, env=env or child_env())
 
 
-def healthz(host: str, port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection(host, port, timeout=2)
-        try:
-            conn.request("GET", "/healthz")
-            return conn.getresponse().status == 200
-        finally:
-            conn.close()
-    except OSError:
-        return False
-
-
 def serve_until_healthy(args: list[str], tmp_path: Path, host: str, port: int) -> tuple[int, str]:
     """Start the gateway, wait until ``host:port`` answers /healthz, SIGTERM it; (exit code, output)."""
     log = tmp_path / "out.log"
@@ -59,7 +45,7 @@ def serve_until_healthy(args: list[str], tmp_path: Path, host: str, port: int) -
                                    stdin=subprocess.DEVNULL, cwd=tmp_path, env=child_env())
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not healthz(host, port):
+        while not answers(port, "/healthz", host):
             text = log.read_text(errors="replace")
             assert process.poll() is None and time.monotonic() < deadline, f"not serving:\n{text}"
             time.sleep(0.05)
@@ -81,7 +67,7 @@ def test_dev_mode_on_every_interface_refuses_to_start_and_says_why(tmp_path: Pat
     assert "refusing to start" in result.stderr and "log in as any user" in result.stderr, result.stderr
     assert "every interface" in result.stderr and FLAG in result.stderr, result.stderr
     assert "Starting reactor" not in result.stdout + result.stderr  # it never ran, so never listened
-    assert not healthz("127.0.0.1", port)
+    assert not answers(port, "/healthz")
 
 
 def test_the_address_from_the_config_file_or_the_environment_is_checked_too(tmp_path: Path) -> None:

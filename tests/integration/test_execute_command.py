@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -24,7 +25,14 @@ from gatewayd.config import Budget
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.details import retry_delay_s
 from gatewayd.signing import sha256
-from gatewayd.testing.client import RunningGateway, login, new_email, routes_with, signed_execute_request, start_gateway
+from gatewayd.testing.client import (
+    RunningGateway,
+    login,
+    new_email,
+    routes_with,
+    running_gateway,
+    signed_execute_request,
+)
 from gatewayd.testing.events import check_response
 from gatewayd.testing.wait import until
 
@@ -47,18 +55,15 @@ def protocol(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def _gateway(tmp_path: Any, **sections: Any) -> RunningGateway:
-    return await start_gateway(str(tmp_path / "state"), routes=ROUTES,
-                               server={"max_message_bytes": MAX_MESSAGE_BYTES}, **sections)
+def _gateway(tmp_path: Any, **sections: Any) -> AbstractAsyncContextManager[RunningGateway]:
+    return running_gateway(str(tmp_path / "state"), routes=ROUTES, server={"max_message_bytes": MAX_MESSAGE_BYTES},
+                           **sections)
 
 
 @pytest_twisted.async_yield_fixture
 async def gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
-    gw = await _gateway(tmp_path)
-    try:
+    async with _gateway(tmp_path) as gw:
         yield gw
-    finally:
-        await gw.stop()
 
 
 class Device:
@@ -244,8 +249,7 @@ async def test_stale_client_clock_is_rejected_through_the_client(
 
 @pytest_twisted.ensureDeferred
 async def test_rate_limit_is_resource_exhausted_with_retry_after(tmp_path: Any, protocol: str) -> None:
-    gw = await _gateway(tmp_path, limits={"session": Budget(rate=0.01, burst=3)})
-    try:
+    async with _gateway(tmp_path, limits={"session": Budget(rate=0.01, burst=3)}) as gw:
         key, session = await login(gw.url, "limited@example.com")
         device = Device(gw, protocol, key, session)
         try:
@@ -262,8 +266,6 @@ async def test_rate_limit_is_resource_exhausted_with_retry_after(tmp_path: Any, 
         assert re.search(r"\(retry after (99\.\d{1,3}|100) s\)$", str(error)), str(error)
         assert "over-budget" not in [r["request_id"] for r in await gw.received()]
         assert len(await gw.received()) == 3
-    finally:
-        await gw.stop()
 
 
 @pytest_twisted.ensureDeferred

@@ -35,19 +35,16 @@ from gatewayd.client.cli import (
     run,
 )
 from gatewayd.signing import GatewayKey, load_public_key
-from gatewayd.testing.client import RunningGateway, routes_with, start_gateway
+from gatewayd.testing.client import RunningGateway, routes_with, running_gateway, start_gateway
 
 BIN = Path(sys.executable).parent
 
 
 @pytest_twisted.async_yield_fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
-    gw = await start_gateway(str(tmp_path / "state"), routes=routes_with({"debug.status.409": ("POST",
-                                                                                              "debug/status/409")}))
-    try:
+    routes = routes_with({"debug.status.409": ("POST", "debug/status/409")})
+    async with running_gateway(str(tmp_path / "state"), routes=routes) as gw:
         yield gw
-    finally:
-        await gw.stop()
 
 
 class Ctl:

@@ -15,7 +15,14 @@ from gatewayd.client import DeviceKey, GatewayClient, RpcCallError, VerifiedEven
 from gatewayd.client.client import DeviceSession
 from gatewayd.observability import GatewayMetrics, MetricsService
 from gatewayd.rpc.codes import Code
-from gatewayd.testing.client import RunningGateway, login, new_email, signed_execute_request, start_gateway
+from gatewayd.testing.client import (
+    RunningGateway,
+    login,
+    new_email,
+    running_gateway,
+    signed_execute_request,
+    start_gateway,
+)
 from gatewayd.testing.public import Answer, h2c, http1
 from gatewayd.testing.redis import RedisServer, ready
 from gatewayd.testing.wait import until
@@ -49,11 +56,8 @@ async def scrape(gw: RunningGateway, over: str = "http1", path: str = "/metrics"
 
 @pytest_twisted.async_yield_fixture
 async def gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
-    gw = await start_gateway(str(tmp_path / "state"))
-    try:
+    async with running_gateway(str(tmp_path / "state")) as gw:
         yield gw
-    finally:
-        await gw.stop()
 
 
 @pytest_twisted.async_yield_fixture

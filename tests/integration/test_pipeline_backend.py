@@ -34,6 +34,7 @@ from gatewayd.signing import GatewayKey
 from gatewayd.stores.base import Stores
 from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore
 from gatewayd.testing.events import check_response
+from tests.support import record_connections
 from tests.unit.test_pipeline_route import STATUS_TABLE
 from tests.unit.test_pipeline_stages import Device
 
@@ -215,15 +216,7 @@ async def test_backend_that_never_answers_times_out_as_unavailable() -> None:
 @pytest_twisted.ensureDeferred
 async def test_connections_are_reused(env: Env) -> None:
     device = env.login()
-    connections: list[Any] = []
-    factory = env.port.factory
-    original = factory.buildProtocol
-
-    def counting(addr: Any) -> Any:
-        connections.append(addr)
-        return original(addr)
-
-    factory.buildProtocol = counting
+    connections = record_connections(env.port.factory)
     for _ in range(5):
         await env.execute(device.command("user.profile.get", b""))
     assert len(connections) <= 1  # at most one new connection (the session lookup may have opened it)

@@ -19,10 +19,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,65 +42,22 @@ from gatewayd.rpc.codes import Code
 from gatewayd.rpc.framing import encode_frame
 from gatewayd.signing import GatewayKey
 from gatewayd.testing.client import login
-from gatewayd.testing.devprocess import ready as _ready
+from gatewayd.testing.devprocess import TWIST, DevGatewayProcess, start_dev_process
 from gatewayd.testing.redis import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-TWIST = str(Path(sys.executable).with_name("twist"))
 DEFAULT_DRAIN_S = 10.0  # server.drain_timeout_s's default, which the dev process runs with
 START_TIMEOUT_S = 20.0
 PROTOCOLS = ("grpc", "grpc-web", "connect")
 
 
-@dataclass
-class DevGateway:
-    process: subprocess.Popen[bytes]
-    port: int
-    state_dir: Path
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @pytest.fixture
-def dev_gateway(tmp_path: Path) -> Iterator[DevGateway]:
+def dev_gateway(tmp_path: Path) -> Iterator[DevGatewayProcess]:
     """``twist gatewayd --dev`` on a free loopback port, ready (backend, stores, push) when yielded."""
-    port = free_port()
-    log = tmp_path / "gatewayd.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                TWIST,
-                "--log-format=text",
-                "gatewayd",
-                "--dev",
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--state-dir",
-                str(tmp_path / "state"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    gateway = DevGateway(process, port, tmp_path / "state", log)
+    gateway = start_dev_process(tmp_path)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ready(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"gateway not ready (exit {process.poll()}):\n{gateway.text()}")
-            time.sleep(0.05)
         yield gateway
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+        gateway.stop()
 
 
 class _RawHttp(protocol.Protocol):
@@ -213,7 +168,7 @@ async def _until(predicate: Any, what: str, timeout: float = 10.0) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_sigterm_ends_streams_unavailable_finishes_unary_and_exits(dev_gateway: DevGateway) -> None:
+async def test_sigterm_ends_streams_unavailable_finishes_unary_and_exits(dev_gateway: DevGatewayProcess) -> None:
     key, session = await login(dev_gateway.url, "lifecycle@example.com")
     clients = {p: GatewayClient(dev_gateway.url, p, key=key, session=session) for p in PROTOCOLS}
     try:

@@ -25,6 +25,7 @@ from gatewayd.testing.client import login, new_email, signed_execute_request, st
 from gatewayd.testing.redis import RedisServer, free_port, ready
 from gatewayd.testing.redis_ha import READY_TIMEOUT_S, SentinelCluster, command, info, wait_for
 from gatewayd.testing.wait import until
+from tests.support import record_connections
 
 TIMEOUT_S = 0.5
 
@@ -187,9 +188,7 @@ async def test_a_connection_to_a_server_made_replica_is_dropped() -> None:
             StoresConfig(kind="redis", redis_url=server.url, key_prefix="ro:", timeout_s=TIMEOUT_S), reactor,
             pool_size=1,
         )
-        built: list[Any] = []
-        build = stores.pool._factory.buildProtocol
-        stores.pool._factory.buildProtocol = lambda addr: built.append(addr) or build(addr)
+        built = record_connections(stores.pool._factory)
         try:
             await ready(stores)
             connections = len(built)

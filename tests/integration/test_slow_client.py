@@ -30,7 +30,7 @@ from gatewayd.client import GatewayClient
 from gatewayd.client.client import SUBSCRIBE_EVENTS_PATH
 from gatewayd.client.wire import make_transport
 from gatewayd.rpc.codes import Code
-from gatewayd.testing.client import Closer, RunningGateway, new_email, start_gateway
+from gatewayd.testing.client import Closer, RunningGateway, new_email, running_gateway
 from gatewayd.testing.events import (
     RawStream,
     check_note,
@@ -132,12 +132,9 @@ async def stalled_subscribe(gw: RunningGateway, request: SubscribeEventsRequest)
 
 @pytest_twisted.async_yield_fixture
 async def gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
-    gw = await start_gateway(str(tmp_path / "state"), server={"stream_buffer_bytes": BUFFER_BYTES})
-    try:
-        await gw.push_connected()
+    async with running_gateway(str(tmp_path / "state"), push_connected=True,
+                               server={"stream_buffer_bytes": BUFFER_BYTES}) as gw:
         yield gw
-    finally:
-        await gw.stop()
 
 
 def queued_bytes(gw: RunningGateway) -> dict[tuple[int, int], int]:

@@ -16,6 +16,7 @@ from gatewayd.stores import RateDecision, StoreUnavailable
 from gatewayd.stores.redis import RedisStores
 from gatewayd.testing.redis import RedisServer, free_port, ready, redis_stores
 from gatewayd.testing.wait import until
+from tests.support import record_connections
 
 TIMEOUT_S = 0.5
 
@@ -185,10 +186,7 @@ async def test_reconnect_keeps_trying_when_select_times_out(redis_server: RedisS
     stores = RedisStores.from_config(
         StoresConfig(kind="redis", redis_url=url, timeout_s=0.2), reactor, pool_size=1
     )
-    factory = stores.pool._factory
-    built = []
-    build = factory.buildProtocol
-    factory.buildProtocol = lambda addr: built.append(addr) or build(addr)
+    built = record_connections(stores.pool._factory)
     try:
         await ready(stores)
         redis_server.pause()

@@ -25,7 +25,7 @@ from gatewayd.client import GatewayClient, RpcCallError
 from gatewayd.client.wire import make_transport
 from gatewayd.devbackend.listeners import serve_push
 from gatewayd.rpc.codes import Code
-from gatewayd.testing.client import Closer, RunningGateway, new_email, start_gateway
+from gatewayd.testing.client import Closer, RunningGateway, new_email, running_gateway
 from gatewayd.testing.events import (
     RawStream,
     check_note,
@@ -46,14 +46,10 @@ PY_PROTOCOLS = ("grpc", "grpc-web", "connect")
 
 @pytest_twisted.async_yield_fixture
 async def gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
-    # start_gateway sets the push backoff small itself (0.05 s, capped at 0.2 s).
-    gw = await start_gateway(str(tmp_path / "state"))
-    try:
+    async with running_gateway(str(tmp_path / "state"), push_connected=True) as gw:
+        # start_gateway sets the push backoff small itself (0.05 s, capped at 0.2 s).
         assert gw.gateway.config.backend.push_backoff_max_s <= 0.2
-        await gw.push_connected()
         yield gw
-    finally:
-        await gw.stop()
 
 
 @pytest.fixture(params=PY_PROTOCOLS)

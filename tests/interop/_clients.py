@@ -3,7 +3,7 @@
 ``NodeClient`` runs ``node/client.mjs`` (connect-es) with a JSON plan and
 collects the JSON lines it prints as they arrive, so a test can wait for a
 stream's first message, act on the server, then wait for more. ``run_tool``
-runs a short command (``buf curl``) to completion.
+runs a short command (``buf curl``, built by ``buf_curl``) to completion.
 """
 
 from __future__ import annotations
@@ -27,8 +27,21 @@ NODE_MODULES = ROOT / "node_modules" / "@connectrpc" / "connect-node"
 BUF = ROOT / ".venv" / "bin" / "buf"
 PROTO_DIR = ROOT / "proto"
 PLAN_ARG_LIMIT = 64 * 1024
+# buf curl's (protocol, HTTP/2 prior knowledge) pairs: gRPC needs HTTP/2; the others are tried on both.
+BUF_VARIANTS = [("connect", False), ("connect", True), ("grpc", True), ("grpcweb", False), ("grpcweb", True)]
 
 Event = dict[str, Any]
+
+
+def buf_curl(url: str, method_path: str, protocol: str, http2: bool, body: Any, verbose: bool = False) -> list[str]:
+    """The ``buf curl`` command calling ``url/method_path`` with ``body`` (protobuf JSON) over ``protocol``,
+    the schema read from ``proto/``."""
+    argv = [str(BUF), "curl", "--schema", str(PROTO_DIR), "--protocol", protocol, "-d", json.dumps(body)]
+    if http2:
+        argv.append("--http2-prior-knowledge")
+    if verbose:
+        argv.append("-v")
+    return [*argv, f"{url}/{method_path}"]
 
 
 def node_available() -> bool:

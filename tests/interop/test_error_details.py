@@ -24,7 +24,13 @@ from twisted.internet import threads
 from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandRequest, ExecuteCommandResponse
 from gatewayd.config import Budget
 from gatewayd.rpc.codes import Code
-from gatewayd.testing.client import RunningGateway, login, new_email, signed_execute_request, start_gateway
+from gatewayd.testing.client import (
+    RunningGateway,
+    login,
+    new_email,
+    running_gateway,
+    signed_execute_request,
+)
 from tests.interop._clients import run_node
 from tests.interop._support import require_node
 
@@ -36,11 +42,8 @@ Device = tuple[Any, Any]
 
 @pytest_twisted.async_yield_fixture
 async def limited_gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
-    gw = await start_gateway(str(tmp_path / "state"), limits={"session": ONE_PER_100_S})
-    try:
+    async with running_gateway(str(tmp_path / "state"), limits={"session": ONE_PER_100_S}) as gw:
         yield gw
-    finally:
-        await gw.stop()
 
 
 async def _spent_device(gw: RunningGateway) -> Device:

@@ -25,11 +25,17 @@ from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandRequest, Execut
 from gatewayd.client import DeviceKey
 from gatewayd.client.client import DeviceSession
 from gatewayd.rpc.codes import Code
-from gatewayd.testing.client import RunningGateway, login, new_email, signed_execute_request, start_gateway
+from gatewayd.testing.client import (
+    RunningGateway,
+    login,
+    new_email,
+    running_gateway,
+    signed_execute_request,
+)
 from gatewayd.testing.events import check_response as check_signed
 from gatewayd.testing.events import published_keys
 from gatewayd.testing.wait import bounded
-from tests.interop._clients import BUF, PROTO_DIR, NodeClient, run_tool
+from tests.interop._clients import BUF, BUF_VARIANTS, NodeClient, buf_curl, run_tool
 from tests.interop._support import require_node
 
 EXECUTE = "gateway.v1.Gateway/ExecuteCommand"
@@ -47,19 +53,14 @@ NODE_VARIANTS = [
     ("grpc-web-h1", "grpcweb", "1.1", True, "application/grpc-web", "grpc-web"),
     ("grpc-web-h2", "grpcweb", "2", True, "application/grpc-web", "grpc-web"),
 ]
-# buf curl: (protocol, HTTP/2 prior knowledge); gRPC needs HTTP/2, the others are tried on both.
-BUF_VARIANTS = [("connect", False), ("connect", True), ("grpc", True), ("grpcweb", False), ("grpcweb", True)]
 
 Device = tuple[DeviceKey, DeviceSession]
 
 
 @pytest_twisted.async_yield_fixture
 async def gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
-    gw = await start_gateway(str(tmp_path / "state"))
-    try:
+    async with running_gateway(str(tmp_path / "state")) as gw:
         yield gw
-    finally:
-        await gw.stop()
 
 
 def good_request(device: Device, text: str) -> ExecuteCommandRequest:
@@ -161,13 +162,7 @@ async def test_execute_command_with_connect_node(gateway: RunningGateway) -> Non
 
 def _buf_curl(url: str, protocol: str, http2: bool, request: ExecuteCommandRequest,
               verbose: bool) -> list[str]:
-    argv = [str(BUF), "curl", "--schema", str(PROTO_DIR), "--protocol", protocol, "-d",
-            json.dumps(as_json(request))]
-    if http2:
-        argv.append("--http2-prior-knowledge")
-    if verbose:
-        argv.append("-v")
-    return [*argv, f"{url}/{EXECUTE}"]
+    return buf_curl(url, EXECUTE, protocol, http2, as_json(request), verbose)
 
 
 @pytest.mark.skipif(not BUF.exists(), reason="buf (PyPI buf-bin) is not installed in .venv")

@@ -17,22 +17,16 @@ from twisted.internet import defer
 from gatewayd.health import NOT_SERVING
 from gatewayd.rpc.codes import Code
 from gatewayd.testing.wait import until
-from tests.interop._clients import BUF, PROTO_DIR, ToolProcess, run_tool
+from tests.interop._clients import BUF, BUF_VARIANTS, ToolProcess, buf_curl, run_tool
 from tests.interop._support import HealthServer
 
 pytestmark = pytest.mark.skipif(not BUF.exists(), reason="buf (PyPI buf-bin) is not installed in .venv")
 
-# (protocol, HTTP/2 prior knowledge): gRPC needs HTTP/2; the others are tried on both.
-VARIANTS = [("connect", False), ("connect", True), ("grpc", True), ("grpcweb", False), ("grpcweb", True)]
+VARIANTS = BUF_VARIANTS
 
 
 def _curl(url: str, method: str, protocol: str, http2: bool, body: dict[str, str], verbose: bool = False) -> list[str]:
-    argv = [str(BUF), "curl", "--schema", str(PROTO_DIR), "--protocol", protocol, "-d", json.dumps(body)]
-    if http2:
-        argv.append("--http2-prior-knowledge")
-    if verbose:
-        argv.append("-v")
-    return [*argv, f"{url}/grpc.health.v1.Health/{method}"]
+    return buf_curl(url, f"grpc.health.v1.Health/{method}", protocol, http2, body, verbose)
 
 
 @pytest_twisted.ensureDeferred

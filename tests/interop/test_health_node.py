@@ -16,6 +16,7 @@ from gatewayd.rpc.codes import Code
 from gatewayd.testing.wait import until
 from tests.interop._clients import NodeClient, run_node
 from tests.interop._support import HealthServer, require_node
+from tests.support import record_connections
 
 pytestmark = require_node()
 
@@ -210,15 +211,7 @@ async def test_http1_connection_is_kept_alive_across_calls(health_server: Health
     # error body) must be framed so the next request on the socket is read cleanly. A stream
     # comes last: connect-es drops the socket of any stream that ends in an error, whatever
     # the server does (the server keeps it open: its chunked framing ends cleanly).
-    factory = health_server.server.factory
-    built: list[object] = []
-    build = factory.buildProtocol
-
-    def counting_build(addr: object) -> object:
-        built.append(addr)
-        return build(addr)
-
-    factory.buildProtocol = counting_build  # type: ignore[method-assign]
+    built = record_connections(health_server.server.factory)
     steps = []
     for transport in ("connect", "grpcweb"):
         common = {"transport": transport, "httpVersion": "1.1", "connection": transport}

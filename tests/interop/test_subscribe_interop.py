@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from gatewayd._proto.gateway.v1.gateway_pb2 import GatewayEvent
 from gatewayd.client import GatewayClient
 from gatewayd.rpc.codes import Code
-from gatewayd.testing.client import RunningGateway, new_email, start_gateway
+from gatewayd.testing.client import RunningGateway, new_email, running_gateway
 from gatewayd.testing.events import (
     check_note,
     check_server_time,
@@ -54,12 +54,8 @@ VARIANTS = [
 
 @pytest_twisted.async_yield_fixture
 async def gateway(tmp_path: Any) -> AsyncIterator[RunningGateway]:
-    gw = await start_gateway(str(tmp_path / "state"))
-    try:
-        await gw.push_connected()
+    async with running_gateway(str(tmp_path / "state"), push_connected=True) as gw:
         yield gw
-    finally:
-        await gw.stop()
 
 
 def messages(node: NodeClient, step_id: str) -> list[GatewayEvent]:
