@@ -14,6 +14,7 @@ from collections.abc import Container
 from twisted.internet.defer import Deferred
 
 from gatewayd.config import Budget, LimitsConfig
+from gatewayd.peer_address import budget_address
 from gatewayd.pipeline.context import RequestContext
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.details import retry_info
@@ -24,22 +25,9 @@ from gatewayd.rpc.errors import RpcError
 UNROUTED = "~unrouted"
 
 
-def peer_host(peer: str) -> str:
-    """The address part of ``peer``: ``1.2.3.4:5678`` -> ``1.2.3.4``, ``[::1]:80`` -> ``::1``.
-
-    A bare address (IPv4 or IPv6) is returned as it is: the IP budget must not
-    be per source port.
-    """
-    if peer.startswith("["):
-        end = peer.find("]")
-        return peer[1:end] if end > 0 else peer
-    if peer.count(":") == 1:
-        return peer.partition(":")[0]
-    return peer
-
-
 class BudgetPlan:
-    """Which budgets a request spends: its IP, session, user, and message type per user."""
+    """Which budgets a request spends: its IP (an IPv6 peer's /64: ``peer_address.budget_address``),
+    session, user, and message type per user."""
 
     def __init__(self, limits: LimitsConfig, routed_types: Container[str]) -> None:
         self._limits = limits
@@ -51,7 +39,7 @@ class BudgetPlan:
         limits = self._limits
         message_type = env.message_type if env.message_type in self._routed_types else UNROUTED
         return (
-            (f"ip:{peer_host(ctx.call.peer)}", limits.ip),
+            (f"ip:{budget_address(ctx.call.peer)}", limits.ip),
             (f"session:{env.device_session_id}", limits.session),
             (f"user:{user_id}", limits.user),
             (f"type:{user_id}:{message_type}", limits.message_type),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import ipaddress
 import math
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from gatewayd.config import Budget, PublicConfig
+from gatewayd.peer_address import budget_address
 from gatewayd.public.validation import ConfirmEmailCode, PublicError, SendEmailCode
 from gatewayd.stores.base import RateDecision, RateLimiter, StoreUnavailable
 
@@ -63,18 +63,8 @@ def _digest(value: str) -> str:
 
 
 def ip_key(client_ip: str) -> str:
-    """``pub:ip:<ip>``; an IPv6 address is keyed by its /64 network."""
-    try:
-        address = ipaddress.ip_address(client_ip)
-    except ValueError:
-        # Not an IP (a unix socket peer, say): still a stable key, bounded in length.
-        return "pub:ip:?" + _digest(client_ip)[:32]
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return f"pub:ip:{address.ipv4_mapped}"
-        network = ipaddress.IPv6Network((address, 64), strict=False)
-        return f"pub:ip:{network.network_address}/64"
-    return f"pub:ip:{address}"
+    """``pub:ip:<ip>``; an IPv6 address is keyed by its /64 network (``peer_address.budget_address``)."""
+    return "pub:ip:" + budget_address(client_ip)
 
 
 def email_key(email: str) -> str:

@@ -446,7 +446,24 @@ def test_ip_budget_ignores_the_source_port() -> None:
     rig.execute(rig.device.command(), peer="198.51.100.1:40000")
     assert rig.reject(rig.device.command(), peer="198.51.100.1:40001").code == Code.RESOURCE_EXHAUSTED
     assert rig.execute(rig.device.command(), peer="[2001:db8::1]:443").envelope.result_code == "ok"
-    assert rig.rate.keys[-4] == "ip:2001:db8::1"
+    assert rig.rate.keys[-4] == "ip:2001:db8::/64"
+
+
+def test_ip_budget_is_per_ipv6_64_and_an_ipv4_mapped_peer_is_its_ipv4_address() -> None:
+    """docs/protocol.md: the IP budget is per /64 for IPv6; a dual-stack socket's view of an
+    IPv4 client (``::ffff:a.b.c.d``) spends that IPv4 address's budget."""
+    limits = GENEROUS.__class__(**{**GENEROUS.__dict__, "ip": Budget(rate=0.1, burst=1)})
+    rig = Rig(limits=limits)
+    assert rig.execute(rig.device.command(), peer="2001:db8:1:2::1").envelope.result_code == "ok"
+    # Another address of the same /64 (bare, or bracketed with a port): the same budget, spent.
+    assert rig.reject(rig.device.command(), peer="2001:db8:1:2:ffff:ffff:ffff:fffe").code == Code.RESOURCE_EXHAUSTED
+    assert rig.reject(rig.device.command(), peer="[2001:db8:1:2::99]:443").code == Code.RESOURCE_EXHAUSTED
+    # The neighbouring /64 is another client.
+    assert rig.execute(rig.device.command(), peer="2001:db8:1:3::1").envelope.result_code == "ok"
+    assert rig.rate.keys[-4] == "ip:2001:db8:1:3::/64"
+    assert rig.execute(rig.device.command(), peer="198.51.100.7").envelope.result_code == "ok"
+    assert rig.reject(rig.device.command(), peer="::ffff:198.51.100.7").code == Code.RESOURCE_EXHAUSTED
+    assert rig.rate.keys[-4] == "ip:198.51.100.7"
 
 
 def test_unrouted_message_types_share_one_budget(rig: Rig) -> None:
