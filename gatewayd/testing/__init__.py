@@ -12,19 +12,21 @@ For teams that write clients of gatewayd and for gatewayd's own tests:
 - ``plugin``: the pytest plugin (``gatewayd_dev``, ``gatewayd_client``, ``gatewayd_memory``,
   ``gatewayd_config``), loaded through the ``pytest11`` entry point;
 - ``client``: request builders where any field can be broken (``signed_execute_request``,
-  ``signed_subscribe_request``), ``login``, ``start_gateway``, ``new_email``, ``Closer``;
+  ``signed_subscribe_request``), ``login``, ``start_gateway`` / ``running_gateway``,
+  ``new_email``, ``Closer``;
 - ``raw_h2`` / ``raw_http1``: clients that send exact HTTP/2 frames / HTTP/1.1 bytes and
-  record everything the server sends;
+  record everything the server sends (``raw_h2.FrameReader`` parses a peer's frames alone);
 - ``public``: the public REST surface (``PublicHarness``) and one-request helpers over both
   HTTP versions;
 - ``harness`` / ``server``: a server with scripted methods (``Harness``), or any method
   table, on a loopback port;
-- ``events``: SubscribeEvents streams checked against the wire contract;
+- ``events``: signed events and responses, and SubscribeEvents streams, checked against the
+  wire contract;
 - ``wait``: bounded waiting without sleeps (``until``, ``bounded``, ``Waitable``);
 - ``redis``: a private ``redis-server``; ``redis_ha``: a primary, a replica and sentinels
   (``SentinelCluster``); ``certs``: a private CA issuing server and client certificates
   (``TestCA``); ``netns``: hosts in network namespaces on a private LAN (``NetnsLab``);
-  ``procs``: child processes with a bound.
+  ``procs``: child processes with a bound; ``loopback``: ``url`` / ``target`` of a loopback port.
 
 Nothing here imports pytest except ``plugin``. The names in ``__all__`` are importable from
 this package and load their module on first use: pytest imports the plugin (and so this

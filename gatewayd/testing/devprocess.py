@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gatewayd.testing.loopback import OnLoopback
 from gatewayd.testing.redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +20,7 @@ START_TIMEOUT_S = 30.0
 
 
 @dataclass
-class DevGatewayProcess:
+class DevGatewayProcess(OnLoopback):
     """The process, its port, its state folder and the file its output goes to."""
 
     process: subprocess.Popen[bytes]
@@ -29,14 +30,6 @@ class DevGatewayProcess:
     json_log: Path | None = None
     config: Path | None = None
     argv: list[str] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -13,27 +13,20 @@ from twisted.web.resource import IResource
 from gatewayd.config import ServerConfig
 from gatewayd.rpc.methods import Method, MethodTable
 from gatewayd.rpc.server import RpcApplication
+from gatewayd.testing.loopback import OnLoopback
 from gatewayd.transport.cors import CorsPolicy
 from gatewayd.transport.listener import GatewayFactory
 from gatewayd.transport.server import build_factory
 
 
 @dataclass
-class RunningServer:
+class RunningServer(OnLoopback):
     """A listening server: its port, factory (connections) and RPC application (active calls)."""
 
     port: int
     listening: IListeningPort
     factory: GatewayFactory
     app: RpcApplication
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
