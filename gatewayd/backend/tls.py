@@ -30,8 +30,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from gatewayd.client.deferreds import settle
 from gatewayd.config import BackendConfig, ConfigError
+from gatewayd.deferreds import settle
 from gatewayd.rpc.client import DEFAULT_MAX_MESSAGE_BYTES, ConnectionClosedError, H2ClientConnection
 from gatewayd.tls_files import client_options, load_certificate, load_trust_root
 from gatewayd.transport.nodelay import NoDelayEndpoint

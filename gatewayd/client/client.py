@@ -21,13 +21,13 @@ from gatewayd._proto.gateway.v1.gateway_pb2 import (
     ExecuteCommandResponse,
     GatewayEvent,
 )
-from gatewayd.client.deferreds import settle
 from gatewayd.client.errors import NotLoggedInError, PublicApiError, RpcCallError, VerificationError
 from gatewayd.client.keys import DeviceKey
 from gatewayd.client.sign import RandomBytes, SecondsClock, sign_request, sign_subscribe
 from gatewayd.client.verify import KeyCache, VerifiedEvent, VerifiedResponse, parse_published_keys, verify_event
 from gatewayd.client.verify import verify_response as _verify_response
 from gatewayd.client.wire import DEFAULT_MAX_MESSAGE_BYTES, RpcTransport, make_transport
+from gatewayd.deferreds import settle
 from gatewayd.request_body import request_body
 from gatewayd.rpc.codes import Code
 

@@ -14,8 +14,8 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandResponse, GatewayEvent
-from gatewayd.client.deferreds import settle_each
 from gatewayd.client.errors import VerificationError
+from gatewayd.deferreds import settle_each
 from gatewayd.signing import event_signing_input_of, key_id_for, response_signing_input_of, sha256, verify
 
 

@@ -40,8 +40,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from gatewayd.client.deferreds import settle, settle_each
 from gatewayd.client.errors import GatewayUnreachableError, RpcCallError
+from gatewayd.deferreds import settle, settle_each
 from gatewayd.request_body import request_body
 from gatewayd.rpc.client import ConnectionClosedError, H2ClientConnection, connect_h2
 from gatewayd.rpc.codes import Code
