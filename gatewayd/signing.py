@@ -100,50 +100,33 @@ def event_signing_input(
 class RequestFields(Protocol):
     """What a request's signing input is built from: a ``RequestEnvelope``."""
 
-    @property
-    def protocol_version(self) -> int: ...
-    @property
-    def device_session_id(self) -> str: ...
-    @property
-    def request_id(self) -> str: ...
-    @property
-    def timestamp_ms(self) -> int: ...
-    @property
-    def message_type(self) -> str: ...
-    @property
-    def payload_hash(self) -> bytes: ...
+    protocol_version: int
+    device_session_id: str
+    request_id: str
+    timestamp_ms: int
+    message_type: str
+    payload_hash: bytes
 
 
 class ResponseFields(Protocol):
     """What a response's signing input is built from: a ``ResponseEnvelope`` (and the caller's session)."""
 
-    @property
-    def protocol_version(self) -> int: ...
-    @property
-    def request_id(self) -> str: ...
-    @property
-    def timestamp_ms(self) -> int: ...
-    @property
-    def result_code(self) -> str: ...
-    @property
-    def payload_hash(self) -> bytes: ...
-    @property
-    def key_id(self) -> str: ...
+    protocol_version: int
+    request_id: str
+    timestamp_ms: int
+    result_code: str
+    payload_hash: bytes
+    key_id: str
 
 
 class EventFields(Protocol):
     """What an event's signing input is built from: a ``GatewayEvent``."""
 
-    @property
-    def event_type(self) -> str: ...
-    @property
-    def event_id(self) -> str: ...
-    @property
-    def timestamp_ms(self) -> int: ...
-    @property
-    def payload_hash(self) -> bytes: ...
-    @property
-    def key_id(self) -> str: ...
+    event_type: str
+    event_id: str
+    timestamp_ms: int
+    payload_hash: bytes
+    key_id: str
 
 
 def request_signing_input_of(envelope: RequestFields) -> bytes:
