@@ -58,22 +58,6 @@ def request_envelope(
     )
 
 
-def signed_envelope(
-    key: DeviceKey,
-    device_session_id: str,
-    message_type: str,
-    payload_hash: bytes,
-    *,
-    clock: SecondsClock,
-    request_id: str | None = None,
-    random_bytes: RandomBytes = os.urandom,
-) -> tuple[RequestEnvelope, bytes]:
-    """An envelope stamped with ``clock``'s time and a fresh request id, and the device's signature."""
-    envelope = request_envelope(device_session_id, message_type, payload_hash, clock=clock,
-                                request_id=request_id, random_bytes=random_bytes)
-    return envelope, sign_envelope(key, envelope)
-
-
 def sign_envelope(key: DeviceKey, envelope: RequestEnvelope) -> bytes:
     """The device's Ed25519 signature over ``envelope``'s request signing input (PROTOCOL.md section 3)."""
     return key.sign(request_signing_input_of(envelope))
@@ -90,11 +74,9 @@ def sign_request(
     random_bytes: RandomBytes = os.urandom,
 ) -> ExecuteCommandRequest:
     """A signed ExecuteCommandRequest carrying ``payload`` (JSON bytes, may be empty)."""
-    envelope, signature = signed_envelope(
-        key, device_session_id, message_type, sha256(payload),
-        clock=clock, request_id=request_id, random_bytes=random_bytes,
-    )
-    return ExecuteCommandRequest(envelope=envelope, payload_bytes=payload, signature=signature)
+    envelope = request_envelope(device_session_id, message_type, sha256(payload), clock=clock,
+                                request_id=request_id, random_bytes=random_bytes)
+    return ExecuteCommandRequest(envelope=envelope, payload_bytes=payload, signature=sign_envelope(key, envelope))
 
 
 def sign_subscribe(
@@ -106,8 +88,6 @@ def sign_subscribe(
     random_bytes: RandomBytes = os.urandom,
 ) -> SubscribeEventsRequest:
     """A signed SubscribeEventsRequest (message_type ``gateway.subscribe``, hash of ``b""``)."""
-    envelope, signature = signed_envelope(
-        key, device_session_id, SUBSCRIBE_MESSAGE_TYPE, EMPTY_SHA256,
-        clock=clock, request_id=request_id, random_bytes=random_bytes,
-    )
-    return SubscribeEventsRequest(envelope=envelope, signature=signature)
+    envelope = request_envelope(device_session_id, SUBSCRIBE_MESSAGE_TYPE, EMPTY_SHA256, clock=clock,
+                                request_id=request_id, random_bytes=random_bytes)
+    return SubscribeEventsRequest(envelope=envelope, signature=sign_envelope(key, envelope))
