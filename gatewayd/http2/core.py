@@ -199,8 +199,9 @@ class ServerConnectionCore:
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
-            if stream.handler is not None:
-                stream.handler.aborted()
+            handler, stream.handler = stream.handler, None
+            if handler is not None:
+                handler.aborted()
 
     def flush(self) -> None:
         """Write out what h2 has queued."""
@@ -334,8 +335,9 @@ class ServerConnectionCore:
             return
         if not stream.answered and self._resets.reset_unanswered():
             self._go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset")
-        if stream.handler is not None:
-            stream.handler.aborted()
+        handler, stream.handler = stream.handler, None
+        if handler is not None:
+            handler.aborted()
         self._stream_closed()
 
     # -- stream bookkeeping -------------------------------------------------------
@@ -349,6 +351,9 @@ class ServerConnectionCore:
                 self.h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.NO_ERROR)
             except h2.exceptions.ProtocolError:
                 pass
+        # The handler holds the stream and the stream its handler: unlinked here, a finished
+        # call is freed by reference counting instead of waiting for the cycle collector.
+        stream.handler = None
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
             self._stream_closed()

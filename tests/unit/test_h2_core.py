@@ -6,13 +6,17 @@ asserts the frames the client received; time passes only when the test says so.
 
 from __future__ import annotations
 
+import gc
+
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame, PingFrame, SettingsFrame
 
 from gatewayd._proto.gateway.v1 import gateway_pb2
 from gatewayd.config import ServerConfig
+from gatewayd.http2.stream import H2Stream
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.framing import encode_frame
+from gatewayd.rpc.server import ServerCall
 from gatewayd.testing.harness import CHECK, ECHO, SLOW, STREAM, check_request, echo_request
 from tests.unit.h2_memory import CorePair
 
@@ -242,6 +246,30 @@ def test_a_lost_connection_cancels_running_calls_and_reports_closed() -> None:
     pair.core.connection_lost()
     assert pair.methods.cancelled == [SLOW] and not pair.core.streams and closed == [pair.core]
     assert pair.core.shutdown().called
+
+
+def test_finished_calls_are_freed_by_reference_counting_alone() -> None:
+    # A stream and its call refer to each other while the call runs; the core unlinks them
+    # when the stream is done, so no call waits for the cycle collector (which would cost
+    # every call its share of a collection).
+    pair = CorePair()
+    gc.collect()
+    gc.disable()
+    try:
+        assert check(pair) == 0  # answered
+        slow = pair.open(SLOW, SLOW_BODY)
+        pair.client.reset_stream(slow)  # reset by the peer
+        pair.pump()
+        pair.open(SLOW, SLOW_BODY)
+        finish_slow(pair, index=1)  # answered later
+        pair.open(SLOW, SLOW_BODY)
+        pair.core.connection_lost()  # aborted with the connection
+        assert pair.methods.cancelled == [SLOW, SLOW]
+        pair.methods.slow.clear()
+        alive = [o for o in gc.get_objects() if type(o) in (H2Stream, ServerCall)]
+        assert alive == []
+    finally:
+        gc.enable()
 
 
 # --- flow control and backpressure ------------------------------------------------------
