@@ -16,9 +16,14 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.errors
+import h2.exceptions
 import h2.settings
 from h2.connection import ConnectionState
-from h2.stream import StreamState
+from h2.stream import StreamInputs, StreamState
+from hpack.hpack import encode_integer
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hpack.table import HeaderTable
 from hyperframe.frame import GoAwayFrame
 
 from gatewayd.http2.limits import H2Limits
@@ -113,8 +118,120 @@ def server_connection(limits: H2Limits) -> ServerH2Connection:
     return conn
 
 
+# --- HEADERS frames without HPACK state ---------------------------------------------------
+#
+# h2 encodes every header block with its HPACK encoder (each field searched in the tables,
+# Huffman-coded, added to the dynamic table) and builds frame objects to serialize them:
+# most of what a unary response costs on the wire. A field sent as a static-table index or
+# as a literal *without indexing* (RFC 7541 6.1, 6.2.2) changes neither side's dynamic
+# table, so its bytes are the same on every stream of every connection: computed once,
+# they are written directly, while h2's stream state machine still makes exactly the
+# transitions its own send_headers makes. h2's encoder never sees these blocks, and the
+# ones it does encode (the rare cases below) stay decodable: our blocks touch no table.
+
+_HEADERS_FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length + type 1 (HEADERS), flags, stream id
+_END_STREAM = 0x1
+_END_HEADERS = 0x4
+_SENDS_HEADERS = frozenset((StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE))
+_STATIC_FIELD: dict[tuple[bytes, bytes], int] = {}
+_STATIC_NAME: dict[bytes, int] = {}
+for _index, _field in enumerate(HeaderTable.STATIC_TABLE, 1):  # the lowest index of a name wins
+    _STATIC_FIELD.setdefault(_field, _index)
+    _STATIC_NAME.setdefault(_field[0], _index)
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+# Encoded fields by (name, value): the fixed ones (":status: 200", "content-type:
+# application/grpc", "grpc-status: 0"...) are met on every call. Bounded, as values such as
+# error messages vary; fields past the bound are encoded each time.
+_FIELDS: dict[tuple[bytes, bytes], bytes] = {}
+_MAX_FIELDS = 1024
+_MAX_CACHED_FIELD_BYTES = 256
+
+
+def _hpack_integer(value: int, prefix_bits: int, pattern: int) -> bytes:
+    encoded = encode_integer(value, prefix_bits)
+    encoded[0] |= pattern
+    return bytes(encoded)
+
+
+def _hpack_string(data: bytes) -> bytes:
+    """A string literal, Huffman-coded when that is shorter (RFC 7541 5.2)."""
+    coded = _HUFFMAN.encode(data)
+    if len(coded) < len(data):
+        return _hpack_integer(len(coded), 7, 0x80) + coded
+    return _hpack_integer(len(data), 7, 0x00) + data
+
+
+def stateless_field(name: bytes, value: bytes) -> bytes:
+    """One header field that leaves both dynamic tables alone: the static table's index for
+    the whole field, else a literal without indexing (naming the field by its static index
+    when the table has the name)."""
+    index = _STATIC_FIELD.get((name, value))
+    if index is not None:
+        return _hpack_integer(index, 7, 0x80)
+    index = _STATIC_NAME.get(name)
+    if index is not None:
+        return _hpack_integer(index, 4, 0x00) + _hpack_string(value)
+    return b"\x00" + _hpack_string(name) + _hpack_string(value)
+
+
+def stateless_block(headers: HeaderList) -> bytes | None:
+    """The header block of ``headers`` in fields that use no dynamic table; ``None`` when a
+    field is not a plain ``(bytes, bytes)`` pair (h2's HeaderTuple types carry indexing
+    choices of their own: h2 encodes those)."""
+    fields = _FIELDS
+    parts = []
+    for pair in headers:
+        if type(pair) is not tuple:
+            return None
+        field = fields.get(pair)
+        if field is None:
+            name, value = pair
+            if type(name) is not bytes or type(value) is not bytes:
+                return None
+            field = stateless_field(name, value)
+            if len(fields) < _MAX_FIELDS and len(name) + len(value) <= _MAX_CACHED_FIELD_BYTES:
+                fields[pair] = field
+        parts.append(field)
+    return b"".join(parts)
+
+
 def send_headers(conn: h2.connection.H2Connection, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
-    """Every HEADERS frame the server writes (responses and trailers) goes through here."""
+    """Every HEADERS frame the server writes (responses and trailers) goes through here.
+
+    A response or trailers block on a stream h2 lets us answer is written as one HEADERS
+    frame of stateless fields, after the stream state transitions h2's send_headers makes
+    (``SEND_HEADERS``, then ``SEND_END_STREAM`` with ``end_stream``). Anything else takes
+    h2's own path, with its encoder and its errors: an unknown or closed stream, a
+    connection that is not open, a dynamic table size update h2 owes the peer (it goes
+    first in the next block h2 encodes), an informational (1xx) response, a block over one
+    frame. tests/unit/test_h2_header_blocks.py pins the
+    decoded headers, frames and state to h2's.
+    """
+    stream = conn.streams.get(stream_id)
+    if (
+        stream is not None
+        and conn.state_machine.state is ConnectionState.SERVER_OPEN
+        and not conn.encoder.header_table.resized
+        and headers
+    ):
+        machine = stream.state_machine
+        first = headers[0]
+        if machine.state in _SENDS_HEADERS and not (first[0] == b":status" and first[1][:1] == b"1"):
+            block = stateless_block(headers)
+            if block is not None and len(block) <= conn.max_outbound_frame_size:
+                machine.process_input(StreamInputs.SEND_HEADERS)
+                if machine.trailers_sent and not end_stream:
+                    # h2's error, in h2's state, but raised before any encoding: h2 raises it
+                    # after its encoder has indexed fields the peer never receives.
+                    raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set.")
+                flags = _END_HEADERS
+                if end_stream:
+                    machine.process_input(StreamInputs.SEND_END_STREAM)
+                    flags |= _END_STREAM
+                buffer = conn._data_to_send
+                buffer += _HEADERS_FRAME_HEADER.pack(len(block) << 8 | 0x1, flags, stream_id)
+                buffer += block
+                return
     conn.send_headers(stream_id, headers, end_stream)
 
 

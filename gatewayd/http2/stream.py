@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 SendMark = tuple[bytes, int]
 
 
+_STATUS_FIELDS = {status: (b":status", b"%d" % status) for status in range(200, 600)}
+
+
 class H2Stream:
     """One request stream of a ``ServerConnectionCore``."""
 
@@ -74,7 +77,8 @@ class H2Stream:
         if self.closed:
             return
         self.answered = True
-        send_headers(self.conn.h2, self.stream_id, [(b":status", b"%d" % status), *headers], end_stream)
+        status_field = _STATUS_FIELDS.get(status) or (b":status", b"%d" % status)
+        send_headers(self.conn.h2, self.stream_id, [status_field, *headers], end_stream)
         if end_stream:
             self.conn.stream_done(self)
         self.conn.flush_soon()
