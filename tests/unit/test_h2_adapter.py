@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import random
+import textwrap
 
 import h2.config
 import h2.connection
@@ -79,6 +82,41 @@ def test_a_graceful_goaway_is_h2s_goaway_without_closing_h2() -> None:
     theirs.close_connection(error_code=0, last_stream_id=41)
     assert goaway_frame(41) == theirs.data_to_send()
     assert goaway_frame(MAX_STREAM_ID)[-8:] == b"\x7f\xff\xff\xff\x00\x00\x00\x00"
+
+
+# --- ServerH2Connection: frames received without a repr() each ------------------------------
+
+
+def function_body(function: object) -> list[ast.stmt]:
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))  # type: ignore[arg-type]
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    return list(body)
+
+
+def test_receive_frame_is_h2s_own_without_the_trace_repr() -> None:
+    ours = function_body(ServerH2Connection._receive_frame)
+    theirs = function_body(h2.connection.H2Connection._receive_frame)
+    # h2's: an annotation of `events`, the trace call formatting repr(frame), then ours.
+    assert [type(s) for s in theirs[:2]] == [ast.AnnAssign, ast.Expr]
+    assert "repr" in ast.dump(theirs[1]) and "trace" in ast.dump(theirs[1])
+    assert [ast.dump(s) for s in theirs[2:]] == [ast.dump(s) for s in ours]
+
+
+def test_no_frame_is_formatted_while_receiving(monkeypatch: pytest.MonkeyPatch) -> None:
+    formatted = []
+    original = HeadersFrame.__repr__
+
+    def counted(frame: HeadersFrame) -> str:
+        formatted.append(frame)
+        return original(frame)
+
+    monkeypatch.setattr(HeadersFrame, "__repr__", counted)
+    ours, stock = server_connection(LIMITS), h2.connection.H2Connection(server_config())
+    requests = PREFACE + headers_frames(3, end_stream=True)
+    assert len(ours.receive_data(requests)) == len(stock.receive_data(requests)) > 3
+    assert len(formatted) == 3  # stock h2's repr()s, none of ours
 
 
 # --- ServerH2Connection: a new stream without walking every stream ---------------------
