@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 
 from gatewayd._proto.gateway.v1.gateway_pb2 import (
     ExecuteCommandRequest,
@@ -45,6 +47,8 @@ STAGE_KEY = "rejected_by"
 """``Call.context`` key: the name of the stage that rejected the call."""
 DEVICE_SESSION_KEY = "device_session_id"
 """``Call.context`` key: the envelope's device_session_id, once the envelope was read."""
+
+_T = TypeVar("_T")
 
 StageObserver = Callable[[str, float, str], None]
 """``on_stage(stage_name, seconds, outcome)``; outcome is ``"ok"``, a lowercase code name
@@ -136,7 +140,7 @@ class Pipeline:
             request.payload_bytes,
             request.signature,
         )
-        return Deferred.fromCoroutine(self._execute(ctx))
+        return self._drive(self.stages, ctx, _response)
 
     def verify_subscription(self, call: Call, request: SubscribeEventsRequest) -> Deferred[VerifiedCaller]:
         """Stages 1-6 for SubscribeEvents (message_type ``gateway.subscribe``, empty payload)."""
@@ -147,55 +151,155 @@ class Pipeline:
             request.signature,
             subscription=True,
         )
-        return Deferred.fromCoroutine(self._verify(ctx))
+        return self._drive(self.subscription_stages, ctx, _verified_caller)
 
-    async def _execute(self, ctx: RequestContext) -> ExecuteCommandResponse:
-        await self._run(self.stages, ctx)
-        if ctx.response is None:
-            raise RpcError(Code.INTERNAL, "no response")
-        return ctx.response
+    def _drive(
+        self, stages: Sequence[Stage], ctx: RequestContext, finish: Callable[[RequestContext], _T]
+    ) -> Deferred[_T]:
+        """Run ``stages`` in order, then ``finish(ctx)``; a Deferred of that, or of the first rejection.
 
-    async def _verify(self, ctx: RequestContext) -> VerifiedCaller:
-        await self._run(self.subscription_stages, ctx)
-        env = ctx.env
-        return VerifiedCaller(ctx.caller, env.request_id, env.timestamp_ms)
-
-    async def _run(self, stages: Sequence[Stage], ctx: RequestContext) -> None:
+        Cancelling the Deferred cancels the stage waiting at the time.
+        """
         try:
-            await self._run_stages(stages, ctx)
-        finally:
-            # For the access log: which session asked, once the envelope stage accepted its syntax.
-            context = ctx.call.context
-            if ctx.envelope is not None and context.get(STAGE_KEY) != "envelope":
-                context[DEVICE_SESSION_KEY] = ctx.envelope.device_session_id
-
-    async def _run_stages(self, stages: Sequence[Stage], ctx: RequestContext) -> None:
-        observe = self._on_stage
-        if observe is None:
-            for stage in stages:
-                try:
-                    pending = stage.check(ctx)
-                    if pending is not None:
-                        await pending
-                except RpcError:
-                    ctx.call.context[STAGE_KEY] = stage.name
-                    raise
-            return
-        timer = self._timer
-        for stage in stages:
-            start = timer()
+            waiting = _run_stages(stages, 0, ctx, self._on_stage, self._timer)
+        except BaseException:  # whatever a stage raised is the call's failure
+            _note_session(ctx)
+            return fail()
+        if waiting is None:  # every stage answered at once: nothing was waited on
+            _note_session(ctx)
             try:
-                pending = stage.check(ctx)
-                if pending is not None:
-                    await pending
-            except RpcError as e:
-                ctx.call.context[STAGE_KEY] = stage.name
-                observe(stage.name, timer() - start, e.code.connect_name)
-                raise
+                return succeed(finish(ctx))
             except BaseException:
-                observe(stage.name, timer() - start, "error")
-                raise
+                return fail()
+        return waiting.addBoth(_noted, ctx).addCallback(lambda _: finish(ctx))
+
+
+def _note_session(ctx: RequestContext) -> None:
+    """For the access log: which session asked, once the envelope stage accepted its syntax."""
+    context = ctx.call.context
+    if ctx.envelope is not None and context.get(STAGE_KEY) != "envelope":
+        context[DEVICE_SESSION_KEY] = ctx.envelope.device_session_id
+
+
+def _noted(result: _T, ctx: RequestContext) -> _T:
+    _note_session(ctx)
+    return result
+
+
+def _response(ctx: RequestContext) -> ExecuteCommandResponse:
+    if ctx.response is None:
+        raise RpcError(Code.INTERNAL, "no response")
+    return ctx.response
+
+
+def _verified_caller(ctx: RequestContext) -> VerifiedCaller:
+    env = ctx.env
+    return VerifiedCaller(ctx.caller, env.request_id, env.timestamp_ms)
+
+
+def _rejected(stage: Stage, ctx: RequestContext, error: BaseException | None) -> str:
+    """The outcome an observer is told; a rejection (RpcError) also names its stage in ``Call.context``."""
+    if error is None:
+        return "ok"
+    if isinstance(error, RpcError):
+        ctx.call.context[STAGE_KEY] = stage.name
+        return error.code.connect_name
+    return "error"
+
+
+def _run_stages(stages: Sequence[Stage], index: int, ctx: RequestContext, observe: StageObserver | None,
+                timer: Callable[[], float], resume: _Waiting | None = None) -> Deferred[None] | None:
+    """Run ``stages[index:]``: ``None`` when all passed at once, the first rejection raised
+    when one refused at once, else a Deferred of the rest (``_Waiting.done``).
+
+    A stage that answers at once (``None``, or a Deferred that has already fired
+    with a value, as the memory stores' do) costs no coroutine frame and no
+    callback: the run moves on in the same call, as ``await`` on a fired
+    Deferred would. Each stage is reported to ``observe`` once, when it has
+    decided, with the time from its start.
+    """
+    count = len(stages)
+    start = 0.0
+    while index < count:
+        stage = stages[index]
+        if observe is not None:
+            start = timer()
+        try:
+            pending = stage.check(ctx)
+            # (called, paused and result are what Deferred.__await__ reads too.)
+            if pending is not None and (not pending.called or pending.paused or isinstance(pending.result, Failure)):
+                waiting = resume if resume is not None else _Waiting(stages, ctx, observe, timer)
+                waiting.index, waiting.start = index, start
+                pending.addBoth(waiting.arrived)
+                if waiting.refused is not None:  # a Deferred that had already failed
+                    refused, waiting.refused = waiting.refused, None
+                    refused.raiseException()
+                return waiting.wait(pending)
+        except BaseException as e:
+            outcome = _rejected(stage, ctx, e)
+            if observe is not None:
+                observe(stage.name, timer() - start, outcome)
+            raise
+        if observe is not None:
             observe(stage.name, timer() - start, "ok")
+        index += 1
+    return None
+
+
+class _Waiting:
+    """A run suspended on a stage's Deferred; resumes the stages after it once it fires.
+
+    One per run that waits at all: ``done`` is the run's Deferred, and cancelling it
+    cancels whichever stage is waiting at the time.
+    """
+
+    __slots__ = ("ctx", "done", "index", "observe", "pending", "refused", "stages", "start", "timer")
+
+    def __init__(self, stages: Sequence[Stage], ctx: RequestContext, observe: StageObserver | None,
+                 timer: Callable[[], float]) -> None:
+        self.stages = stages
+        self.ctx = ctx
+        self.observe = observe
+        self.timer = timer
+        self.index = 0
+        self.start = 0.0
+        self.refused: Failure | None = None
+        self.pending: Deferred[Any] | None = None  # the stage's Deferred while it is waited on
+        self.done: Deferred[None] | None = None
+
+    def wait(self, pending: Deferred[Any]) -> Deferred[None]:
+        self.pending = pending
+        if self.done is None:
+            self.done = Deferred(self._cancel)
+        return self.done
+
+    def arrived(self, result: Any) -> None:
+        if self.pending is None:  # fired within addBoth: a failure, which _run_stages raises
+            self.refused = result
+            return
+        self.pending = None
+        done = self.done
+        assert done is not None
+        stage = self.stages[self.index]
+        failed = isinstance(result, Failure)
+        outcome = _rejected(stage, self.ctx, result.value if failed else None)
+        if self.observe is not None:
+            self.observe(stage.name, self.timer() - self.start, outcome)
+        if failed:
+            done.errback(result)
+            return
+        try:
+            rest = _run_stages(self.stages, self.index + 1, self.ctx, self.observe, self.timer, self)
+        except BaseException:
+            done.errback()
+            return
+        if rest is None:
+            done.callback(None)
+        # else: waiting again, on a later stage
+
+    def _cancel(self, _: Deferred[None]) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
 
 
 def gateway_methods(pipeline: Pipeline, subscribe: StreamHandler) -> list[Method]:

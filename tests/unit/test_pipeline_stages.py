@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from google.rpc.error_details_pb2 import RetryInfo
 from nacl.signing import SigningKey
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from gatewayd._proto.gateway.v1.gateway_pb2 import (
@@ -157,11 +158,14 @@ class Rig:
             freshness_window_s=WINDOW_S,
             limits=limits,
             on_stage=self._observe if observe else None,
+            timer=self.clock.seconds,
         )
+        self.stage_seconds: dict[str, float] = {}
 
     def _observe(self, name: str, seconds: float, outcome: str) -> None:
         assert seconds >= 0
         self.stages_seen.append((name, outcome))
+        self.stage_seconds[name] = seconds
 
     def _lookup(self, device_session_id: str, call: Any = None) -> Deferred[Session | None]:
         self.lookups.append(device_session_id)
@@ -232,6 +236,62 @@ def test_observer_sees_each_stage_and_the_deciding_outcome() -> None:
     assert rig.stages_seen == [
         ("envelope", "ok"), ("session", "ok"), ("payload_hash", "ok"), ("signature", "unauthenticated"),
     ]
+
+
+def test_stages_waited_on_are_observed_when_they_decide_and_the_run_resumes() -> None:
+    rig = Rig(observe=True)
+    session: Deferred[Session | None] = Deferred()
+    rig.pipeline.stages[1]._sessions = SimpleNamespace(get=lambda *_: session)  # type: ignore[attr-defined]
+    rig.backend.answer = Deferred()
+    d = rig.pipeline.execute_command(rig.call(), rig.device.command())
+    assert rig.stages_seen == [("envelope", "ok")] and not d.called
+    rig.clock.advance(0.25)
+    session.callback(rig.device.session)  # the run resumes: stages 3-7 at once, then waits on the backend
+    assert rig.stages_seen[1] == ("session", "ok") and rig.stage_seconds["session"] == 0.25
+    assert [name for name, _ in rig.stages_seen] == [s.name for s in rig.pipeline.stages[:-1]]
+    rig.clock.advance(1.5)
+    rig.backend.answer.callback(BackendAnswer(200, b"{}"))
+    assert rig.stages_seen[-1] == ("route", "ok") and rig.stage_seconds["route"] == 1.5
+    assert result_of(d).envelope.result_code == "ok"
+
+
+def test_cancelling_while_a_stage_waits_cancels_that_stage_and_runs_nothing_after() -> None:
+    slow = SlowRate()
+    rig = Rig(observe=True, rate=slow)
+    d = rig.pipeline.execute_command(rig.call(), rig.device.command())
+    assert len(slow.pending) == 4
+    d.cancel()
+    assert rig.stages_seen[-1] == ("replay", "error")  # replay and budgets: one admission
+    with pytest.raises(CancelledError):
+        result_of(d)
+    seen = list(rig.stages_seen)
+    slow.answer_all()  # answers arriving after the cancellation change nothing
+    assert rig.stages_seen == seen and rig.backend.calls == []
+
+
+def test_cancelling_while_a_later_stage_waits_cancels_that_one() -> None:
+    rig = Rig(observe=True)
+    session: Deferred[Session | None] = Deferred()
+    rig.pipeline.stages[1]._sessions = SimpleNamespace(get=lambda *_: session)  # type: ignore[attr-defined]
+    cancelled: list[bool] = []
+    rig.backend.answer = Deferred(lambda d: cancelled.append(True))
+    d = rig.pipeline.execute_command(rig.call(), rig.device.command())
+    session.callback(rig.device.session)  # first wait over; now waiting on the backend
+    assert rig.backend.calls and not d.called
+    d.cancel()
+    assert cancelled == [True] and rig.stages_seen[-1] == ("route", "error")
+    with pytest.raises(CancelledError):
+        result_of(d)
+
+
+def test_a_stage_failing_later_with_an_unexpected_error_is_the_calls_failure() -> None:
+    rig = Rig(observe=True)
+    rig.backend.answer = Deferred()
+    d = rig.pipeline.execute_command(rig.call(), rig.device.command())
+    rig.backend.answer.errback(ZeroDivisionError("bug"))
+    assert rig.stages_seen[-1] == ("route", "error")
+    with pytest.raises(ZeroDivisionError):
+        result_of(d)
 
 
 # --- stage 1: envelope -------------------------------------------------------------------
