@@ -22,7 +22,7 @@ from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from h2.exceptions import StreamClosedError, StreamIDTooLowError
 from h2.stream import StreamInputs, StreamState
-from hpack.hpack import encode_integer
+from hpack.hpack import Decoder, encode_integer
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
@@ -37,9 +37,74 @@ MAX_STREAM_ID = 2**31 - 1
 _RECOUNT_FLOOR = 128
 
 
+class _CountingTable(HeaderTable):
+    """hpack's header table, counting every change (an entry added, the size set)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generation = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.generation += 1
+        super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        self.generation += 1
+        HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
+
+
+_MAX_REMEMBERED_BLOCKS = 16
+_MAX_REMEMBERED_BLOCK_BYTES = 1024
+
+
+class RememberingDecoder(Decoder):
+    """hpack's Decoder, which answers a header block it has decoded before without decoding
+    it again, when neither that block nor anything since has changed the dynamic table.
+
+    Clients send the same block for every call of one method once their fields are
+    indexed (and nghttp2 sends ``:path`` as a Huffman-coded literal that is never
+    indexed, decoded byte by byte in Python each time). A block's headers depend only
+    on its bytes, the dynamic table and the limits, so while the table's change count
+    and the limits are what they were, the same bytes mean the same headers. A block
+    that changes the table (an indexed literal, a size update) is never remembered.
+    tests/unit/test_h2_header_decoding.py pins results, errors and table state to hpack's.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = self._table = _CountingTable()
+        self._remembered: dict[bytes, tuple[Any, ...]] = {}
+        self._remembered_state: tuple[int, int, int] = (-1, -1, -1)
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        if not raw or type(data) is not bytes:  # h2 asks for raw bytes, and hands over bytes
+            return super().decode(data, raw)
+        table = self._table
+        state = (table.generation, self.max_header_list_size, self.max_allowed_table_size)
+        remembered = self._remembered
+        if state != self._remembered_state:
+            remembered.clear()
+            self._remembered_state = state
+        else:
+            headers = remembered.get(data)
+            if headers is not None:
+                return list(headers)
+        decoded = super().decode(data, raw)
+        if (table.generation == state[0] and len(data) <= _MAX_REMEMBERED_BLOCK_BYTES
+                and len(remembered) < _MAX_REMEMBERED_BLOCKS):
+            remembered[data] = tuple(decoded)
+        return decoded
+
+
 class ServerH2Connection(h2.connection.H2Connection):
-    """h2's connection, where a new stream costs O(1) instead of O(streams held), and
-    frames received are not formatted for a log nobody reads.
+    """h2's connection, where a new stream costs O(1) instead of O(streams held), frames
+    received are not formatted for a log nobody reads, and repeated request header blocks
+    are not decoded again (``RememberingDecoder``).
 
     On every new stream h2 reads ``open_inbound_streams``, which walks all its
     streams (forgetting the closed ones as it goes), only to compare the count
@@ -57,6 +122,9 @@ class ServerH2Connection(h2.connection.H2Connection):
 
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config=config)
+        decoder = RememberingDecoder()
+        decoder.max_header_list_size = self.decoder.max_header_list_size
+        self.decoder = decoder
         self._counting_new_stream = False
         self._recount_at = _RECOUNT_FLOOR
 
