@@ -43,7 +43,7 @@ from twisted.logger import Logger
 
 from gatewayd.http2.h2adapter import MAX_STREAM_ID, goaway_frame, server_connection, still_open
 from gatewayd.http2.limits import H2Limits, RapidResetMeter, TokenBucket, TurnBudget
-from gatewayd.http2.request_headers import parse_request_headers
+from gatewayd.http2.request_headers import parse_request_headers_cached
 from gatewayd.http2.send_timeout import SendTimeout
 from gatewayd.http2.stream import H2Stream
 from gatewayd.transport.exchange import ExchangeHandler, HttpApplication
@@ -299,7 +299,7 @@ class ServerConnectionCore:
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         self._resets.opened()
-        parsed = parse_request_headers(event.headers)
+        parsed = parse_request_headers_cached(event.headers)
         if parsed is None:
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return

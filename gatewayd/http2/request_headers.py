@@ -61,3 +61,26 @@ def parse_request_headers(raw: list[tuple[bytes, bytes]]) -> tuple[str, str, dic
     if method is None or path is None or scheme is None:
         return None
     return method, path, headers
+
+
+_PARSED: dict[tuple[tuple[bytes, bytes], ...], tuple[str, str, dict[str, str]]] = {}
+_MAX_PARSED = 256
+_MAX_PARSED_BYTES = 2048
+
+
+def parse_request_headers_cached(raw: list[tuple[bytes, bytes]]) -> tuple[str, str, dict[str, str]] | None:
+    """``parse_request_headers``, remembering the lists it accepted: a client sends the same
+    header list for every call of a method (``h2adapter.RememberingDecoder`` already hands
+    them over without decoding). Each caller gets its own headers dict. The memory is
+    bounded, and emptied when full so that lists in use get back in."""
+    key = tuple(raw)
+    parsed = _PARSED.get(key)
+    if parsed is not None:
+        method, path, headers = parsed
+        return method, path, dict(headers)
+    parsed = parse_request_headers(raw)
+    if parsed is not None and sum(len(n) + len(v) for n, v in key) <= _MAX_PARSED_BYTES:
+        if len(_PARSED) >= _MAX_PARSED:
+            _PARSED.clear()
+        _PARSED[key] = (parsed[0], parsed[1], dict(parsed[2]))
+    return parsed
