@@ -271,6 +271,15 @@ class ServerCall:
             d.cancel()
             return
         self._handler_d = d
+        if d.called and not d.paused and not isinstance(d.result, Failure):
+            # Answered at once (Health/Check, say): write it now, without running callbacks.
+            # (called, paused and result are what Deferred.__await__ reads too.)
+            try:
+                self._handler_succeeded(d.result)
+            except Exception:
+                # What addCallbacks would have left in the Deferred, unhandled: say so.
+                log.failure("answering {path} failed", path=self.exchange.path)
+            return
         d.addCallbacks(self._handler_succeeded, self._handler_failed)
 
     def _handler_succeeded(self, response: Any) -> None:
