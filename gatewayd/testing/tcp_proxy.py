@@ -6,9 +6,7 @@ the gateway and Redis) and switch, at any moment:
 - ``cut()``: every proxied connection is aborted (both sides see a reset) and
   new ones are accepted and aborted at once, until ``restore()``;
 - ``delay_s``: added one-way latency for every chunk, in both directions, in
-  order (a slow network or a slow server, without touching either);
-- ``reset_after_bytes``: the next connections are aborted once the client has
-  sent that many bytes (a server that dies mid-request).
+  order (a slow network or a slow server, without touching either).
 
 Promises: bytes are forwarded unchanged and in order; nothing is buffered
 beyond what the two sockets hand over (each side's reading pauses while the
@@ -36,17 +34,12 @@ class _Side(protocol.Protocol):
         self.client_side = client_side
         self.queue: deque[tuple[float, bytes]] = deque()
         self.timer: Any = None
-        self.received = 0
 
     def connectionMade(self) -> None:
         if self.client_side:
             self.pair.client_connected()
 
     def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
-        if self.client_side and self.pair.reset_after is not None and self.received >= self.pair.reset_after:
-            self.pair.abort()
-            return
         delay = self.proxy.delay_s
         if delay <= 0 and not self.queue:
             self.pair.forward(self, data)
@@ -78,9 +71,8 @@ class _Side(protocol.Protocol):
 class _Pair:
     """A client connection and its upstream connection."""
 
-    def __init__(self, proxy: FaultProxy, reset_after: int | None) -> None:
+    def __init__(self, proxy: FaultProxy) -> None:
         self.proxy = proxy
-        self.reset_after = reset_after
         self.client: _Side | None = None
         self.server: _Side | None = None
         self.pending: list[bytes] = []  # client bytes read before the upstream connection is up
@@ -157,7 +149,6 @@ class FaultProxy:
         self.host = host
         self.target_port = target_port
         self.delay_s = 0.0
-        self.reset_after_bytes: int | None = None
         self.is_cut = target_port is None
         self.pairs: set[_Pair] = set()
         self.accepted = 0
@@ -200,7 +191,7 @@ class FaultProxy:
             self._port = None
 
     def _accepted(self) -> protocol.Protocol:
-        pair = _Pair(self, self.reset_after_bytes)
+        pair = _Pair(self)
         client = _Side(self, pair, client_side=True)
         pair.client = client
         if self.is_cut or self.target_port is None:

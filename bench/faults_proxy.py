@@ -1,0 +1,72 @@
+"""A ``FaultProxy`` in a process of its own, for ``bench/faults.py`` (Redis slowed; not CI).
+
+``python -m bench.faults_proxy --listen PORT --target PORT --control PORT``
+
+Forwards ``127.0.0.1:listen`` to ``127.0.0.1:target``. ``POST
+http://127.0.0.1:CONTROL/`` with ``{"delay_s": x}`` sets the one-way latency
+added to every chunk (both directions, in order); ``{"cut": true|false}``
+cuts or restores. It answers its state as JSON. Its own process, so a busy
+neighbour (the backend) does not slow Redis by accident. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from twisted.internet import defer, endpoints
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from gatewayd.testing.tcp_proxy import FaultProxy
+
+
+class Control(Resource):
+    isLeaf = True
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        super().__init__()
+        self.proxy = proxy
+
+    def render_POST(self, request: Request) -> bytes:
+        assert request.content is not None
+        change = json.loads(request.content.read())
+        if "delay_s" in change:
+            self.proxy.delay_s = float(change["delay_s"])
+        if change.get("cut") is True:
+            self.proxy.cut()
+        elif change.get("cut") is False:
+            self.proxy.restore()
+        return json.dumps({"delay_s": self.proxy.delay_s, "cut": self.proxy.is_cut,
+                           "connections": len(self.proxy.pairs)}).encode()
+
+
+async def serve(reactor: Any, args: argparse.Namespace) -> None:
+    proxy = FaultProxy(reactor, args.target)
+    await proxy.listen(args.listen)
+    site = Site(Control(proxy))
+    await endpoints.TCP4ServerEndpoint(reactor, args.control, interface="127.0.0.1").listen(site)
+    print("ready", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--listen", type=int, required=True)
+    parser.add_argument("--target", type=int, required=True)
+    parser.add_argument("--control", type=int, required=True)
+    args = parser.parse_args()
+    from twisted.internet import reactor
+
+    run: Any = reactor
+
+    def failed(failure: Any) -> None:
+        failure.printTraceback()
+        run.stop()
+
+    defer.ensureDeferred(serve(reactor, args)).addErrback(failed)
+    run.run()
+
+
+if __name__ == "__main__":
+    main()
