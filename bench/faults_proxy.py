@@ -5,49 +5,38 @@
 Forwards ``127.0.0.1:listen`` to ``127.0.0.1:target``. ``POST
 http://127.0.0.1:CONTROL/`` with ``{"delay_s": x}`` sets the one-way latency
 added to every chunk (both directions, in order); ``{"cut": true|false}``
-cuts or restores. It answers its state as JSON. Its own process, so a busy
+cuts or restores; ``GET`` tells the state. Its own process, so a busy
 neighbour (the backend) does not slow Redis by accident. Loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from twisted.internet import defer, endpoints
-from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.internet import endpoints
+from twisted.web.server import Site
 
+from bench.ledger_backend import Control, run_reactor
 from gatewayd.testing.tcp_proxy import FaultProxy
 
 
-class Control(Resource):
-    isLeaf = True
+class ProxyControl:
+    """What ``Control`` switches: the proxy's latency and cut."""
 
     def __init__(self, proxy: FaultProxy) -> None:
-        super().__init__()
         self.proxy = proxy
 
-    def render_POST(self, request: Request) -> bytes:
-        assert request.content is not None
-        change = json.loads(request.content.read())
+    def apply(self, change: dict[str, Any]) -> None:
         if "delay_s" in change:
             self.proxy.delay_s = float(change["delay_s"])
         if change.get("cut") is True:
             self.proxy.cut()
         elif change.get("cut") is False:
             self.proxy.restore()
-        return json.dumps({"delay_s": self.proxy.delay_s, "cut": self.proxy.is_cut,
-                           "connections": len(self.proxy.pairs)}).encode()
 
-
-async def serve(reactor: Any, args: argparse.Namespace) -> None:
-    proxy = FaultProxy(reactor, args.target)
-    await proxy.listen(args.listen)
-    site = Site(Control(proxy))
-    await endpoints.TCP4ServerEndpoint(reactor, args.control, interface="127.0.0.1").listen(site)
-    print("ready", flush=True)
+    def state(self) -> dict[str, Any]:
+        return {"delay_s": self.proxy.delay_s, "cut": self.proxy.is_cut, "connections": len(self.proxy.pairs)}
 
 
 def main() -> None:
@@ -58,14 +47,14 @@ def main() -> None:
     args = parser.parse_args()
     from twisted.internet import reactor
 
-    run: Any = reactor
+    async def serve() -> None:
+        proxy = FaultProxy(reactor, args.target)
+        await proxy.listen(args.listen)
+        site = Site(Control(ProxyControl(proxy)))
+        await endpoints.TCP4ServerEndpoint(reactor, args.control, interface="127.0.0.1").listen(site)
+        print("ready", flush=True)
 
-    def failed(failure: Any) -> None:
-        failure.printTraceback()
-        run.stop()
-
-    defer.ensureDeferred(serve(reactor, args)).addErrback(failed)
-    run.run()
+    run_reactor(serve)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import argparse
 import json
 import random
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -127,11 +128,11 @@ def _abort(request: Request) -> None:
 
 
 class Control(Resource):
-    """``POST /fault`` switches faults; ``GET /state`` tells them."""
+    """``POST`` switches faults (``world.apply``); ``GET`` tells them (``world.state``)."""
 
     isLeaf = True
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: Any) -> None:
         super().__init__()
         self.world = world
 
@@ -213,14 +214,21 @@ def main() -> None:
     from twisted.internet import reactor
 
     world = World(reactor, args)
+    run_reactor(world.start, world.stop)
+
+
+def run_reactor(start: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], None] = lambda: None) -> None:
+    """Run the reactor with ``start()`` under way (a failure stops it) and ``stop`` at shutdown (SIGTERM)."""
+    from twisted.internet import reactor
+
     run: Any = reactor
 
     def failed(failure: Any) -> None:
         failure.printTraceback()
         run.stop()
 
-    run.addSystemEventTrigger("before", "shutdown", world.stop)
-    defer.ensureDeferred(world.start()).addErrback(failed)
+    run.addSystemEventTrigger("before", "shutdown", stop)
+    defer.ensureDeferred(start()).addErrback(failed)
     run.run()
 
 
