@@ -89,6 +89,7 @@ class World:
     gateways: list[Proc | None] = field(default_factory=lambda: [None, None])
     restarts: int = 0
     procs: list[Proc] = field(default_factory=list)
+    twist: list[str] = field(default_factory=lambda: [TWIST])
 
     # -- processes --
 
@@ -101,8 +102,8 @@ class World:
 
     def start_gateway(self, i: int) -> Proc:
         name = f"gw{i}" + (f"-restart{self.restarts}" if self.gateways[i] is not None else "")
-        proc = start(name, [TWIST, "--log-format=text", "gatewayd", "--config", str(self.work / f"gw{i}.toml")],
-                     SERVER_CORE, self.work)
+        proc = start(name, [*self.twist, "--log-format=text", "gatewayd", "--config",
+                            str(self.work / f"gw{i}.toml")], SERVER_CORE, self.work)
         self.procs.append(proc)
         self.gateways[i] = proc
         return proc
@@ -119,19 +120,25 @@ class World:
             time.sleep(0.05)
         raise TimeoutError(f"{proc.name} not subscribed after {timeout_s}s; see {proc.log}")
 
-    def delivered(self) -> int:
-        """Events written to streams, summed over both gateways (``gatewayd_push_events_delivered``)."""
-        total = 0
+    def metric(self, name: str) -> list[float]:
+        """``name`` (a counter or gauge without labels) on each gateway; 0 for one that does not answer."""
+        values = []
         for port in self.metrics_ports:
+            value = 0.0
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
                     text = r.read().decode()
             except OSError:
-                continue  # that gateway is restarting
+                text = ""  # that gateway is restarting
             for line in text.splitlines():
-                if line.startswith("gatewayd_push_events_delivered"):
-                    total += int(float(line.split()[-1]))
-        return total
+                if line.startswith(name + " ") or line.startswith(name + "_total "):
+                    value = float(line.split()[-1])
+            values.append(value)
+        return values
+
+    def delivered(self) -> int:
+        """Events written to streams, summed over both gateways (``gatewayd_push_events_delivered``)."""
+        return int(sum(self.metric("gatewayd_push_events_delivered")))
 
     def state(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.control}/state", timeout=10) as r:
@@ -177,8 +184,10 @@ timeout_s = 1.0
 """)
 
 
-def start_world(work: Path, redis_proxy: bool, backend_timeout_s: float = 2.0) -> World:
+def start_world(work: Path, redis_proxy: bool, backend_timeout_s: float = 2.0, h2_closed_streams: int = 0) -> World:
     world = World(work)
+    if h2_closed_streams:
+        world.twist = [PYTHON, str(ROOT / "bench" / "twist_h2closed.py"), str(h2_closed_streams)]
     work.mkdir(parents=True, exist_ok=True)
     world.redis_port, world.http, world.push, world.control, world.port = (free_port() for _ in range(5))
     world.metrics_ports = [free_port(), free_port()]
@@ -606,7 +615,7 @@ def measure_capacity(world: World, seconds: float) -> dict[str, Any]:
 
 def run_soak(args: argparse.Namespace) -> None:
     stamp, work = new_work("soak")
-    world = start_world(work, redis_proxy=False)
+    world = start_world(work, redis_proxy=False, h2_closed_streams=args.h2_closed_streams)
     samples: list[dict[str, Any]] = []
     try:
         sessions, _ = prepare_sessions(world, args.users, fanout=False)
@@ -628,10 +637,14 @@ def run_soak(args: argparse.Namespace) -> None:
             with (work / "rss.jsonl").open("a") as f:
                 f.write(json.dumps(sample) + "\n")
             time.sleep(10)
+        # reuseport spreads connections by hash: say where the client's ended up.
+        connections = world.metric("gatewayd_connections_open")
         summary = finish_client(client)
     finally:
         world.stop()
     report = {"capacity": capacity, "rate": rate, "fraction": args.fraction, "minutes": args.minutes,
+              "h2_closed_streams": args.h2_closed_streams or "h2 default (65536)",
+              "connections_per_gateway": connections,
               "rss": rss_verdict(samples), "loadavg": _spread([s["loadavg"] for s in samples]),
               "check": check(work, summary, None), "client": {k: summary[k] for k in (
                   "sent", "outcomes", "stream_ends", "events", "streams_opened", "connect_failures")},
@@ -669,7 +682,9 @@ def _spread(values: list[float]) -> dict[str, float]:
 def render_soak(report: dict[str, Any]) -> str:
     c = report["check"]
     lines = [f"Soak: {report['minutes']} min at {report['rate']} calls/s = {report['fraction']:.0%} of "
-             f"{report['capacity']['ok_rps']:.0f} ok/s measured; load average {report['loadavg']}", "",
+             f"{report['capacity']['ok_rps']:.0f} ok/s measured; h2 closed streams kept per connection: "
+             f"{report['h2_closed_streams']}; load average {report['loadavg']}; client "
+             f"connections per gateway at the end {report['connections_per_gateway']}", "",
              "| process | RSS min 2-4 (KiB) | RSS last 2 min (KiB) | growth | max | flat within 5 % |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, v in report["rss"].items():
@@ -701,6 +716,8 @@ def main() -> None:
     s.add_argument("--fraction", type=float, default=0.7)
     s.add_argument("--users", type=int, default=8)
     s.add_argument("--capacity-s", type=float, default=15.0, help="length of the capacity measurement")
+    s.add_argument("--h2-closed-streams", type=int, default=0,
+                   help="diagnostic: run the gateways with h2 remembering at most N closed streams per connection")
     args = parser.parse_args()
     args.argv = sys.argv[2:]
     if not math.isfinite(getattr(args, "rate", 1.0)):
