@@ -83,11 +83,11 @@ class BackendConfig:
     session_cache_size: int = 100_000
     push_backoff_initial_s: float = 0.5
     push_backoff_max_s: float = 30.0
+    push_resync_concurrency: int = 16
     # TLS to the backend (https base_url, tls: push endpoint): CA bundle and client certificate (issue 11).
     tls_ca_file: str = ""
     tls_client_cert: str = ""
     tls_client_key: str = ""
-    push_resync_concurrency: int = 16
 
 
 @dataclass(frozen=True)
