@@ -31,8 +31,8 @@ class Rig(HeldLookups):
         self.resync = SessionResync(self.hub, self.cache, self.hub.revoke, concurrency)
         self.held_by_id: list[tuple[str, Deferred[Session | None]]] = []
 
-    def _lookup(self, device_session_id: str) -> Deferred[Session | None]:
-        d = super()._lookup(device_session_id)
+    def _lookup(self, device_session_id: str, call: Any = None) -> Deferred[Session | None]:
+        d = super()._lookup(device_session_id, call)
         self.held_by_id.append((device_session_id, d))
         return d
 
