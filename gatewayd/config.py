@@ -83,6 +83,7 @@ class BackendConfig:
     session_cache_size: int = 100_000
     push_backoff_initial_s: float = 0.5
     push_backoff_max_s: float = 30.0
+    push_resync_concurrency: int = 16
     # TLS to the backend (https base_url, tls: push endpoint): CA bundle and client certificate (issue 11).
     tls_ca_file: str = ""
     tls_client_cert: str = ""
@@ -275,6 +276,8 @@ def _validate(config: Config) -> Config:
     for name in ("fanout_batch", "revocation_tombstones"):
         if getattr(config.server, name) < 1:
             raise ConfigError(f"server.{name}: must be at least 1")
+    if config.backend.push_resync_concurrency < 1:
+        raise ConfigError("backend.push_resync_concurrency: must be at least 1")
     if config.server.max_message_bytes < 1024:
         raise ConfigError("server.max_message_bytes: must be at least 1024")
     if config.server.listen_backlog < 1:

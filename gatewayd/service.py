@@ -39,6 +39,7 @@ from gatewayd.pipeline.pipeline import Pipeline, gateway_methods
 from gatewayd.pipeline.signer import EventSigner, ResponseSigner
 from gatewayd.push.dispatcher import Dispatcher
 from gatewayd.push.hub import Hub
+from gatewayd.push.resync import SessionResync
 from gatewayd.push.subscribe import SubscribeEvents
 from gatewayd.reflection import ReflectionService
 from gatewayd.reload import Reloader, ServerTLS, tls_options
@@ -149,6 +150,8 @@ class Gateway:
         self.dispatcher = Dispatcher(
             self.hub, self.event_signer, self.sessions.invalidate, self.sessions.invalidate_user
         )
+        # Invalidations sent while the push stream is down are lost: re-check whenever it is (back) up.
+        self.resync = SessionResync(self.hub, self.sessions, self.hub.revoke, backend.push_resync_concurrency)
         self.health = HealthService(["", GATEWAY_SERVICE])
         self.methods = MethodTable()
         self.heartbeats = Heartbeats(reactor, config.server.heartbeat_interval_s, self.event_signer)
@@ -180,6 +183,7 @@ class Gateway:
             self.dispatcher,
             backoff_initial_s=backend.push_backoff_initial_s,
             backoff_max_s=backend.push_backoff_max_s,
+            on_subscribed=self.resync,
         )
         attach(self, self.metrics)
 

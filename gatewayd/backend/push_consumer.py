@@ -13,6 +13,11 @@ bytes) and skipped: gRPC framing keeps message boundaries, so one bad
 message cannot corrupt the next, and ending the call would lose the events
 queued behind it. Events whose ``kind`` this version does not know (a newer
 backend) are skipped the same way.
+
+Events sent while no call is open are lost (the backend keeps no replay), so
+``on_subscribed`` tells the gateway each time a call is known to have reached
+the backend: the gateway then re-checks what it may have missed
+(``push/resync.py``).
 """
 
 from __future__ import annotations
@@ -84,6 +89,14 @@ class PushConsumer:
     ``on_event`` runs synchronously, in order; an exception in it is logged
     and does not end the call.
 
+    ``on_subscribed`` runs once per call (the first one included) as soon as
+    the backend has certainly read the request: at its first message, or at
+    the ACK of a PING written right behind the request (HTTP/2 frames are
+    read in order; a server that runs handlers synchronously, as gatewayd's
+    does, has subscribed before it writes the ACK). Every event the backend
+    publishes from then on reaches ``on_event``. A PING unanswered within
+    ``keepalive_timeout_s`` drops the connection, like a failed keepalive.
+
     With ``keepalive_interval_s`` set, the connection is PINGed that often
     while the call is open, and dropped (then redialed) when an ACK takes
     over ``keepalive_timeout_s``: this finds a backend host that vanished
@@ -110,6 +123,7 @@ class PushConsumer:
         scheme: str = "http",
         keepalive_interval_s: float | None = None,
         keepalive_timeout_s: float = 20.0,
+        on_subscribed: Callable[[], None] | None = None,
     ) -> None:
         self._reactor = reactor
         if IStreamClientEndpoint.providedBy(connect):
@@ -129,6 +143,9 @@ class PushConsumer:
         self._keepalive_interval_s = keepalive_interval_s
         self._keepalive_timeout_s = keepalive_timeout_s
         self._keepalive: Any = None  # IDelayedCall
+        self._on_subscribed = on_subscribed
+        self._subscribed_call: Deferred[tuple[int, str]] | None = None  # the call on_subscribed ran for
+        self._subscribe_ping: Deferred[float] | None = None
         self.backoff = Backoff(backoff_initial_s, backoff_max_s, random)
 
         self._state: State = "idle"
@@ -142,6 +159,7 @@ class PushConsumer:
         self._delivered_this_call = 0
 
         self.events_received = 0
+        self.subscriptions = 0  # calls the backend is known to have read (on_subscribed runs)
         self.malformed_messages = 0
         self.unknown_events = 0
 
@@ -227,6 +245,7 @@ class PushConsumer:
             self._retry.cancel()
         self._retry = None
         self._cancel_keepalive()
+        self._cancel_subscribe_ping()
         if self._pending_connect is not None:
             self._pending_connect.cancel()
         if self._call is not None:
@@ -261,6 +280,8 @@ class PushConsumer:
         self._set_state("connected")
         call.addBoth(self._call_ended, connection)
         self._schedule_keepalive()
+        if self._call is call:  # the call did not end at once
+            self._confirm_subscription(connection, call)
 
     def _connect_failed(self, failure: Failure) -> None:
         self._pending_connect = None
@@ -271,6 +292,7 @@ class PushConsumer:
     def _call_ended(self, result: tuple[int, str] | Failure, connection: H2ClientConnection) -> None:
         self._call = None
         self._cancel_keepalive()
+        self._cancel_subscribe_ping()
         if self._state == "stopped":
             return  # stop() cancelled the call and closes the connection
         if isinstance(result, Failure):
@@ -301,6 +323,49 @@ class PushConsumer:
         delay = self.backoff.next_delay()
         self._set_state("backoff", reason, delay)
         self._retry = self._reactor.callLater(delay, self._attempt)
+
+    # --- subscription confirmed ----------------------------------------------------------
+
+    def _confirm_subscription(self, connection: H2ClientConnection, call: Deferred[tuple[int, str]]) -> None:
+        try:
+            ping = connection.ping()
+        except Exception:
+            # No clock to time a PING with (a test's bare connection): the first message will tell.
+            return
+        self._subscribe_ping = ping
+        ping.addTimeout(self._keepalive_timeout_s, self._reactor)
+
+        def answered(rtt: float) -> None:
+            self._subscribe_ping = None
+            self._subscribed(call)
+
+        def unanswered(failure: Failure) -> None:
+            # Cancelled by _cancel_subscribe_ping: the call ended or stop() ran, nothing to do.
+            self._subscribe_ping = None
+            if self._call is call and connection is self._connection and self._state == "connected":
+                log.warn("push consumer: no PING ACK after SubscribePush ({error}); dropping the connection",
+                         error=failure.getErrorMessage())
+                connection.abort()
+
+        ping.addCallbacks(answered, unanswered)
+
+    def _cancel_subscribe_ping(self) -> None:
+        ping, self._subscribe_ping = self._subscribe_ping, None
+        if ping is not None:
+            ping.cancel()
+
+    def _subscribed(self, call: Deferred[tuple[int, str]]) -> None:
+        """The backend has read ``call``: run ``on_subscribed`` once for it."""
+        if self._subscribed_call is call or self._call is not call:
+            return
+        self._subscribed_call = call
+        self.subscriptions += 1
+        log.info("push consumer subscribed (call {n})", n=self.subscriptions, gateway_id=self._gateway_id)
+        if self._on_subscribed is not None:
+            try:
+                self._on_subscribed()
+            except Exception:
+                log.failure("push on_subscribed handler failed")
 
     # --- keepalive ----------------------------------------------------------------------
 
@@ -347,6 +412,9 @@ class PushConsumer:
             return
         self.events_received += 1
         self._delivered_this_call += 1
+        call = self._call
+        if call is not None and self._subscribed_call is not call:
+            self._subscribed(call)
         try:
             self._on_event(event)
         except Exception:

@@ -17,13 +17,15 @@ Promises:
 - **Revocation is final.** A stream ended by ``revoke`` (or by any other
   cause) is sent nothing more, even from a fan-out already under way; and a
   subscription whose session or user was revoked while it was being verified
-  is refused at ``register`` (see ``revocations.py``).
+  is refused at ``register`` (see ``revocations.py``). One verified before the
+  push stream last came back is registered and handed to ``on_recheck``
+  (``resync.py`` looks its session up again).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -99,6 +101,8 @@ class Hub:
         self._next_slice: Any = None
         self._sending = False
         self.revocations = Revocations(max_tombstones)
+        # Called with each subscription registered whose verification predates Revocations.mark_recheck.
+        self.on_recheck: Callable[[Subscription], None] | None = None
         self.closed = False
         self.delivered = 0
 
@@ -137,10 +141,12 @@ class Hub:
 
         Raises UNAVAILABLE once the hub is closed, FAILED_PRECONDITION when the
         session or its user was invalidated after ``ticket`` was taken (and
-        UNAVAILABLE when that can no longer be told: fail closed).
+        UNAVAILABLE when that can no longer be told: fail closed). A ticket taken
+        before the push stream last came back registers, then goes to ``on_recheck``.
         """
         if self.closed:
             raise SHUTTING_DOWN
+        verdict = Verdict.CLEAR
         if ticket is not None:
             verdict = self.revocations.revoked_since(ticket, user_id, device_session_id)
             if verdict is Verdict.REVOKED:
@@ -152,6 +158,8 @@ class Hub:
         sessions.setdefault(device_session_id, set()).add(sub)
         self._session_user[device_session_id] = user_id
         self._count += 1
+        if verdict is Verdict.RECHECK and self.on_recheck is not None:
+            self.on_recheck(sub)
         return sub
 
     def unregister(self, sub: Subscription) -> None:
@@ -170,6 +178,10 @@ class Hub:
             self._session_user.pop(sub.device_session_id, None)
             if not sessions:
                 del self._users[sub.user_id]
+
+    def open_sessions(self) -> list[tuple[str, str]]:
+        """Every (user_id, device_session_id) with at least one registered stream."""
+        return [(user_id, session) for user_id, sessions in self._users.items() for session in sessions]
 
     def _matching(self, user_id: str, device_session_id: str) -> list[Subscription]:
         sessions = self._users.get(user_id)

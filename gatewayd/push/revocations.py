@@ -17,6 +17,11 @@ outstanding is younger than it (with no subscription being verified nothing is
 kept at all), and at most ``max_tombstones`` are kept. A ticket older than a
 tombstone dropped for that bound can no longer be answered for certain:
 ``revoked_since`` then says ``UNKNOWN`` and the caller fails closed.
+
+When the push stream was down, invalidations may have been missed without any
+tombstone at all. ``mark_recheck`` (run when the stream is back, see
+``resync.py``) makes every ticket taken before it answer ``RECHECK``: the
+subscription may register, but its session must be looked up again.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class Verdict(enum.Enum):
     CLEAR = "clear"
     REVOKED = "revoked"
     UNKNOWN = "unknown"  # a tombstone it might need was dropped to keep the bound
+    RECHECK = "recheck"  # verified before the push stream came back: invalidations may have been missed
 
 
 class Ticket:
@@ -56,6 +62,8 @@ class Revocations:
         self._tickets: dict[Ticket, None] = {}
         # Tickets older than this may have lost a tombstone to the bound.
         self._floor = 0
+        # Tickets older than this were taken before the push stream last came back.
+        self._recheck_floor = 0
 
     def __len__(self) -> int:
         """How many tombstones are kept right now."""
@@ -89,6 +97,11 @@ class Revocations:
             _, dropped = self._tombstones.popitem(last=False)
             self._floor = dropped
 
+    def mark_recheck(self) -> None:
+        """Invalidations may have been missed until now: tickets taken before say ``RECHECK``."""
+        self._seq += 1
+        self._recheck_floor = self._seq
+
     def revoked_since(self, ticket: Ticket, user_id: str, device_session_id: str) -> Verdict:
         """Whether ``device_session_id`` (of ``user_id``) was invalidated after ``ticket`` was taken."""
         since = ticket.since
@@ -96,7 +109,9 @@ class Revocations:
             seq = self._tombstones.get(key)
             if seq is not None and seq > since:
                 return Verdict.REVOKED
-        return Verdict.UNKNOWN if since < self._floor else Verdict.CLEAR
+        if since < self._floor:
+            return Verdict.UNKNOWN
+        return Verdict.RECHECK if since < self._recheck_floor else Verdict.CLEAR
 
     def _prune(self) -> None:
         if not self._tickets:

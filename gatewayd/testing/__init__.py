@@ -26,7 +26,9 @@ For teams that write clients of gatewayd and for gatewayd's own tests:
 - ``redis``: a private ``redis-server``; ``redis_ha``: a primary, a replica and sentinels
   (``SentinelCluster``); ``certs``: a private CA issuing server and client certificates
   (``TestCA``); ``netns``: hosts in network namespaces on a private LAN (``NetnsLab``);
-  ``procs``: child processes with a bound; ``loopback``: ``url`` / ``target`` of a loopback port.
+  ``tcp_proxy``: ``FaultProxy``, a loopback TCP proxy that cuts, restores and adds latency
+  on command; ``procs``: child processes with a bound; ``loopback``: ``url`` / ``target`` of a
+  loopback port.
 
 Nothing here imports pytest except ``plugin``. The names in ``__all__`` are importable from
 this package and load their module on first use: pytest imports the plugin (and so this

@@ -14,6 +14,7 @@ from twisted.internet import defer, protocol, reactor
 from gatewayd._proto.push.v1 import push_pb2
 from gatewayd.backend.push_consumer import PushConsumer
 from gatewayd.rpc.client import H2ClientConnection
+from gatewayd.testing.wait import until
 
 PEER = os.path.join(os.path.dirname(__file__), "..", "peers", "push_server.py")
 TIMEOUT = 10.0
@@ -245,3 +246,26 @@ async def test_stop_while_connecting_abandons_the_dial() -> None:
     assert cancelled == [True]
     assert consumer.state == "stopped"
     assert not consumer.pending_delayed_call
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_subscribed_runs_once_per_call_once_the_server_has_read_it(peers: Any) -> None:
+    peer = await peers()
+    sink = EventSink()
+    seen: list[int] = []  # the peer's "subscribed" count when on_subscribed ran
+    consumer = make_consumer(peer.port, sink, on_subscribed=lambda: seen.append(peer.count("subscribed")))
+    consumer.start()
+    # grpc-core runs handlers on its own threads, so the PING ACK (not the handler's report) is
+    # what says the request was read; the peer's own line follows in its own time.
+    await until(lambda: seen == [0] or seen == [1], "on_subscribed for the first call")
+    await peer.wait_line("subscribed", 1)
+    peer.send(cmd="event", **client_event("e1"))
+    await sink.wait(1)
+    assert len(seen) == 1 and consumer.subscriptions == 1  # events do not run it again
+
+    peer.send(cmd="end", code="UNAVAILABLE", message="rotating")
+    await peer.wait_line("subscribed", 2)
+    await until(lambda: len(seen) == 2, "on_subscribed for the second call")
+    assert consumer.subscriptions == 2
+    await bounded(consumer.stop())
+    assert consumer_calls(consumer, consumer.connection) == []

@@ -437,17 +437,60 @@ def test_consumer_keepalive_pings_and_drops_a_connection_whose_ack_is_late() -> 
     consumer.start()
     conn = FakeConnection()
     dialer.attempts[0].callback(conn)
+    assert len(conn.pings) == 1  # right behind the request: it confirms the subscription
+    conn.pings[0].callback(0.01)
     clock.advance(29.9)
-    assert conn.pings == []
-    clock.advance(0.1)
     assert len(conn.pings) == 1
-    conn.pings[0].callback(0.01)  # answered: the next ping is due one interval later
-    clock.advance(30.0)
+    clock.advance(0.1)
     assert len(conn.pings) == 2
+    conn.pings[1].callback(0.01)  # answered: the next ping is due one interval later
+    clock.advance(30.0)
+    assert len(conn.pings) == 3
     clock.advance(4.9)
     assert not conn.aborted
     clock.advance(0.1)  # no ACK within the timeout
     assert conn.aborted
     assert consumer.state == "backoff"
+    result_of(consumer.stop())
+    assert clock.getDelayedCalls() == []
+
+
+def test_on_subscribed_runs_once_per_call_at_the_ping_ack_or_the_first_message() -> None:
+    clock, dialer = Clock(), Dialer()
+    subscribed: list[int] = []
+    consumer = PushConsumer(clock, dialer, "gw", lambda e: None, 1.0, 8.0, random=lambda: 1.0,
+                            keepalive_timeout_s=5.0, on_subscribed=lambda: subscribed.append(len(subscribed)))
+    consumer.start()
+    first = FakeConnection()
+    dialer.attempts[0].callback(first)
+    assert consumer.connected and subscribed == []  # the request is written, not yet known read
+    first.pings[0].callback(0.01)
+    assert subscribed == [0]
+    event = push_pb2.PushEvent(session_invalidation=push_pb2.SessionInvalidation(user_id="u"))
+    first.on_message(event.SerializeToString())
+    assert subscribed == [0]  # once per call
+
+    # The next call: its first message comes before the PING ACK, and the late ACK changes nothing.
+    assert first.call is not None
+    first.call.callback((Code.UNAVAILABLE, "bye"))
+    clock.advance(retry_delay(clock))
+    second = FakeConnection()
+    dialer.attempts[1].callback(second)
+    second.on_message(event.SerializeToString())
+    assert subscribed == [0, 1] and consumer.subscriptions == 2
+    second.pings[0].callback(0.01)
+    assert subscribed == [0, 1]
+
+    # A call whose PING is never answered (and that sends nothing) is dropped: no on_subscribed.
+    assert second.call is not None
+    second.call.callback((Code.UNAVAILABLE, "bye"))
+    clock.advance(retry_delay(clock))
+    third = FakeConnection()
+    dialer.attempts[2].callback(third)
+    clock.advance(4.9)
+    assert not third.aborted
+    clock.advance(0.1)
+    assert third.aborted and consumer.state == "backoff"
+    assert subscribed == [0, 1]
     result_of(consumer.stop())
     assert clock.getDelayedCalls() == []
