@@ -184,10 +184,14 @@ timeout_s = 1.0
 """)
 
 
-def start_world(work: Path, redis_proxy: bool, backend_timeout_s: float = 2.0, h2_closed_streams: int = 0) -> World:
+def start_world(work: Path, redis_proxy: bool, backend_timeout_s: float = 2.0, h2_closed_streams: int = 0,
+                tracemalloc: bool = False) -> World:
     world = World(work)
     if h2_closed_streams:
         world.twist = [PYTHON, str(ROOT / "bench" / "twist_h2closed.py"), str(h2_closed_streams)]
+    if tracemalloc:
+        # Both gateways append to one file; each section names the time it was taken.
+        world.twist = [PYTHON, str(ROOT / "bench" / "twist_tracemalloc.py"), str(work / "tracemalloc.txt")]
     work.mkdir(parents=True, exist_ok=True)
     world.redis_port, world.http, world.push, world.control, world.port = (free_port() for _ in range(5))
     world.metrics_ports = [free_port(), free_port()]
@@ -615,7 +619,8 @@ def measure_capacity(world: World, seconds: float) -> dict[str, Any]:
 
 def run_soak(args: argparse.Namespace) -> None:
     stamp, work = new_work("soak")
-    world = start_world(work, redis_proxy=False, h2_closed_streams=args.h2_closed_streams)
+    world = start_world(work, redis_proxy=False, h2_closed_streams=args.h2_closed_streams,
+                        tracemalloc=args.tracemalloc)
     samples: list[dict[str, Any]] = []
     try:
         sessions, _ = prepare_sessions(world, args.users, fanout=False)
@@ -627,7 +632,11 @@ def run_soak(args: argparse.Namespace) -> None:
         wait_line(client, "ready", 120)
         t0 = time.monotonic()
         names = {"gw0": world.gateways[0], "gw1": world.gateways[1], "backend": world.backend, "redis": world.redis}
+        baseline_taken = False
         while time.monotonic() - t0 < duration + 5 and client.popen.poll() is None:
+            if args.tracemalloc and not baseline_taken and time.monotonic() - t0 >= 120:
+                baseline_taken = True
+                snapshot(world)
             sample: dict[str, Any] = {"t": round(time.monotonic() - t0, 1),
                                       "loadavg": float(Path("/proc/loadavg").read_text().split()[0])}
             for name, proc in names.items():
@@ -639,6 +648,8 @@ def run_soak(args: argparse.Namespace) -> None:
             time.sleep(10)
         # reuseport spreads connections by hash: say where the client's ended up.
         connections = world.metric("gatewayd_connections_open")
+        if args.tracemalloc:
+            snapshot(world)
         summary = finish_client(client)
     finally:
         world.stop()
@@ -655,6 +666,16 @@ def run_soak(args: argparse.Namespace) -> None:
     out.write_text(json.dumps(report, indent=1))
     print(render_soak(report))
     log(f"results in {out}")
+
+
+def snapshot(world: World) -> None:
+    """SIGUSR2 to each gateway (``bench/twist_tracemalloc.py``): a baseline first, then the growth since."""
+    import signal
+
+    for proc in world.gateways:
+        if proc is not None and proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGUSR2)
+            time.sleep(5)  # a snapshot of a large heap takes a while; one at a time
 
 
 def rss_verdict(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -716,6 +737,8 @@ def main() -> None:
     s.add_argument("--fraction", type=float, default=0.7)
     s.add_argument("--users", type=int, default=8)
     s.add_argument("--capacity-s", type=float, default=15.0, help="length of the capacity measurement")
+    s.add_argument("--tracemalloc", action="store_true",
+                   help="diagnostic: gateways under tracemalloc; growth by source line in tracemalloc.txt")
     s.add_argument("--h2-closed-streams", type=int, default=0,
                    help="diagnostic: run the gateways with h2 remembering at most N closed streams per connection")
     args = parser.parse_args()
