@@ -219,7 +219,7 @@ def start_world(work: Path, redis_proxy: bool, backend_timeout_s: float = 2.0, h
             world.start_gateway(i)
         for proc in world.gateways:
             assert proc is not None
-            world.wait_gateway(proc)
+            world.wait_gateway(proc, timeout_s=120.0 if tracemalloc else 30.0)
     except BaseException:
         world.stop()
         raise
