@@ -120,6 +120,12 @@ class ServerH2Connection(h2.connection.H2Connection):
     tests/unit/test_h2_adapter.py pins frames, events and errors to stock h2's.
     """
 
+    # How a forgotten stream was closed decides only how h2 answers a late frame on it (ignored
+    # after a reset, else RST_STREAM STREAM_CLOSED). h2 remembers 65,536 per connection (~7 MB on a
+    # busy long-lived connection: the largest steady growth in the 30-minute soak,
+    # docs/reliability.md); a few thousand covers any late frame in flight.
+    MAX_CLOSED_STREAMS = 4096
+
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config=config)
         decoder = RememberingDecoder()

@@ -270,3 +270,18 @@ def test_closed_streams_are_still_forgotten() -> None:
         most = max(most, len(ours.streams))
     assert most <= 128
     assert 1 not in ours.streams and ours._closed_streams[1] is not None  # forgotten as h2 forgets
+
+
+def test_closed_streams_remembered_are_bounded() -> None:
+    ours = server_connection(H2Limits())
+    ours.receive_data(PREFACE)
+    encoder = hpack.Encoder()
+    for i in range(6000):
+        sid = 2 * i + 1
+        ours.receive_data(HeadersFrame(sid, encoder.encode(REQUEST), flags=["END_HEADERS", "END_STREAM"]).serialize())
+        ours.send_headers(sid, [(b":status", b"204")], end_stream=True)
+    assert ServerH2Connection.MAX_CLOSED_STREAMS < h2.connection.H2Connection.MAX_CLOSED_STREAMS
+    assert 0 < len(ours._closed_streams) <= ServerH2Connection.MAX_CLOSED_STREAMS
+    # A late WINDOW_UPDATE on a stream forgotten long ago is still ignored, not an error.
+    events = ours.receive_data(WindowUpdateFrame(1, 1).serialize())
+    assert events == []
