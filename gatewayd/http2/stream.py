@@ -149,7 +149,7 @@ class H2Stream:
                 window -= size
                 last = not queue and self._end_queued and self._trailers is None
                 if last:
-                    h2conn.send_data(sid, chunk, end_stream=True)
+                    send_data_frame(h2conn, h2stream, chunk, end_stream=True)
                     self.conn.stream_done(self)
                     return
                 send_data_frame(h2conn, h2stream, chunk)
