@@ -141,13 +141,14 @@ def _post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return json.loads(r.read())
 
 
-def login(port: int, n: int, emails: int = 1) -> list[dict[str, str]]:
-    """``n`` device sessions over the public API (dev code 000000), spread over ``emails`` users."""
+def login(port: int, n: int, emails: int = 1, email: str | None = None) -> list[dict[str, str]]:
+    """``n`` device sessions over the public API (dev code 000000), spread over ``emails`` users
+    (or all of the one user ``email``)."""
     sessions = []
     for i in range(n):
         key = SigningKey.generate()
-        email = f"bench{i % emails}@example.com"
-        challenge = _post(port, "send-email-code", {"email": email})["challenge_id"]
+        email_i = email or f"bench{i % emails}@example.com"
+        challenge = _post(port, "send-email-code", {"email": email_i})["challenge_id"]
         answer = _post(port, "confirm-email-code", {
             "challenge_id": challenge, "code": "000000",
             "client_public_key": base64.b64encode(bytes(key.verify_key)).decode()})

@@ -25,7 +25,6 @@ markdown summary on stdout (copied into docs/reliability.md).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import math
 import statistics
@@ -38,8 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from nacl.signing import SigningKey
 
 from bench._common import (
     CLIENT_CORE,
@@ -56,7 +53,8 @@ from bench._common import (
     start,
     wait_port,
 )
-from bench._stack import BIG, _post
+from bench._stack import BIG
+from bench._stack import login as stack_login
 from gatewayd.signing import GatewayKey
 
 RESULTS = ROOT / "bench" / "results"
@@ -228,16 +226,7 @@ def start_world(work: Path, redis_proxy: bool, backend_timeout_s: float = 2.0, h
 
 def login(port: int, email: str, n: int) -> list[dict[str, str]]:
     """``n`` device sessions of one user over the public API (dev code 000000)."""
-    sessions = []
-    for _ in range(n):
-        key = SigningKey.generate()
-        challenge = _post(port, "send-email-code", {"email": email})["challenge_id"]
-        answer = _post(port, "confirm-email-code", {
-            "challenge_id": challenge, "code": "000000",
-            "client_public_key": base64.b64encode(bytes(key.verify_key)).decode()})
-        sessions.append({"device_session_id": answer["device_session_id"], "user_id": answer["user_id"],
-                         "seed_hex": bytes(key).hex()})
-    return sessions
+    return stack_login(port, n, email=email)
 
 
 def prepare_sessions(world: World, users: int, fanout: bool) -> tuple[Path, str]:
