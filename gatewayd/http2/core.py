@@ -41,7 +41,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from gatewayd.http2.h2adapter import MAX_STREAM_ID, goaway_frame, server_connection, still_open
+from gatewayd.http2.h2adapter import MAX_STREAM_ID, HeaderBlockTooLarge, goaway_frame, server_connection, still_open
 from gatewayd.http2.limits import H2Limits, RapidResetMeter, TokenBucket, TurnBudget
 from gatewayd.http2.request_headers import parse_request_headers_cached
 from gatewayd.http2.send_timeout import SendTimeout
@@ -144,8 +144,9 @@ class ServerConnectionCore:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
             code = getattr(e, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            reason = str(e) if isinstance(e, HeaderBlockTooLarge) else f"protocol error: {type(e).__name__}"
             # receive_data() queued its own GOAWAY before raising; a second one would contradict it.
-            self._go_away(code, f"protocol error: {type(e).__name__}", queued=True)
+            self._go_away(code, reason, queued=True)
             return
         self._events.extend(events)
         if self._resume_call is None:

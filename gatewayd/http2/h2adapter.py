@@ -21,12 +21,13 @@ import h2.settings
 from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from h2.exceptions import StreamClosedError, StreamIDTooLowError
+from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamInputs, StreamState
 from hpack.hpack import Decoder, encode_integer
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
-from hyperframe.frame import GoAwayFrame, RstStreamFrame
+from hyperframe.frame import ContinuationFrame, GoAwayFrame, RstStreamFrame
 
 from gatewayd.http2.limits import H2Limits
 from gatewayd.transport.exchange import HeaderList
@@ -183,6 +184,53 @@ class ServerH2Connection(h2.connection.H2Connection):
         return super().open_inbound_streams
 
 
+def max_header_block_bytes(max_header_list_bytes: int) -> int:
+    """The most raw (HPACK-encoded) bytes one request header block may have.
+
+    No block the decoder would accept comes near it. The header list limit counts each field as
+    name + value + 32 bytes (RFC 7541 4.1). Encoded, a string takes at most 30/8 of its length
+    (HPACK's longest Huffman code, 30 bits, for one octet: a client may Huffman-code even when that
+    is longer), plus its length prefix and a padding byte; a field's representation and prefixes
+    stay well under 30/8 x 32 = 120 bytes. So an acceptable block is at most 30/8 of the limit;
+    4x leaves room for the dynamic table size updates that may open a block.
+    """
+    return 4 * max_header_list_bytes
+
+
+class HeaderBlockTooLarge(h2.exceptions.DenialOfServiceError):
+    """A header block passed ``max_header_block_bytes`` (GOAWAY ENHANCE_YOUR_CALM, like h2's other
+    DenialOfServiceErrors)."""
+
+
+class BoundedFrameBuffer(FrameBuffer):
+    """h2's frame buffer for a server, refusing a header block as soon as its raw bytes pass
+    ``max_block_bytes``.
+
+    h2 collects a block's HEADERS and CONTINUATION frames until END_HEADERS and only then
+    decodes it, checking the header list limit: a peer that sends CONTINUATION frames without
+    end is refused only at h2's 65th frame, 1 MiB at the default frame size, per connection.
+    Here the frame that takes the block past the bound raises ``HeaderBlockTooLarge``, which
+    h2's ``receive_data`` answers as it does any ProtocolError (GOAWAY with its code, then
+    raise). Frames and errors are otherwise h2's own: tests/unit/test_h2_adapter.py.
+    """
+
+    def __init__(self, max_block_bytes: int) -> None:
+        super().__init__(server=True)
+        self.max_block_bytes = max_block_bytes
+
+    def _update_header_buffer(self, f: Any) -> Any:
+        frame: Any = FrameBuffer._update_header_buffer(self, f)  # (not super(): this runs for every frame)
+        if type(f) is ContinuationFrame and frame is not f:
+            # f continued a block: still waiting for END_HEADERS (h2 keeps at most 64 frames), or
+            # ended and joined in ``frame``. (A CONTINUATION out of nowhere is h2's error to raise.)
+            pending = self._headers_buffer
+            size = sum(len(p.data) for p in pending) if pending else len(frame.data)
+            if size > self.max_block_bytes:
+                msg = f"header block on stream {f.stream_id} over {self.max_block_bytes} bytes (CONTINUATION flood)"
+                raise HeaderBlockTooLarge(msg)
+        return frame
+
+
 def server_config() -> h2.config.H2Configuration:
     """The h2 configuration of every server connection."""
     return h2.config.H2Configuration(
@@ -211,6 +259,7 @@ def server_connection(limits: H2Limits) -> ServerH2Connection:
     )
     # Enforce our header limit from the first frame, not only once the peer ACKs.
     conn.decoder.max_header_list_size = limits.max_header_list_bytes
+    conn.incoming_buffer = BoundedFrameBuffer(max_header_block_bytes(limits.max_header_list_bytes))
     conn.local_settings.acknowledge()
     # h2 treats a stream over the advertised MAX_CONCURRENT_STREAMS as a connection error,
     # which kills every stream of a client that raced our SETTINGS. RFC 9113 5.1.2 allows

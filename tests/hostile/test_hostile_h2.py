@@ -23,6 +23,8 @@ from twisted.internet import defer, reactor, task
 from gatewayd.client.client import EXECUTE_COMMAND_PATH, SUBSCRIBE_EVENTS_PATH, DeviceSession, GatewayClient
 from gatewayd.client.keys import DeviceKey
 from gatewayd.client.sign import sign_request
+from gatewayd.config import ServerConfig
+from gatewayd.http2.h2adapter import max_header_block_bytes
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.framing import encode_frame
 from gatewayd.testing.client import login, new_email, signed_subscribe_request
@@ -67,19 +69,28 @@ def _request_block_prefix() -> bytes:
 
 @pytest_twisted.ensureDeferred
 async def test_continuation_flood_is_cut_off(gateway: GatewayProcess) -> None:
-    # HEADERS without END_HEADERS, then CONTINUATION frames without end: 8 connections at once,
-    # each offering 64 MiB of header block. A server that kept collecting would hold 512 MiB.
+    # HEADERS without END_HEADERS, then CONTINUATION frames without end.
+    bound = max_header_block_bytes(ServerConfig().max_header_list_bytes)
+    preamble = h2_preamble(HeadersFrame(1, _request_block_prefix()))  # no END_HEADERS
+    continuation = ContinuationFrame(1, b"\x00" * 16384).serialize()  # no END_HEADERS either
     async with attack(gateway) as state:
-        preamble = h2_preamble(HeadersFrame(1, _request_block_prefix()))  # no END_HEADERS
-        continuation = ContinuationFrame(1, b"\x00" * 16384).serialize()  # no END_HEADERS either
+        # Twice the bound, then nothing more: the gateway closes having read no more than that
+        # (h2 alone would wait for 64 frames, 1 MiB, and this flood would stall unanswered).
+        result = await _sampling(state, flood(gateway.port, preamble, continuation, 2 * bound))
+        assert result.closed and not result.stalled, (result.sent, result.frames)
+        assert result.goaways == [(0, ErrorCodes.ENHANCE_YOUR_CALM)], result.frames
+        # 8 connections at once, each offering 64 MiB of header block. A server that kept
+        # collecting would hold 512 MiB.
         floods = [flood(gateway.port, preamble, continuation * 4, 64 * MIB) for _ in range(8)]
         results = await _sampling(state, defer.gatherResults(floods, consumeErrors=True))
         for result in results:
-            # Refused with GOAWAY long before the budget: h2 takes at most 64 CONTINUATION frames
-            # (what we count as sent includes the kernel's socket buffers, several MiB on loopback).
+            # Refused with GOAWAY long before the budget (what we count as sent includes the
+            # kernel's socket buffers, several MiB on loopback).
             assert result.closed and result.sent < 32 * MIB, (result.sent, result.goaways)
-            assert [code for _, code in result.goaways] == [ErrorCodes.PROTOCOL_ERROR], result.frames
+            assert [code for _, code in result.goaways] == [ErrorCodes.ENHANCE_YOUR_CALM], result.frames
             assert not any(isinstance(f, HeadersFrame) for f in result.frames)
+    await until(lambda: gateway.text().count(f"header block on stream 1 over {bound} bytes") == 9,
+                "the gateway to log each refusal", interval=0.05)
 
 
 async def _sampling(state: Attack, d: defer.Deferred[T]) -> T:

@@ -17,12 +17,26 @@ import h2.exceptions
 import h2.settings
 import hpack
 import pytest
+from h2.errors import ErrorCodes
 from h2.stream import StreamState
-from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
+from hpack.hpack import encode_integer
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 from gatewayd.http2 import h2adapter
 from gatewayd.http2.h2adapter import MAX_STREAM_ID, ServerH2Connection, goaway_frame, server_config, server_connection
 from gatewayd.http2.limits import H2Limits
+from gatewayd.testing.raw_h2 import FrameReader
 
 LIMITS = H2Limits(max_concurrent_streams=5, max_header_list_bytes=4096, initial_window_size=1 << 20)
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/x"), (b":authority", b"a")]
@@ -285,3 +299,105 @@ def test_closed_streams_remembered_are_bounded() -> None:
     # A late WINDOW_UPDATE on a stream forgotten long ago is still ignored, not an error.
     events = ours.receive_data(WindowUpdateFrame(1, 1).serialize())
     assert events == []
+
+
+# --- header blocks in CONTINUATION frames ----------------------------------------------------
+
+WORST_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+
+
+def _huffman_literal(data: bytes) -> bytes:
+    coded = WORST_HUFFMAN.encode(data)
+    prefix = encode_integer(len(coded), 7)
+    prefix[0] |= 0x80
+    return bytes(prefix) + coded
+
+
+def _largest_acceptable_block(list_bytes: int) -> bytes:
+    """A header block whose header list is exactly ``list_bytes`` (RFC 7541 4.1 sizes), the request's
+    pseudo-headers and then fields whose names and values are all octets with HPACK's longest
+    Huffman code (30 bits), Huffman-coded anyway: as many raw bytes as the limit lets a block have."""
+    block = h2adapter.stateless_block(REQUEST)
+    assert block is not None
+    left = list_bytes - sum(len(n) + len(v) + 32 for n, v in REQUEST)
+    while left > 0:
+        value = min(1000, left - 33)
+        block += b"\x00" + _huffman_literal(b"\n") + _huffman_literal(b"\n" * value)  # literal, new name
+        left -= 1 + value + 32
+    assert left == 0
+    return block
+
+
+def _in_frames(block: bytes, size: int, end_headers: bool = True) -> list[bytes]:
+    """``block`` as HEADERS then CONTINUATION frames on stream 1, ``size`` bytes each."""
+    pieces = [block[i : i + size] for i in range(0, len(block), size)]
+    frames = [HeadersFrame(1, pieces[0], flags=["END_STREAM"])]
+    frames += [ContinuationFrame(1, piece) for piece in pieces[1:]]
+    if end_headers:
+        frames[-1].flags.add("END_HEADERS")
+    return [f.serialize() for f in frames]
+
+
+def _connected(conn: h2.connection.H2Connection) -> h2.connection.H2Connection:
+    conn.receive_data(PREFACE + SettingsFrame(0).serialize())
+    conn.data_to_send()
+    return conn
+
+
+def test_the_raw_header_block_bound_exceeds_any_block_the_header_list_limit_accepts() -> None:
+    block = _largest_acceptable_block(LIMITS.max_header_list_bytes)
+    bound = h2adapter.max_header_block_bytes(LIMITS.max_header_list_bytes)
+    assert 3.4 * LIMITS.max_header_list_bytes < len(block) <= bound  # near 30/8 of the limit, under 4x
+    server = _connected(server_connection(LIMITS))
+    events = []
+    for frame in _in_frames(block, 700):
+        events += server.receive_data(frame)
+    [request] = [e for e in events if isinstance(e, h2.events.RequestReceived)]
+    expected = hpack.Decoder()
+    expected.max_header_list_size = LIMITS.max_header_list_bytes
+    assert request.headers == expected.decode(block, raw=True)
+    # One byte more of header list is the decoder's to refuse, as it was.
+    bigger = _largest_acceptable_block(LIMITS.max_header_list_bytes + 1)
+    server = _connected(server_connection(LIMITS))
+    with pytest.raises(h2.exceptions.DenialOfServiceError) as refused:
+        for frame in _in_frames(bigger, 700):
+            server.receive_data(frame)
+    assert type(refused.value) is h2.exceptions.DenialOfServiceError
+
+
+def _goaway_code(data: bytes) -> int:
+    [goaway] = [f for f in FrameReader().feed(data) if isinstance(f, GoAwayFrame)]
+    return goaway.error_code
+
+
+def test_a_continuation_flood_is_refused_at_the_frame_that_passes_the_bound() -> None:
+    bound = h2adapter.max_header_block_bytes(LIMITS.max_header_list_bytes)
+    frames = _in_frames(b"\x00" * 60 * 1000, 1000, end_headers=False)  # no END_HEADERS, ever
+    stock = _connected(h2.connection.H2Connection(server_config()))
+    for frame in frames:
+        assert stock.receive_data(frame) == []  # h2 alone holds all 60 frames, and would take 4 more
+    server = _connected(server_connection(LIMITS))
+    for frame in frames[: bound // 1000]:
+        assert server.receive_data(frame) == []
+    with pytest.raises(h2adapter.HeaderBlockTooLarge, match=f"stream 1 over {bound} bytes"):
+        server.receive_data(frames[bound // 1000])
+    assert _goaway_code(server.data_to_send()) == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_a_block_ended_past_the_bound_is_refused_before_decoding() -> None:
+    bound = h2adapter.max_header_block_bytes(LIMITS.max_header_list_bytes)
+    server = _connected(server_connection(LIMITS))
+    first, last = _in_frames(b"\x00" * (bound + 1), bound // 2 + 1)
+    assert server.receive_data(first) == []
+    with pytest.raises(h2adapter.HeaderBlockTooLarge):
+        server.receive_data(last)
+
+
+def test_frames_out_of_order_in_a_block_are_still_h2s_protocol_error() -> None:
+    server = _connected(server_connection(LIMITS))
+    first, _ = _in_frames(b"\x00" * 2000, 1000)
+    server.receive_data(first)
+    with pytest.raises(h2.exceptions.ProtocolError, match="Invalid frame during header block") as refused:
+        server.receive_data(PingFrame(0, b"12345678").serialize())
+    assert not isinstance(refused.value, h2.exceptions.DenialOfServiceError)
+    assert _goaway_code(server.data_to_send()) == ErrorCodes.PROTOCOL_ERROR

@@ -9,10 +9,12 @@ from __future__ import annotations
 import gc
 
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame, PingFrame, SettingsFrame
+from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame, PingFrame, SettingsFrame
+from twisted.logger import capturedLogs, formatEvent
 
 from gatewayd._proto.gateway.v1 import gateway_pb2
 from gatewayd.config import ServerConfig
+from gatewayd.http2.h2adapter import max_header_block_bytes
 from gatewayd.http2.stream import H2Stream
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.framing import encode_frame
@@ -203,6 +205,25 @@ def test_oversized_header_block_closes_the_connection() -> None:
     # GOAWAY(ENHANCE_YOUR_CALM) naming the last stream processed, then close.
     assert pair.client.goaways == [(ok, ErrorCodes.ENHANCE_YOUR_CALM)]
     assert pair.client.responses[huge].headers is None and pair.closed
+
+
+def test_continuation_flood_gets_goaway_once_the_raw_block_passes_its_bound() -> None:
+    pair = CorePair(ServerConfig(max_header_list_bytes=4096))
+    ok = pair.open(CHECK, CHECK_BODY)
+    pair.turn()
+    bound = max_header_block_bytes(4096)
+    pair.client.write_frame(HeadersFrame(3, b"\x00" * 1000))  # no END_HEADERS, and none to come
+    with capturedLogs() as events:
+        for block_bytes in range(1000, 64 * 1000, 1000):  # noqa: B007 (read after the loop)
+            pair.pump()
+            if pair.closed:
+                break
+            pair.client.write_frame(ContinuationFrame(3, b"\x00" * 1000))
+    # Refused at the frame that took the block past the bound, not at h2's 64th frame.
+    assert block_bytes == bound + 1000 - bound % 1000
+    assert pair.client.goaways == [(ok, ErrorCodes.ENHANCE_YOUR_CALM)]
+    [line] = [formatEvent(e) for e in events if "closing HTTP/2" in e.get("log_format", "")]
+    assert f"header block on stream 3 over {bound} bytes (CONTINUATION flood)" in line, line
 
 
 def test_concurrent_stream_limit_counts_running_handlers() -> None:
