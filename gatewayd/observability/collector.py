@@ -21,6 +21,7 @@ from gatewayd.observability.stats import (
     HubStats,
     PoolStatsLike,
     PushConsumerStats,
+    ResyncStats,
     StatsSource,
     StatsSources,
 )
@@ -36,6 +37,12 @@ HUB: Sequence[Family[HubStats]] = (
     (_G, "gatewayd_push_streams_open", "Open SubscribeEvents streams.", lambda s: s.streams_open),
     (_C, "gatewayd_push_events_delivered", "Client events written to streams (one per matching stream).",
      lambda s: s.events_delivered),
+    (_C, "gatewayd_push_streams_revoked",
+     "Streams ended FAILED_PRECONDITION by a session invalidation (received, or found by a resync).",
+     lambda s: s.streams_revoked),
+    (_C, "gatewayd_push_subscriptions_refused",
+     "SubscribeEvents calls refused at registration: their session was invalidated while they were verified.",
+     lambda s: s.subscriptions_refused),
 )
 DISPATCHER: Sequence[Family[DispatcherStats]] = (
     (_C, "gatewayd_push_events_in", "Client events received from the backend's push stream.",
@@ -54,6 +61,20 @@ PUSH: Sequence[Family[PushConsumerStats]] = (
      lambda s: s.malformed_messages),
     (_C, "gatewayd_push_consumer_unknown_events", "Push events of a kind this gateway does not know.",
      lambda s: s.unknown_events),
+)
+RESYNC: Sequence[Family[ResyncStats]] = (
+    (_C, "gatewayd_push_resyncs", "Session re-checks started because the push stream (re)subscribed.",
+     lambda s: s.runs),
+    (_C, "gatewayd_push_resync_sessions_checked", "Session lookups a resync had answered.",
+     lambda s: s.sessions_checked),
+    (_C, "gatewayd_push_resync_sessions_revoked", "Sessions a resync found gone, not active or moved.",
+     lambda s: s.sessions_revoked),
+    (_C, "gatewayd_push_resync_lookup_errors", "Session lookups of a resync that failed (streams ended UNAVAILABLE).",
+     lambda s: s.lookup_errors),
+    (_C, "gatewayd_push_resync_streams_ended", "Streams a resync ended (FAILED_PRECONDITION or UNAVAILABLE).",
+     lambda s: s.streams_ended),
+    (_G, "gatewayd_push_resync_pending", "Sessions a resync has still to look up (queued or in flight).",
+     lambda s: s.pending),
 )
 BACKEND_POOL: Sequence[Family[PoolStatsLike]] = (
     (_G, "gatewayd_backend_pool_connections_max", "The backend pool's connection limit.",
@@ -98,6 +119,7 @@ class GatewayCollector(Collector):
                                     "RPCs started and not yet finished (streams included).",
                                     value=len(s.calls_in_flight))
         yield from _families(s.push, PUSH)
+        yield from _families(s.resync, RESYNC)
         if s.push is not None:
             state = s.push.stats.state
             yield StateSetMetricFamily(

@@ -28,6 +28,7 @@ def attach(gateway: Gateway, metrics: GatewayMetrics) -> None:
         dispatcher=gateway.dispatcher,
         connections=gateway.factory,
         push=gateway.push,
+        resync=gateway.resync,
         backend_pool=gateway.backend,
         calls_in_flight=gateway.rpc.active,
     )

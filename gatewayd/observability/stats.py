@@ -23,10 +23,13 @@ class StatsSource(Protocol[T_co]):
 
 @dataclass(frozen=True, slots=True)
 class HubStats:
-    """The push hub: open SubscribeEvents streams, events written to streams so far."""
+    """The push hub: open SubscribeEvents streams, events written to streams so far, streams ended by
+    an invalidation, subscriptions refused at registration (invalidated while being verified)."""
 
     streams_open: int
     events_delivered: int
+    streams_revoked: int
+    subscriptions_refused: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,19 @@ class PushConsumerStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ResyncStats:
+    """Session re-checks after the push stream (re)opens: runs, lookups answered and failed,
+    sessions found invalidated, streams those ended, sessions still queued or being looked up."""
+
+    runs: int
+    sessions_checked: int
+    sessions_revoked: int
+    lookup_errors: int
+    streams_ended: int
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatsSources:
     """What ``GatewayCollector`` reads; a part left ``None`` is left out of the scrape."""
 
@@ -63,6 +79,7 @@ class StatsSources:
     dispatcher: StatsSource[DispatcherStats] | None = None
     connections: StatsSource[ConnectionStats] | None = None
     push: StatsSource[PushConsumerStats] | None = None
+    resync: StatsSource[ResyncStats] | None = None
     backend_pool: StatsSource[PoolStatsLike] | None = None
     calls_in_flight: Sized | None = None
 

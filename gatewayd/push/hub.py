@@ -105,14 +105,17 @@ class Hub:
         self.on_recheck: Callable[[Subscription], None] | None = None
         self.closed = False
         self.delivered = 0
+        self.streams_revoked = 0
+        self.subscriptions_refused = 0
 
     def __len__(self) -> int:
         return self._count
 
     @property
     def stats(self) -> HubStats:
-        """Open streams and events delivered so far (for ``/metrics``)."""
-        return HubStats(streams_open=self._count, events_delivered=self.delivered)
+        """Open streams, events delivered, streams revoked and subscriptions refused so far (for ``/metrics``)."""
+        return HubStats(streams_open=self._count, events_delivered=self.delivered,
+                        streams_revoked=self.streams_revoked, subscriptions_refused=self.subscriptions_refused)
 
     @property
     def pending_sends(self) -> int:
@@ -150,8 +153,10 @@ class Hub:
         if ticket is not None:
             verdict = self.revocations.revoked_since(ticket, user_id, device_session_id)
             if verdict is Verdict.REVOKED:
+                self.subscriptions_refused += 1
                 raise REVOKED
             if verdict is Verdict.UNKNOWN:
+                self.subscriptions_refused += 1
                 raise UNCERTAIN
         sub = Subscription(user_id, device_session_id, stream)
         sessions = self._users.setdefault(user_id, {})
@@ -250,7 +255,9 @@ class Hub:
             user_id = self._session_user.get(device_session_id, "")
             if not user_id:
                 return 0
-        return self.end(user_id, device_session_id, REVOKED)
+        ended = self.end(user_id, device_session_id, REVOKED)
+        self.streams_revoked += ended
+        return ended
 
     def end(self, user_id: str, device_session_id: str, error: RpcError) -> int:
         """End the matching streams with ``error``; returns how many."""

@@ -37,6 +37,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from gatewayd.backend.sessions import SessionCache
+from gatewayd.observability.stats import ResyncStats
 from gatewayd.push.hub import Hub, Subscription
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
@@ -51,15 +52,17 @@ class SessionResync:
     """Run (``__call__``) by the push consumer's ``on_subscribed``.
 
     ``revoke(user_id, device_session_id)`` ends streams as an invalidation
-    does. Counters (since start): ``runs``, ``checked`` (lookups answered),
-    ``revoked`` (sessions gone or not active), ``unverified`` (lookups failed).
+    does and returns how many streams it ended. Counters (since start, in
+    ``/metrics`` through ``stats``): ``runs``, ``checked`` (lookups answered),
+    ``revoked`` (sessions gone or not active), ``unverified`` (lookups failed),
+    ``streams_ended`` (by either of the last two).
     """
 
     def __init__(
         self,
         hub: Hub,
         sessions: SessionCache,
-        revoke: Callable[[str, str], object],
+        revoke: Callable[[str, str], int],
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         if concurrency < 1:
@@ -76,12 +79,19 @@ class SessionResync:
         self.checked = 0
         self.revoked = 0
         self.unverified = 0
+        self.streams_ended = 0
         hub.on_recheck = self.recheck
 
     @property
     def pending(self) -> int:
         """Sessions queued or being looked up."""
         return len(self._queue) + self._workers
+
+    @property
+    def stats(self) -> ResyncStats:
+        """The counters and ``pending`` now (for ``/metrics``)."""
+        return ResyncStats(runs=self.runs, sessions_checked=self.checked, sessions_revoked=self.revoked,
+                           lookup_errors=self.unverified, streams_ended=self.streams_ended, pending=self.pending)
 
     def __call__(self) -> None:
         """The push stream is (back) up: forget cached sessions and re-check every open stream's."""
@@ -138,14 +148,14 @@ class SessionResync:
             self.unverified += 1
             log.warn("push resync: session lookup failed ({error}); ending its streams UNAVAILABLE",
                      error=str(e) or type(e).__name__)
-            self._hub.end(user_id, device_session_id, UNVERIFIED)
+            self.streams_ended += self._hub.end(user_id, device_session_id, UNVERIFIED)
             return
         self.checked += 1
         if session is None or not session.active or session.user_id != user_id:
             self.revoked += 1
             log.info("push resync: a session was invalidated while the push stream was down; ending its streams",
                      device_session_id=device_session_id)
-            self._revoke(user_id, device_session_id)
+            self.streams_ended += self._revoke(user_id, device_session_id)
 
 
 __all__ = ["DEFAULT_CONCURRENCY", "UNVERIFIED", "SessionResync"]

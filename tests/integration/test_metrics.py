@@ -156,6 +156,32 @@ async def test_push_streams_and_events(gateway: RunningGateway, clients: Any) ->
     assert value(samples, "gatewayd_rpc_calls_total", protocol="grpc", method=SUBSCRIBE, code="CANCELLED") == 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_revocations_and_the_streams_they_end(gateway: RunningGateway, clients: Any) -> None:
+    await gateway.gateway.push.when_connected()
+    client, _, session = await clients("grpc")
+    events: list[VerifiedEvent] = []
+    stream = client.subscribe(events.append)
+    await until(lambda: len(events) >= 1, "gateway.server_time")
+    before = await scrape(gateway)
+    assert value(before, "gatewayd_push_streams_revoked_total") == 0
+    assert value(before, "gatewayd_push_resyncs_total") >= 1  # the push stream's first subscribe
+    assert value(before, "gatewayd_push_resync_pending") == 0
+
+    assert gateway.backend.revoke_sessions(session.user_id, session.device_session_id) == 1
+    with pytest.raises(RpcCallError) as ended:
+        await stream
+    assert ended.value.code == Code.FAILED_PRECONDITION
+    samples = await scrape(gateway)
+    invalidations = "gatewayd_push_invalidations_total"
+    assert value(samples, invalidations) == value(before, invalidations) + 1
+    assert value(samples, "gatewayd_push_streams_revoked_total") == 1
+    assert value(samples, "gatewayd_push_subscriptions_refused_total") == 0
+    for name in ("gatewayd_push_resyncs_total", "gatewayd_push_resync_streams_ended_total",
+                 "gatewayd_push_resync_lookup_errors_total"):
+        assert value(samples, name) == value(before, name), name
+
+
 @pytest.mark.parametrize("over", ["http1", "h2"])
 @pytest_twisted.ensureDeferred
 async def test_other_paths_still_reach_the_public_surface(gateway: RunningGateway, over: str) -> None:

@@ -29,6 +29,7 @@ from gatewayd.testing.events import (
 )
 from gatewayd.testing.tcp_proxy import FaultProxy
 from gatewayd.testing.wait import WAIT_S, until
+from tests.integration.test_metrics import scrape, value
 
 
 @pytest_twisted.async_yield_fixture
@@ -62,6 +63,7 @@ async def test_a_revocation_missed_during_a_push_outage_ends_the_stream_once_it_
     await survivor_stream.wait_messages(1)
     await until(lambda: resync.pending == 0, "the start-up re-check to finish")
     runs_before = resync.runs
+    before = await scrape(gw)
 
     # The push stream goes down; the gateway notices.
     assert proxy.cut() == 1
@@ -80,6 +82,15 @@ async def test_a_revocation_missed_during_a_push_outage_ends_the_stream_once_it_
     await victim_stream.wait_end()
     assert victim_stream.status() == Code.FAILED_PRECONDITION, victim_stream.outcome
     assert resync.runs == runs_before + 1 and resync.revoked >= 1
+    # /metrics shows the re-check, the session it found revoked and the stream that ended.
+    await until(lambda: resync.pending == 0, "the re-check to finish")
+    samples = await scrape(gw)
+    for name, more in (("gatewayd_push_resyncs_total", 1), ("gatewayd_push_resync_sessions_checked_total", 2),
+                       ("gatewayd_push_resync_sessions_revoked_total", 1),
+                       ("gatewayd_push_resync_streams_ended_total", 1), ("gatewayd_push_streams_revoked_total", 1),
+                       ("gatewayd_push_resync_lookup_errors_total", 0)):
+        assert value(samples, name) == value(before, name) + more, name
+    assert value(samples, "gatewayd_push_resync_pending") == 0
     assert len(victim_stream.messages) == 1  # the greeting only
     assert not survivor_stream.ended, survivor_stream.outcome
 

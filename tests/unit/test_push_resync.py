@@ -13,6 +13,7 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from gatewayd.backend.rest import BackendUnavailable, Session
+from gatewayd.observability.stats import ResyncStats
 from gatewayd.pipeline.pipeline import SUBSCRIBE_EVENTS_PATH
 from gatewayd.push.resync import SessionResync
 from gatewayd.push.revocations import Revocations, Verdict
@@ -77,7 +78,7 @@ def test_open_streams_are_rechecked_with_bounded_concurrency_and_the_missed_revo
 
     rig.resync()
     assert len(rig.cache) == 0  # the whole cache is dropped
-    assert rig.resync.pending == 5
+    assert rig.resync.pending == 5 and rig.resync.stats.pending == 5
     assert len(rig.in_flight()) == 2  # at most `concurrency` lookups at a time
 
     answers: dict[str, Session | Exception | None] = {
@@ -99,6 +100,9 @@ def test_open_streams_are_rechecked_with_bounded_concurrency_and_the_missed_revo
         assert code_of(opened[ended][1]) == Code.FAILED_PRECONDITION, ended
     assert code_of(opened["ds_4"][1]) == Code.UNAVAILABLE  # could not be re-verified: fail closed
     assert (rig.resync.checked, rig.resync.revoked, rig.resync.unverified) == (4, 3, 1)
+    assert rig.resync.stats == ResyncStats(runs=1, sessions_checked=4, sessions_revoked=3, lookup_errors=1,
+                                           streams_ended=4, pending=0)
+    assert rig.hub.stats.streams_revoked == 3  # the unverified stream ended UNAVAILABLE: not a revocation
     # Nothing more reaches the ended streams; the active one still gets events.
     rig.publish_note()  # usr_1's note: its stream ended
     assert opened["ds_1"][0].received == [SERVER_TIME_EVENT]

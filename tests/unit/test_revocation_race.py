@@ -103,6 +103,8 @@ def test_invalidated_during_the_session_lookup_the_stale_answer_is_refused_and_n
 
     assert code_of(outcome) == Code.FAILED_PRECONDITION
     assert stream.received == [] and len(rig.hub) == 0
+    assert (rig.dispatcher.stats.invalidations, rig.hub.stats.subscriptions_refused, rig.hub.stats.streams_revoked) \
+        == (1, 1, 0)
     rig.publish_note()
     assert stream.received == []
     # Nothing is kept once no subscription is being verified.
@@ -136,6 +138,9 @@ def test_an_invalidation_after_registration_ends_the_stream(rig: HeldLookups) ->
     rig.answer_lookup(rig.device.session)
     rig.invalidate(USER, SESSION)
     assert code_of(outcome) == Code.FAILED_PRECONDITION
+    assert (rig.hub.stats.streams_revoked, rig.hub.stats.subscriptions_refused) == (1, 0)
+    rig.invalidate(USER, SESSION)  # again: nothing more to end
+    assert rig.hub.stats.streams_revoked == 1 and rig.dispatcher.stats.invalidations == 2
     rig.publish_note()
     assert stream.received == [SERVER_TIME_EVENT]
 
@@ -197,6 +202,7 @@ def test_too_many_invalidations_during_one_verification_fail_closed(rig: HeldLoo
     # The tombstones that might have named this user are gone: it cannot be told, so UNAVAILABLE.
     assert code_of(outcome) == Code.UNAVAILABLE
     assert stream.received == [] and len(hub) == 0 and len(hub.revocations) == 0
+    assert hub.stats.subscriptions_refused == 1 and hub.stats.streams_revoked == 0
 
 
 # --- the tombstones themselves -------------------------------------------------------------------
