@@ -86,8 +86,9 @@ class PushConsumer:
     Deferred ``H2ClientConnection``; each attempt uses a fresh connection.
     ``state`` is one of idle, connecting, connected (the call is open; the
     backend sends nothing until it has an event), backoff and stopped.
-    ``on_event`` runs synchronously, in order; an exception in it is logged
-    and does not end the call.
+    ``on_event`` runs synchronously, in order; an exception in it (or in
+    ``on_subscribed``) is logged and counted (``handler_errors``) and does not
+    end the call: the next event is handled as usual.
 
     ``on_subscribed`` runs once per call (the first one included) as soon as
     the backend has certainly read the request: at its first message, or at
@@ -162,6 +163,7 @@ class PushConsumer:
         self.subscriptions = 0  # calls the backend is known to have read (on_subscribed runs)
         self.malformed_messages = 0
         self.unknown_events = 0
+        self.handler_errors = 0
 
     @classmethod
     def from_endpoint_string(
@@ -184,7 +186,8 @@ class PushConsumer:
     @property
     def stats(self) -> PushConsumerStats:
         """The state and the push stream's message counts (for ``/metrics``)."""
-        return PushConsumerStats(self._state, self.events_received, self.malformed_messages, self.unknown_events)
+        return PushConsumerStats(self._state, self.events_received, self.malformed_messages, self.unknown_events,
+                                 self.handler_errors)
 
     @property
     def connected(self) -> bool:
@@ -365,6 +368,7 @@ class PushConsumer:
             try:
                 self._on_subscribed()
             except Exception:
+                self.handler_errors += 1
                 log.failure("push on_subscribed handler failed")
 
     # --- keepalive ----------------------------------------------------------------------
@@ -418,4 +422,5 @@ class PushConsumer:
         try:
             self._on_event(event)
         except Exception:
+            self.handler_errors += 1
             log.failure("push event handler failed; the event is dropped")

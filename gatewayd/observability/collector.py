@@ -61,6 +61,9 @@ PUSH: Sequence[Family[PushConsumerStats]] = (
      lambda s: s.malformed_messages),
     (_C, "gatewayd_push_consumer_unknown_events", "Push events of a kind this gateway does not know.",
      lambda s: s.unknown_events),
+    (_C, "gatewayd_push_consumer_handler_errors",
+     "Push events (or new subscriptions) whose handling raised: logged, and the stream went on.",
+     lambda s: s.handler_errors),
 )
 RESYNC: Sequence[Family[ResyncStats]] = (
     (_C, "gatewayd_push_resyncs", "Session re-checks started because the push stream (re)subscribed.",
@@ -71,6 +74,8 @@ RESYNC: Sequence[Family[ResyncStats]] = (
      lambda s: s.sessions_revoked),
     (_C, "gatewayd_push_resync_lookup_errors", "Session lookups of a resync that failed (streams ended UNAVAILABLE).",
      lambda s: s.lookup_errors),
+    (_C, "gatewayd_push_resync_errors", "Sessions whose re-check raised (a bug: logged; streams ended UNAVAILABLE).",
+     lambda s: s.errors),
     (_C, "gatewayd_push_resync_streams_ended", "Streams a resync ended (FAILED_PRECONDITION or UNAVAILABLE).",
      lambda s: s.streams_ended),
     (_G, "gatewayd_push_resync_pending", "Sessions a resync has still to look up (queued or in flight).",

@@ -50,23 +50,27 @@ class ConnectionStats:
 
 @dataclass(frozen=True, slots=True)
 class PushConsumerStats:
-    """The push consumer: its state and what it read from the backend's push stream."""
+    """The push consumer: its state, what it read from the backend's push stream, and how often the
+    gateway's handler of an event (or of a new subscription) raised."""
 
     state: str
     events_received: int
     malformed_messages: int
     unknown_events: int
+    handler_errors: int
 
 
 @dataclass(frozen=True, slots=True)
 class ResyncStats:
     """Session re-checks after the push stream (re)opens: runs, lookups answered and failed,
-    sessions found invalidated, streams those ended, sessions still queued or being looked up."""
+    sessions found invalidated, unexpected errors, streams those ended, sessions still queued or
+    being looked up."""
 
     runs: int
     sessions_checked: int
     sessions_revoked: int
     lookup_errors: int
+    errors: int
     streams_ended: int
     pending: int
 

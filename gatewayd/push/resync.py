@@ -55,7 +55,8 @@ class SessionResync:
     does and returns how many streams it ended. Counters (since start, in
     ``/metrics`` through ``stats``): ``runs``, ``checked`` (lookups answered),
     ``revoked`` (sessions gone or not active), ``unverified`` (lookups failed),
-    ``streams_ended`` (by either of the last two).
+    ``errors`` (a re-check raised: logged, its streams ended UNAVAILABLE, the
+    queue goes on), ``streams_ended`` (by any of the last three).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class SessionResync:
         self.checked = 0
         self.revoked = 0
         self.unverified = 0
+        self.errors = 0
         self.streams_ended = 0
         hub.on_recheck = self.recheck
 
@@ -91,7 +93,8 @@ class SessionResync:
     def stats(self) -> ResyncStats:
         """The counters and ``pending`` now (for ``/metrics``)."""
         return ResyncStats(runs=self.runs, sessions_checked=self.checked, sessions_revoked=self.revoked,
-                           lookup_errors=self.unverified, streams_ended=self.streams_ended, pending=self.pending)
+                           lookup_errors=self.unverified, errors=self.errors, streams_ended=self.streams_ended,
+                           pending=self.pending)
 
     def __call__(self) -> None:
         """The push stream is (back) up: forget cached sessions and re-check every open stream's."""
@@ -133,7 +136,15 @@ class SessionResync:
             while self._queue:
                 key = self._queue.popleft()
                 self._queued.discard(key)
-                await self._check(*key)
+                try:
+                    await self._check(*key)
+                except Exception:
+                    # A bug, not an answer. Fail closed for this session; the rest of the queue must
+                    # still be checked (a dead worker would leave it, and ``pending``, stuck).
+                    self.errors += 1
+                    log.failure("push resync: re-checking a session failed; ending its streams UNAVAILABLE",
+                                device_session_id=key[1])
+                    self.streams_ended += self._hub.end(*key, UNVERIFIED)
         finally:
             self._workers -= 1
             if not self.pending:

@@ -178,7 +178,10 @@ async def test_revocations_and_the_streams_they_end(gateway: RunningGateway, cli
     assert value(samples, "gatewayd_push_streams_revoked_total") == 1
     assert value(samples, "gatewayd_push_subscriptions_refused_total") == 0
     for name in ("gatewayd_push_resyncs_total", "gatewayd_push_resync_streams_ended_total",
-                 "gatewayd_push_resync_lookup_errors_total"):
+                 "gatewayd_push_resync_lookup_errors_total", "gatewayd_push_resync_errors_total",
+                 "gatewayd_push_resync_sessions_checked_total", "gatewayd_push_resync_sessions_revoked_total",
+                 "gatewayd_push_consumer_handler_errors_total"):
+        assert (name, frozenset()) in samples, name  # exported even while 0
         assert value(samples, name) == value(before, name), name
 
 

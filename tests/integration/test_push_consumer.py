@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
+from twisted.logger import capturedLogs
 
 from gatewayd._proto.push.v1 import push_pb2
 from gatewayd.backend.push_consumer import PushConsumer
@@ -210,6 +211,36 @@ async def test_malformed_message_is_skipped_and_the_call_goes_on(peers: Any) -> 
     assert consumer.connection is not None
     rtt = await bounded(consumer.connection.ping())  # grpc-core answers our PING
     assert 0.0 <= rtt < TIMEOUT
+    await bounded(consumer.stop())
+    await peer.wait_line("unsubscribed", 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handler_that_raises_is_counted_and_the_next_events_still_arrive(peers: Any) -> None:
+    peer = await peers()
+    sink = EventSink()
+
+    def handler(event: push_pb2.PushEvent) -> None:
+        sink(event)
+        if event.client_event.event_id == "bad":
+            raise ValueError("a bug in the gateway's handling of one event")
+
+    consumer = PushConsumer.from_endpoint_string(
+        reactor, f"tcp:host=127.0.0.1:port={peer.port}", "gw-test", handler,
+        backoff_initial_s=0.05, backoff_max_s=0.2, on_subscribed=lambda: 1 / 0,
+    )
+    with capturedLogs() as logged:
+        consumer.start()
+        await peer.wait_line("subscribed", 1)
+        for event_id in ("first", "bad", "after"):
+            peer.send(cmd="event", **client_event(event_id))
+        await sink.wait(3)
+    assert [e.client_event.event_id for e in sink.events] == ["first", "bad", "after"]
+    # on_subscribed raised too (once), and the "bad" event's handler: both logged with their tracebacks.
+    assert consumer.handler_errors == consumer.stats.handler_errors == 2
+    failures = [e["log_format"] for e in logged if "log_failure" in e]
+    assert sorted(failures) == ["push event handler failed; the event is dropped", "push on_subscribed handler failed"]
+    assert peer.count("subscribed") == 1 and consumer.connected  # same call, no reconnect
     await bounded(consumer.stop())
     await peer.wait_line("unsubscribed", 1)
 

@@ -100,7 +100,7 @@ def test_open_streams_are_rechecked_with_bounded_concurrency_and_the_missed_revo
         assert code_of(opened[ended][1]) == Code.FAILED_PRECONDITION, ended
     assert code_of(opened["ds_4"][1]) == Code.UNAVAILABLE  # could not be re-verified: fail closed
     assert (rig.resync.checked, rig.resync.revoked, rig.resync.unverified) == (4, 3, 1)
-    assert rig.resync.stats == ResyncStats(runs=1, sessions_checked=4, sessions_revoked=3, lookup_errors=1,
+    assert rig.resync.stats == ResyncStats(runs=1, sessions_checked=4, sessions_revoked=3, lookup_errors=1, errors=0,
                                            streams_ended=4, pending=0)
     assert rig.hub.stats.streams_revoked == 3  # the unverified stream ended UNAVAILABLE: not a revocation
     # Nothing more reaches the ended streams; the active one still gets events.
