@@ -187,7 +187,7 @@ class ServerH2Connection(h2.connection.H2Connection):
 def max_header_block_bytes(max_header_list_bytes: int) -> int:
     """The most raw (HPACK-encoded) bytes one request header block may have.
 
-    No block the decoder would accept comes near it. The header list limit counts each field as
+    Above every block the decoder would accept. The header list limit counts each field as
     name + value + 32 bytes (RFC 7541 4.1). Encoded, a string takes at most 30/8 of its length
     (HPACK's longest Huffman code, 30 bits, for one octet: a client may Huffman-code even when that
     is longer), plus its length prefix and a padding byte; a field's representation and prefixes
