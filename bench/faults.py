@@ -55,6 +55,7 @@ from bench._common import (
 )
 from bench._stack import BIG
 from bench._stack import login as stack_login
+from gatewayd.http2.h2adapter import ServerH2Connection
 from gatewayd.signing import GatewayKey
 
 RESULTS = ROOT / "bench" / "results"
@@ -611,6 +612,7 @@ def run_soak(args: argparse.Namespace) -> None:
     world = start_world(work, redis_proxy=False, h2_closed_streams=args.h2_closed_streams,
                         tracemalloc=args.tracemalloc)
     samples: list[dict[str, Any]] = []
+    connections: list[float] = []
     try:
         sessions, _ = prepare_sessions(world, args.users, fanout=False)
         capacity = measure_capacity(world, args.capacity_s)
@@ -631,19 +633,20 @@ def run_soak(args: argparse.Namespace) -> None:
             for name, proc in names.items():
                 if proc is not None and proc.popen.poll() is None:
                     sample[name] = rss_kib(proc.pid)
+            if client.popen.poll() is None:
+                # reuseport spreads connections by hash: say where the client's are (read while it runs).
+                connections = world.metric("gatewayd_connections_open")
             samples.append(sample)
             with (work / "rss.jsonl").open("a") as f:
                 f.write(json.dumps(sample) + "\n")
             time.sleep(10)
-        # reuseport spreads connections by hash: say where the client's ended up.
-        connections = world.metric("gatewayd_connections_open")
         if args.tracemalloc:
             snapshot(world)
         summary = finish_client(client)
     finally:
         world.stop()
     report = {"capacity": capacity, "rate": rate, "fraction": args.fraction, "minutes": args.minutes,
-              "h2_closed_streams": args.h2_closed_streams or "h2 default (65536)",
+              "h2_closed_streams": args.h2_closed_streams or f"gatewayd's ({ServerH2Connection.MAX_CLOSED_STREAMS})",
               "connections_per_gateway": connections,
               "rss": rss_verdict(samples), "loadavg": _spread([s["loadavg"] for s in samples]),
               "check": check(work, summary, None), "client": {k: summary[k] for k in (
