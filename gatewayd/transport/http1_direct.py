@@ -129,7 +129,7 @@ class DirectExchange:
     The head waits for the first body bytes (or the end), as twisted.web's does:
     a unary answer leaves in one write. Without a Content-Length the body is
     chunked. Backpressure: registered as the channel's producer while a body
-    streams; bytes written while the socket is full are counted in ``buffered_bytes``.
+    streams; body bytes written while the socket is full are counted in ``buffered_bytes``.
     ``done`` is called once, when the answer is complete; otherwise the channel calls ``lost``.
     """
 
@@ -182,6 +182,8 @@ class DirectExchange:
     def send_data(self, data: bytes, end_stream: bool = False) -> None:
         if self._finished:
             return
+        if self._paused:
+            self._buffered += len(data)
         if end_stream:
             self._finish(data)
         elif data:
@@ -222,8 +224,6 @@ class DirectExchange:
             self._head = b""
             data = head + data
         if data:
-            if self._paused:
-                self._buffered += len(data)
             self.channel.transport.write(data)
 
     def _finish(self, data: bytes) -> None:
