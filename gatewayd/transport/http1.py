@@ -294,7 +294,6 @@ class GatewayHTTPChannel(http.HTTPChannel):
             return False
         # What twisted.web does for a request it handles (HTTPChannel.allContentReceived).
         self._cancel_deadline()
-        self.resetTimeout()
         if self.timeOut:
             self._savedTimeOut = self.setTimeout(None)
         self._handlingRequest = True

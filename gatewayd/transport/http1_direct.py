@@ -30,12 +30,15 @@ from twisted.web.http_headers import _nameEncoder
 from gatewayd.rpc.wire import rpc_path_shape
 from gatewayd.transport.exchange import ExchangeHandler, HeaderList
 
-_REQUEST_LINE = re.compile(rb"POST (/[!->@-~]*) HTTP/1\.1")  # printable ASCII but "?" (no query)
-_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00\r\n]*?)[ \t]*")
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+# The whole head at once: the request line, then fields with token names and values without NUL, CR or LF.
+_HEAD = re.compile(rb"POST (/[!->@-~]*) HTTP/1\.1((?:\r\n" + _TCHAR + rb"+:[^\x00\r\n]*)*)")  # no "?": no query
+_FIELD = re.compile(r"\r\n([^:]+):[ \t]*(.*?)[ \t]*(?=\r\n|\Z)")  # (name, value), on a head _HEAD matched
 #: ``uri-host [ ":" port ]`` (RFC 9110 section 7.2): a reg-name or IP literal, digits for the port.
 HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
-# Fields whose presence sends the request to twisted.web (it reads or refuses them).
-_DECLINED = frozenset({"transfer-encoding", "expect", "upgrade"})
+_HOST_TEXT = re.compile(HOST.pattern.decode("latin-1"))
+_SINGLE = frozenset({"host", "content-length"})  # twice: left to twisted.web (it refuses)
+_DECLINED = frozenset({"transfer-encoding", "expect", "upgrade"})  # read or refused by twisted.web
 
 
 class RpcRequest:
@@ -54,37 +57,34 @@ def read_rpc_request(data: bytes, max_head_bytes: int, max_headers: int, max_bod
     end = data.find(b"\r\n\r\n")
     if end < 0 or end + 4 > max_head_bytes:
         return None
-    lines = data[:end].split(b"\r\n")
-    if len(lines) > max_headers:
+    head = _HEAD.fullmatch(data, 0, end)
+    if head is None:
         return None
-    line = _REQUEST_LINE.fullmatch(lines[0])
-    if line is None:
-        return None
-    path = line[1].decode("latin-1")
+    path = head[1].decode("latin-1")
     if not rpc_path_shape(path):
         return None
+    fields = _FIELD.findall(head[2].decode("latin-1"))
+    if len(fields) >= max_headers:
+        return None
     headers: dict[str, str] = {}
-    hosts = lengths = 0
-    length = b""
-    for raw in lines[1:]:
-        field = _FIELD.fullmatch(raw)
-        if field is None:
-            return None
-        name = field[1].decode("latin-1").lower()
-        value = field[2]
-        if name == "host":
-            hosts += 1
-            if not HOST.fullmatch(value):
-                return None
-        elif name == "content-length":
-            lengths += 1
-            length = value
-        elif name in _DECLINED or (name == "connection" and value.lower() != b"keep-alive"):
-            return None
-        text = value.decode("latin-1")
+    for name, value in fields:
+        name = name.lower()
         seen = headers.get(name)
-        headers[name] = text if seen is None else seen + ", " + text
-    if hosts != 1 or lengths != 1 or not length.isdigit() or len(length) > 12:
+        if seen is None:
+            headers[name] = value
+        elif name in _SINGLE:
+            return None
+        else:
+            headers[name] = seen + ", " + value
+    if not _DECLINED.isdisjoint(headers):
+        return None
+    connection = headers.get("connection")
+    if connection is not None and connection.lower() != "keep-alive":
+        return None
+    host = headers.get("host")
+    length = headers.get("content-length")
+    if host is None or not _HOST_TEXT.fullmatch(host) or length is None or not length.isascii() \
+            or not length.isdigit() or len(length) > 12:
         return None
     size = int(length)
     if size > max_body_bytes or len(data) != end + 4 + size:
@@ -121,6 +121,30 @@ def response_head(status: int, headers: HeaderList, chunked: bool) -> bytes:
             parts.append(b"%s: %s\r\n" % (canonical, value))
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+_Head = tuple[bytes, bool, bool]  # the head's bytes, chunked, no body (a 204 or 304)
+_HEADS: dict[tuple[int, tuple[tuple[bytes, bytes], ...], bool], _Head] = {}
+_HEADS_KEPT = 1024  # answers repeat (status, headers, lengths): their heads are formatted once
+
+
+def _head_for(status: int, headers: HeaderList, end_stream: bool) -> _Head:
+    """The head of an answer sent with ``send_headers(status, headers, end_stream)``, as ``Http1Exchange``
+    has twisted.web write it: ``Content-Length: 0`` added when it ends at once without one."""
+    key = (status, tuple(headers), end_stream)
+    head = _HEADS.get(key)
+    if head is None:
+        has_length = any(name.lower() == b"content-length" for name, _ in headers)
+        if end_stream and not has_length:
+            headers = [*headers, (b"content-length", b"0")]
+            has_length = True
+        no_body = status in NO_BODY_CODES
+        chunked = not has_length and not no_body
+        head = (response_head(status, headers, chunked), chunked, no_body)
+        if len(_HEADS) >= _HEADS_KEPT:
+            _HEADS.clear()
+        _HEADS[key] = head
+    return head
 
 
 class DirectExchange:
@@ -166,13 +190,7 @@ class DirectExchange:
     def send_headers(self, status: int, headers: HeaderList, end_stream: bool = False) -> None:
         if self._finished or self._head is not None:
             return
-        has_length = any(name.lower() == b"content-length" for name, _ in headers)
-        if end_stream and not has_length:
-            headers = [*headers, (b"content-length", b"0")]
-            has_length = True
-        self._no_body = status in NO_BODY_CODES
-        self._chunked = not has_length and not self._no_body
-        self._head = response_head(status, headers, self._chunked)
+        self._head, self._chunked, self._no_body = _head_for(status, headers, end_stream)
         if end_stream:
             self._finish(b"")
         elif not self._producing:

@@ -192,6 +192,7 @@ def test_keep_alive_requests_one_after_another_are_each_answered_directly() -> N
     rpc().replace(b"Host: 127.0.0.1:8080", b"Host: a@b"),
     rpc().replace(b"Host: 127.0.0.1:8080\r\n", b""),
     rpc().replace(b"Content-Length: 5", b"Content-Length: +5"),
+    rpc().replace(b"Content-Length: 5", b"Content-Length: \xb2"),  # a digit to str.isdigit, not to HTTP
     rpc(extra=b"Bad Name: 1\r\n"),
     rpc(extra=b"X-A: a\x00b\r\n"),
 ])
