@@ -2,7 +2,7 @@
 
 Almost every RPC over HTTP/1.1 arrives in one read holding the whole request: a
 small POST to ``/package.Service/Method`` with a Content-Length body. For those,
-``read_rpc_request`` reads the head with a few byte operations and a
+``read_rpc_request`` reads the head with one regular expression and a
 ``DirectExchange`` writes the answer straight to the transport (a unary answer
 in one write). The answer's bytes are exactly those twisted.web writes: its
 status line, header-name case, default content type and chunking
