@@ -1,21 +1,27 @@
 """HTTP/1.1 through twisted.web, bridged to the same ``HttpApplication`` as HTTP/2.
 
-RPC requests (gRPC-Web, Connect) are answered through an ``Http1Exchange``;
-everything else is served by the site's resource tree (the public REST
-surface). Limits: request headers (431 when over), request bodies (413).
+RPC requests (gRPC-Web, Connect) that arrive whole in one read are read and
+answered by the channel itself (``http1_direct``); other RPC requests through
+an ``Http1Exchange`` on twisted.web's ``Request``; everything else is served by
+the site's resource tree (the public REST surface). Limits: request headers
+(431 when over), request bodies (413), the send timeout (a connection whose
+socket takes no bytes for ``send_timeout_s`` is aborted).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from gatewayd.rpc.wire import rpc_path_shape
 from gatewayd.transport.exchange import HeaderList, HttpApplication
+from gatewayd.transport.http1_direct import HOST, DirectExchange, read_rpc_request
+
+log = Logger()
 
 _STATUS_400 = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _STATUS_408 = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -215,20 +221,33 @@ class GatewayHTTPChannel(http.HTTPChannel):
     - a Transfer-Encoding other than exactly ``chunked``, or any in HTTP/1.0;
     - an HTTP/1.1 request without exactly one well-formed Host.
 
+    A whole RPC request in one read, plainly well-formed, is answered directly
+    (``http1_direct``); the channel keeps twisted.web's state for it (raw mode,
+    later bytes buffered, no idle timeout) so that what follows is read as after
+    any other request.
+
     Headers over the limit get 431. A request head not complete within
     ``header_timeout_s`` of its first byte, or a body not complete within
     ``body_timeout_s`` of its head, gets 408 (slowloris: trickling bytes keeps
     the idle timeout from firing, not these). After any refusal the channel
     stops reading but keeps the connection open briefly (lingering close, RFC
     9112 section 9.6): closing at once would answer unread bytes with a TCP
-    reset, and clients often lose the answer to it.
+    reset, and clients often lose the answer to it. A connection whose socket
+    takes none of our bytes for ``send_timeout_s`` (the transport paused us the
+    whole time: a client that stopped reading) is aborted.
     """
 
     linger_s = 2.0
     header_timeout_s: float | None = 10.0
     body_timeout_s: float | None = 60.0
+    send_timeout_s: float | None = None
+    app: HttpApplication | None = None  # answers RPCs read directly; None: twisted.web reads every request
+    max_rpc_body_bytes = 0
     _refused = False
     _deadline: Any = None
+    _send_stall: Any = None
+    _direct: DirectExchange | None = None
+    _peer: str | None = None
 
     # -- reading the request head ----------------------------------------------------
 
@@ -239,6 +258,8 @@ class GatewayHTTPChannel(http.HTTPChannel):
             # Re-entered (pipelined bytes replayed once a response is done): LineReceiver only
             # buffers them, and the outer call parses them and checks what is left.
             super().dataReceived(data)
+            return
+        if self._direct is None and self._idle and self._answer_directly(data):
             return
         if data:
             self._head_started()
@@ -251,6 +272,52 @@ class GatewayHTTPChannel(http.HTTPChannel):
             self._respondToBadRequestAndDisconnect()
         elif pending or self._in_headers:
             self._head_started()  # a pipelined request's head begun in this read
+
+    @property
+    def _idle(self) -> bool:
+        """Between requests, nothing of the next one read yet: where a direct answer may start."""
+        return bool(self.line_mode and not self._buffer and not self._handlingRequest and not self.requests
+                    and self.persistent and not self._in_headers and self.app is not None)
+
+    def _answer_directly(self, data: bytes) -> bool:
+        """Serve ``data`` as one RPC request without twisted.web's ``Request``; False: not such a request."""
+        request = read_rpc_request(data, self.totalHeadersSize, self.maxHeaders, self.max_rpc_body_bytes)
+        if request is None:
+            return False
+        if self._peer is None:
+            address = self.transport.getPeer()  # type: ignore[union-attr]
+            self._peer = getattr(address, "host", str(address))
+        exchange = DirectExchange(self, request, self._peer, self._direct_done)
+        app: Any = self.app
+        handler = app.handler_for(exchange)
+        if handler is None:
+            return False
+        # What twisted.web does for a request it handles (HTTPChannel.allContentReceived).
+        self._cancel_deadline()
+        if self.timeOut:
+            self._savedTimeOut = self.setTimeout(None)
+        self._handlingRequest = True
+        self.setRawMode()
+        self._direct = exchange
+        exchange.handler = handler
+        if request.body:
+            handler.body_received(request.body)
+        handler.body_complete()
+        return True
+
+    def _direct_done(self, exchange: DirectExchange) -> None:
+        """The direct answer is complete: read on, as twisted.web's ``requestDone`` does."""
+        if self._direct is not exchange:
+            return
+        self._direct = None
+        if not self._waitingForTransport:
+            self._networkProducer.resumeProducing()
+        self._handlingRequest = False
+        if self._savedTimeOut:
+            self.setTimeout(self._savedTimeOut)
+        data = b"".join(self._dataBuffer)
+        self._dataBuffer = []
+        self.setLineMode(data)
 
     def _head_started(self) -> None:
         """A request head is being read: its deadline runs from now (if it is not running yet)."""
@@ -291,7 +358,7 @@ class GatewayHTTPChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         hosts = self.requests[-1].requestHeaders.getRawHeaders(b"host")
-        if self._version == b"HTTP/1.1" and (not hosts or len(hosts) != 1 or not _HOST.fullmatch(hosts[0])):
+        if self._version == b"HTTP/1.1" and (not hosts or len(hosts) != 1 or not HOST.fullmatch(hosts[0])):
             self._respondToBadRequestAndDisconnect()
             return
         self._cancel_deadline()
@@ -338,13 +405,37 @@ class GatewayHTTPChannel(http.HTTPChannel):
         else:
             transport.loseConnection()
 
+    # -- the send timeout (the channel is its transport's producer) ------------------------
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        if self.send_timeout_s and self._send_stall is None:
+            self._send_stall = self.callLater(self.send_timeout_s, self._send_stalled)
+
+    def resumeProducing(self) -> None:
+        self._cancel_send_stall()
+        super().resumeProducing()
+
+    def _send_stalled(self) -> None:
+        self._send_stall = None
+        transport: Any = self.transport
+        log.info("dropping HTTP/1.1 connection from {peer}: its socket did not drain for {timeout} s",
+                 peer=self._peer or getattr(transport.getPeer(), "host", "?"), timeout=self.send_timeout_s)
+        transport.abortConnection()
+
+    def _cancel_send_stall(self) -> None:
+        if self._send_stall is not None:
+            if self._send_stall.active():
+                self._send_stall.cancel()
+            self._send_stall = None
+
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_deadline()
+        self._cancel_send_stall()
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.lost()
         super().connectionLost(reason)
-
-
-#: ``uri-host [ ":" port ]`` (RFC 9110 section 7.2): a reg-name or IP literal, digits for the port.
-_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 
 def _bare_cr_or_lf(line: bytes) -> bool:
@@ -359,15 +450,19 @@ class GatewaySite(server.Site):
 
     def __init__(self, resource: IResource, app: HttpApplication, max_body_bytes: int,
                  max_header_bytes: int, timeout: float = 300.0, max_rpc_body_bytes: int | None = None,
-                 header_timeout_s: float | None = 10.0, body_timeout_s: float | None = 60.0) -> None:
+                 header_timeout_s: float | None = 10.0, body_timeout_s: float | None = 60.0,
+                 send_timeout_s: float | None = None) -> None:
         rpc_limit = max_rpc_body_bytes if max_rpc_body_bytes is not None else max_body_bytes
         request_factory = type("BoundGatewayRequest", (GatewayRequest,),
                                {"app": app, "max_body_bytes": max_body_bytes, "max_rpc_body_bytes": rpc_limit})
         # No form parsing: every body here is JSON or an RPC message, never a form.
         super().__init__(resource, requestFactory=request_factory, timeout=timeout, parsePOSTFormSubmission=False)
+        self.app = app
+        self.max_rpc_body_bytes = rpc_limit
         self.max_header_bytes = max_header_bytes
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
+        self.send_timeout_s = send_timeout_s
         self.noisy = False
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -375,4 +470,7 @@ class GatewaySite(server.Site):
         channel.totalHeadersSize = self.max_header_bytes
         channel.header_timeout_s = self.header_timeout_s
         channel.body_timeout_s = self.body_timeout_s
+        channel.send_timeout_s = self.send_timeout_s
+        channel.app = self.app
+        channel.max_rpc_body_bytes = self.max_rpc_body_bytes
         return channel

@@ -89,5 +89,6 @@ def build_factory(
         max_rpc_body_bytes=rpc_body_limit(config.max_message_bytes),
         header_timeout_s=config.request_header_timeout_s or None,
         body_timeout_s=config.request_body_timeout_s or None,
+        send_timeout_s=config.send_timeout_s or None,
     )
     return GatewayFactory(app, site, clock, h2_limits(config)), app

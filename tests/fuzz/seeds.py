@@ -115,6 +115,11 @@ def seeds() -> dict[str, dict[str, bytes]]:
                 + encode_frame(check)) * 2,
             "chunked": NO_CUTS + b"POST /api HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                 b"3\r\nabc\r\n0\r\n\r\n",
+            # Whole in one read, answered by the channel itself; cut at byte 48, read by twisted.web.
+            "connect-unary": b"\x01\x30" + b"POST " + targets.CHECK.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/proto\r\nContent-Length: %d\r\n\r\n" % len(check) + check,
+            "connect-stream": b"\x01\x30" + b"POST " + targets.STREAM.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/connect+proto\r\nContent-Length: 5\r\n\r\n" + encode_frame(b""),
         },
         "envelope": {
             "protobuf": b"\x00" + now + b"\x00" + signed,
