@@ -40,6 +40,7 @@ from typing import Any
 
 from bench._common import CLIENT_CORE, PYTHON, cpu_seconds, emit, exit_on_sigterm, percentile, rss_kib
 from bench._stack import login, start_stack
+from bench.gc_stats import summarize as summarize_gc
 
 
 def read_line(proc: subprocess.Popen[str], deadline: float) -> str:
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--wave", type=int, default=500, help="streams opened at a time per process")
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on opening and on the event phase")
+    parser.add_argument("--gc-stats", action="store_true",
+                        help="record the gateway's GC collections and pauses (bench/gc_stats.py; costs a little CPU)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     exit_on_sigterm()
@@ -118,8 +121,11 @@ def main() -> None:
         raise SystemExit("--procs must divide the connection count")
     work = Path(tempfile.mkdtemp(prefix="bench-delivery-"))
     observe = work / "observer.jsonl"
-    stack = start_stack(work, "memory", max_streams=max(100, streams + 10), wrapper="twist_observe.py",
-                        env={"BENCH_OBSERVE": str(observe), "BENCH_OBSERVE_WINDOW_S": "1.0"})
+    gc_file = work / "gc.json"
+    env = {"BENCH_OBSERVE": str(observe), "BENCH_OBSERVE_WINDOW_S": "1.0"}
+    if args.gc_stats:
+        env["BENCH_GC_STATS"] = str(gc_file)
+    stack = start_stack(work, "memory", max_streams=max(100, streams + 10), wrapper="twist_observe.py", env=env)
     subs: list[subprocess.Popen[str]] = []
     try:
         assert stack.gateway is not None
@@ -127,6 +133,7 @@ def main() -> None:
         sessions = login(stack.port, args.sessions)
         (work / "sessions.json").write_text(json.dumps(sessions))
         rss_before = rss_kib(gw)
+        opening = time.perf_counter()
         cpu0 = cpu_seconds(gw)
         deadline = time.perf_counter() + args.timeout
         for _ in range(args.procs):
@@ -148,6 +155,7 @@ def main() -> None:
         # The subscribers cannot tell when the last event is in (they only record): wait for it.
         time.sleep(args.settle or 1.0 + conns * streams / 10_000)
         publish_cpu = cpu_seconds(gw) - cpu1
+        publish_end = time.perf_counter()
         results = []
         for p in subs:
             assert p.stdin is not None
@@ -166,6 +174,10 @@ def main() -> None:
     observed = [json.loads(line) for line in observe.read_text().splitlines()] if observe.exists() else []
     live = sum(r["live"] for r in results)
     summary = summarize(sent, observed, [r["arrivals"] for r in results], live)
+    if gc_file.exists():
+        gc_stats = json.loads(gc_file.read_text())
+        summary["gc_open"] = summarize_gc(gc_stats, opening, sent[0] if sent else publish_end)
+        summary["gc_events"] = summarize_gc(gc_stats, sent[0] if sent else publish_end, publish_end)
     emit({"bench": "delivery", "connections": conns, "streams": streams, "n": conns * streams, "procs": args.procs,
           "events": args.events, "gap_s": args.gap, "opened": opened, "live": live,
           "open_failures": [r["open_failures"] for r in ready], "open_s": max(r["open_s"] for r in ready),

@@ -17,6 +17,7 @@ from typing import Any
 
 from bench._common import CLIENT_CORE, PYTHON, Spread, cpu_seconds, emit, exit_on_sigterm
 from bench._stack import login, start_stack
+from bench.gc_stats import summarize as summarize_gc
 from bench.profile import Profiler, summarize
 
 PROTOCOLS = {
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--nodelay", action="store_true", help="diagnostic: TCP_NODELAY in both Twisted processes")
     parser.add_argument("--profile", action="store_true",
                         help="one extra run per protocol under py-spy; summary in the work folder, not timed")
+    parser.add_argument("--gc-stats", action="store_true",
+                        help="record the gateway's GC collections and pauses (bench/gc_stats.py; costs a little CPU)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     exit_on_sigterm()
@@ -58,7 +61,9 @@ def main() -> None:
         shape = (int(c), int(m))
     for stores in args.stores:
         work = Path(tempfile.mkdtemp(prefix=f"bench-exec-{stores}-"))
-        stack = start_stack(work, stores, nodelay=args.nodelay)
+        gc_file = work / "gc.json"
+        stack = start_stack(work, stores, nodelay=args.nodelay, **(
+            {"wrapper": "twist_observe.py", "env": {"BENCH_GC_STATS": str(gc_file)}} if args.gc_stats else {}))
         try:
             sessions = work / "sessions.json"
             sessions.write_text(json.dumps(login(stack.port, 8)))
@@ -95,6 +100,9 @@ def main() -> None:
                               for k, s in stats.items()}}, args.out)
         finally:
             stack.stop()
+        if gc_file.exists():
+            gc_stats = summarize_gc(json.loads(gc_file.read_text()))
+            print(f"gc ({stores}, whole run incl. warm-up): {json.dumps(gc_stats)}", flush=True)
 
 
 if __name__ == "__main__":

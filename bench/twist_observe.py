@@ -134,10 +134,21 @@ def install(observer: Observer) -> None:
     epollreactor.EPollReactor.__init__ = observed_init  # type: ignore[method-assign]
 
 
+def install_gc_stats(path: str) -> None:
+    """``BENCH_GC_STATS``: the cyclic GC's collections and pauses (bench/gc_stats.py), written when shutdown begins."""
+    from twisted.internet import reactor
+
+    from bench.gc_stats import install as record_gc
+
+    reactor.addSystemEventTrigger("before", "shutdown", record_gc(path))  # type: ignore[attr-defined]
+
+
 if __name__ == "__main__":
     path = os.environ.get("BENCH_OBSERVE")
     if path:
         install(Observer(path, float(os.environ.get("BENCH_OBSERVE_WINDOW_S", "1.0"))))
+    if os.environ.get("BENCH_GC_STATS"):
+        install_gc_stats(os.environ["BENCH_GC_STATS"])
     from twisted.application.twist._twist import Twist
 
     sys.argv[0] = "twist"
