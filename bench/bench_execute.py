@@ -17,6 +17,7 @@ from typing import Any
 
 from bench._common import CLIENT_CORE, PYTHON, Spread, cpu_seconds, emit, exit_on_sigterm
 from bench._stack import login, start_stack
+from bench.gc_stats import snapshot
 from bench.gc_stats import summarize as summarize_gc
 from bench.profile import Profiler, summarize
 
@@ -98,11 +99,12 @@ def main() -> None:
                       **{k: s.values for k, s in stats.items()},
                       "fmt": {k: s.fmt(0 if k in ("rps", "cpu_us", "backend_cpu_us") else 1)
                               for k, s in stats.items()}}, args.out)
+            if args.gc_stats:
+                gc_stats = snapshot(gw.pid, gc_file)
+                if gc_stats is not None:
+                    print(f"gc ({stores}, whole run incl. warm-up): {json.dumps(summarize_gc(gc_stats))}", flush=True)
         finally:
             stack.stop()
-        if gc_file.exists():
-            gc_stats = summarize_gc(json.loads(gc_file.read_text()))
-            print(f"gc ({stores}, whole run incl. warm-up): {json.dumps(gc_stats)}", flush=True)
 
 
 if __name__ == "__main__":
