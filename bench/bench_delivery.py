@@ -133,12 +133,14 @@ def main() -> None:
     stack = start_stack(work, "memory", max_streams=max(100, streams + 10), wrapper="twist_observe.py", env=env)
     subs: list[subprocess.Popen[str]] = []
     gc_stats: dict[str, Any] | None = None
+    gc_before: dict[str, Any] | None = None
     try:
         assert stack.gateway is not None
         gw = stack.gateway.pid
         sessions = login(stack.port, args.sessions)
         (work / "sessions.json").write_text(json.dumps(sessions))
         rss_before = rss_kib(gw)
+        gc_before = snapshot(gw, gc_file) if args.gc_stats else None
         prof = Profiler(gw, work / "profile-open.txt")
         if args.profile:
             prof.start()
@@ -192,6 +194,11 @@ def main() -> None:
     if gc_stats is not None:
         summary["gc_open"] = summarize_gc(gc_stats, opening, sent[0] if sent else publish_end)
         summary["gc_events"] = summarize_gc(gc_stats, sent[0] if sent else publish_end, publish_end)
+        if gc_before is not None:
+            summary["gc_tracked_per_stream"] = (gc_stats["tracked"] - gc_before["tracked"]) / max(1, opened)
+            before = dict(gc_before["types"])
+            summary["gc_types_per_stream"] = {t: round((n - before.get(t, 0)) / max(1, opened), 2)
+                                              for t, n in gc_stats["types"] if n - before.get(t, 0) >= opened // 10}
     emit({"bench": "delivery", "connections": conns, "streams": streams, "n": conns * streams, "procs": args.procs,
           "events": args.events, "gap_s": args.gap, "opened": opened, "live": live,
           "open_failures": [r["open_failures"] for r in ready], "open_s": max(r["open_s"] for r in ready),

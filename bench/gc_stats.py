@@ -6,7 +6,8 @@ object to ``path``: per generation the number of collections, their summed and l
 time (ms; the wall time of a pause also counts the time a busy shared core ran
 something else) and the objects they freed; every collection with its
 ``time.perf_counter()`` start (comparable with the bench's other processes),
-generation, wall and CPU ms; the thresholds and frozen-object count.
+generation, wall and CPU ms; the thresholds, the frozen objects and the objects the
+collector tracks (frozen ones aside) at that moment, and the most common of their types.
 ``summarize(stats, since, until)`` sums the collections inside a time window.
 
 The callbacks cost about a microsecond per collection (a young collection comes
@@ -21,6 +22,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,8 +71,11 @@ def install(path: str) -> Callable[[], None]:
 
     def write() -> None:
         part = f"{path}.part"
+        tracked = gc.get_objects()
+        types = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in tracked).most_common(60)
         with open(part, "w") as f:
-            json.dump(stats.as_dict(), f)
+            json.dump({**stats.as_dict(), "tracked": len(tracked), "types": types}, f)
+        del tracked
         os.replace(part, path)
 
     signal.signal(signal.SIGUSR2, lambda signum, frame: write())
