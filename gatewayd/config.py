@@ -73,7 +73,7 @@ class ServerConfig:
     listen_backlog: int = 1024
     # The cyclic GC once start-up is done (gatewayd/gc_policy.py, docs/operations.md section 9).
     gc_freeze: bool = True
-    gc_thresholds: tuple[int, ...] = (700, 10, 10)
+    gc_thresholds: tuple[int, ...] = (700, 10, 100)
 
 
 @dataclass(frozen=True)
