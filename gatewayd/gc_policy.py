@@ -3,9 +3,10 @@
 CPython's cyclic collector runs a young collection every ``threshold0``
 allocations of container objects and, now and then, a full one that walks
 *every* tracked object in the process, in one go: the modules and tables built
-at start (about 60,000 objects, ~40 ms on the benchmark machine) and everything
-each open connection and stream holds. With 100,000 open event streams one full
-pass is hundreds of milliseconds in a single reactor turn. gatewayd makes few
+at start (about 70,000 objects, ~40 ms on the benchmark machine) and everything
+each open connection and stream holds (~35 per event stream, ~80 per HTTP/2
+connection). With 100,000 open event streams one full pass is 1.5-2.5 s of CPU in
+a single reactor turn (bench/README.md). gatewayd makes few
 reference cycles on its hot paths (a finished call is unlinked so reference
 counting frees it, http2/core.py), so the collector mostly walks live objects.
 
@@ -14,9 +15,11 @@ counting frees it, http2/core.py), so the collector mostly walks live objects.
 - ``freeze``: one collection, then ``gc.freeze()``: what start-up built moves to
   the permanent generation, which no later collection walks (it is never freed,
   and was never going to be);
-- ``thresholds``: ``gc.set_threshold(*thresholds)``; fewer young collections
-  mean fewer short-lived objects promoted to the old generation, so fewer full
-  passes. The garbage cycles waiting for a collection are bounded by threshold0.
+- ``thresholds``: ``gc.set_threshold(*thresholds)``. The default (700, 10, 100)
+  keeps Python's young collections (short pauses) and allows a full pass only
+  every 100 middle ones (~700,000 net new objects) instead of every 10: the
+  garbage cycles that reached the old generation wait that long (or until it
+  grew by a quarter, CPython's own rule on large heaps) to be freed.
 """
 
 from __future__ import annotations
