@@ -40,6 +40,10 @@ from typing import Any
 
 from bench._common import CLIENT_CORE, PYTHON, cpu_seconds, emit, exit_on_sigterm, percentile, rss_kib
 from bench._stack import login, start_stack
+from bench.gc_stats import snapshot
+from bench.gc_stats import summarize as summarize_gc
+from bench.profile import Profiler
+from bench.profile import summarize as summarize_profile
 
 
 def read_line(proc: subprocess.Popen[str], deadline: float) -> str:
@@ -110,6 +114,10 @@ def main() -> None:
     parser.add_argument("--wave", type=int, default=500, help="streams opened at a time per process")
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on opening and on the event phase")
+    parser.add_argument("--gc-stats", action="store_true",
+                        help="record the gateway's GC collections and pauses (bench/gc_stats.py; costs a little CPU)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy on the gateway while the streams open (summary in the work folder)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     exit_on_sigterm()
@@ -118,15 +126,26 @@ def main() -> None:
         raise SystemExit("--procs must divide the connection count")
     work = Path(tempfile.mkdtemp(prefix="bench-delivery-"))
     observe = work / "observer.jsonl"
-    stack = start_stack(work, "memory", max_streams=max(100, streams + 10), wrapper="twist_observe.py",
-                        env={"BENCH_OBSERVE": str(observe), "BENCH_OBSERVE_WINDOW_S": "1.0"})
+    gc_file = work / "gc.json"
+    env = {"BENCH_OBSERVE": str(observe), "BENCH_OBSERVE_WINDOW_S": "1.0"}
+    if args.gc_stats:
+        env["BENCH_GC_STATS"] = str(gc_file)
+    stack = start_stack(work, "memory", max_streams=max(100, streams + 10), wrapper="twist_observe.py", env=env)
     subs: list[subprocess.Popen[str]] = []
+    gc_stats: dict[str, Any] | None = None
+    gc_before: dict[str, Any] | None = None
     try:
         assert stack.gateway is not None
         gw = stack.gateway.pid
         sessions = login(stack.port, args.sessions)
         (work / "sessions.json").write_text(json.dumps(sessions))
         rss_before = rss_kib(gw)
+        gc_before = snapshot(gw, gc_file) if args.gc_stats else None
+        prof = Profiler(gw, work / "profile-open.txt")
+        if args.profile:
+            prof.start()
+            time.sleep(1.0)  # py-spy attaching
+        opening = time.perf_counter()
         cpu0 = cpu_seconds(gw)
         deadline = time.perf_counter() + args.timeout
         for _ in range(args.procs):
@@ -137,6 +156,10 @@ def main() -> None:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent))
         ready = [json.loads(read_line(p, deadline)) for p in subs]
         open_cpu = cpu_seconds(gw) - cpu0
+        if args.profile:
+            prof.stop()
+            (work / "profile-open.summary").write_text(summarize_profile(prof.out))
+            print(f"profile: {work / 'profile-open.summary'}", flush=True)
         opened = sum(r["opened"] for r in ready)
         time.sleep(1.0)  # let the gateway settle before sampling memory
         rss_after = rss_kib(gw)
@@ -148,6 +171,8 @@ def main() -> None:
         # The subscribers cannot tell when the last event is in (they only record): wait for it.
         time.sleep(args.settle or 1.0 + conns * streams / 10_000)
         publish_cpu = cpu_seconds(gw) - cpu1
+        publish_end = time.perf_counter()
+        gc_stats = snapshot(gw, gc_file) if args.gc_stats else None
         results = []
         for p in subs:
             assert p.stdin is not None
@@ -166,6 +191,14 @@ def main() -> None:
     observed = [json.loads(line) for line in observe.read_text().splitlines()] if observe.exists() else []
     live = sum(r["live"] for r in results)
     summary = summarize(sent, observed, [r["arrivals"] for r in results], live)
+    if gc_stats is not None:
+        summary["gc_open"] = summarize_gc(gc_stats, opening, sent[0] if sent else publish_end)
+        summary["gc_events"] = summarize_gc(gc_stats, sent[0] if sent else publish_end, publish_end)
+        if gc_before is not None:
+            summary["gc_tracked_per_stream"] = (gc_stats["tracked"] - gc_before["tracked"]) / max(1, opened)
+            before = dict(gc_before["types"])
+            summary["gc_types_per_stream"] = {t: round((n - before.get(t, 0)) / max(1, opened), 2)
+                                              for t, n in gc_stats["types"] if n - before.get(t, 0) >= opened // 10}
     emit({"bench": "delivery", "connections": conns, "streams": streams, "n": conns * streams, "procs": args.procs,
           "events": args.events, "gap_s": args.gap, "opened": opened, "live": live,
           "open_failures": [r["open_failures"] for r in ready], "open_s": max(r["open_s"] for r in ready),

@@ -17,6 +17,8 @@ from typing import Any
 
 from bench._common import CLIENT_CORE, PYTHON, Spread, cpu_seconds, emit, exit_on_sigterm
 from bench._stack import login, start_stack
+from bench.gc_stats import snapshot
+from bench.gc_stats import summarize as summarize_gc
 from bench.profile import Profiler, summarize
 
 PROTOCOLS = {
@@ -49,6 +51,8 @@ def main() -> None:
     parser.add_argument("--nodelay", action="store_true", help="diagnostic: TCP_NODELAY in both Twisted processes")
     parser.add_argument("--profile", action="store_true",
                         help="one extra run per protocol under py-spy; summary in the work folder, not timed")
+    parser.add_argument("--gc-stats", action="store_true",
+                        help="record the gateway's GC collections and pauses (bench/gc_stats.py; costs a little CPU)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     exit_on_sigterm()
@@ -58,7 +62,9 @@ def main() -> None:
         shape = (int(c), int(m))
     for stores in args.stores:
         work = Path(tempfile.mkdtemp(prefix=f"bench-exec-{stores}-"))
-        stack = start_stack(work, stores, nodelay=args.nodelay)
+        gc_file = work / "gc.json"
+        stack = start_stack(work, stores, nodelay=args.nodelay, **(
+            {"wrapper": "twist_observe.py", "env": {"BENCH_GC_STATS": str(gc_file)}} if args.gc_stats else {}))
         try:
             sessions = work / "sessions.json"
             sessions.write_text(json.dumps(login(stack.port, 8)))
@@ -93,6 +99,10 @@ def main() -> None:
                       **{k: s.values for k, s in stats.items()},
                       "fmt": {k: s.fmt(0 if k in ("rps", "cpu_us", "backend_cpu_us") else 1)
                               for k, s in stats.items()}}, args.out)
+            if args.gc_stats:
+                gc_stats = snapshot(gw.pid, gc_file)
+                if gc_stats is not None:
+                    print(f"gc ({stores}, whole run incl. warm-up): {json.dumps(summarize_gc(gc_stats))}", flush=True)
         finally:
             stack.stop()
 

@@ -15,6 +15,7 @@ appends one JSON line per backend ``ClientEvent`` the gateway receives:
 An event stays open until the next one arrives, or until a reactor wake-up
 finds nothing written for ``BENCH_OBSERVE_WINDOW_S`` (default 1 s) since its
 last write, or shutdown.
+With ``BENCH_GC_STATS=FILE`` it also records the cyclic GC's collections (bench/gc_stats.py).
 Only accepted connections (clients) count: the gateway's own connections to
 the backend (push consumer, REST pool) are ``tcp.Client``s. Nothing in
 gatewayd is edited: this patches the classes in this process before ``twist``
@@ -138,6 +139,11 @@ if __name__ == "__main__":
     path = os.environ.get("BENCH_OBSERVE")
     if path:
         install(Observer(path, float(os.environ.get("BENCH_OBSERVE_WINDOW_S", "1.0"))))
+    if os.environ.get("BENCH_GC_STATS"):
+        # The cyclic GC's collections and pauses (bench/gc_stats.py), written on SIGUSR2 and at exit.
+        from bench.gc_stats import install as record_gc
+
+        record_gc(os.environ["BENCH_GC_STATS"])
     from twisted.application.twist._twist import Twist
 
     sys.argv[0] = "twist"

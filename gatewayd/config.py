@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gatewayd.gc_policy import check_thresholds
+
 
 class ConfigError(Exception):
     """A configuration value is missing, unknown or invalid; the message names the key."""
@@ -69,6 +71,9 @@ class ServerConfig:
     fanout_batch: int = 500
     revocation_tombstones: int = 100_000
     listen_backlog: int = 1024
+    # The cyclic GC once start-up is done (gatewayd/gc_policy.py, docs/operations.md section 9).
+    gc_freeze: bool = True
+    gc_thresholds: tuple[int, ...] = (700, 10, 100)
 
 
 @dataclass(frozen=True)
@@ -282,6 +287,9 @@ def _validate(config: Config) -> Config:
         raise ConfigError("server.max_message_bytes: must be at least 1024")
     if config.server.listen_backlog < 1:
         raise ConfigError("server.listen_backlog: must be at least 1")
+    gc_problem = check_thresholds(config.server.gc_thresholds)
+    if gc_problem is not None:
+        raise ConfigError(f"server.gc_thresholds: {gc_problem}")
     if config.backend.max_connections < 1:
         raise ConfigError("backend.max_connections: must be at least 1")
     if bool(config.server.tls_certificate) != bool(config.server.tls_private_key):

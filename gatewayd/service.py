@@ -22,6 +22,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger, globalLogPublisher
 from twisted.web.resource import IResource
 
+from gatewayd import gc_policy
 from gatewayd.backend.push_consumer import PushConsumer
 from gatewayd.backend.rest import BackendClient
 from gatewayd.backend.sessions import SessionCache
@@ -281,11 +282,14 @@ class GatewayService(Service):
         if self.config.server.metrics_listen:
             self.metrics_service = MetricsService(self.reactor, self.config.server.metrics_listen, gateway.metrics)
             yield self.metrics_service.startService()
+        # Start-up is done: what it built leaves the cyclic GC's view (gatewayd/gc_policy.py).
+        server = self.config.server
+        gc_set = gc_policy.apply(gc_policy.GcPolicy(server.gc_thresholds, server.gc_freeze))
         host = self.port.getHost()
         log.info(
-            "gatewayd listening on {host}:{port} (key {key_id}, stores {stores})",
+            "gatewayd listening on {host}:{port} (key {key_id}, stores {stores}; gc {gc})",
             host=host.host, port=host.port, key_id=gateway.keyring.signer.key_id,
-            stores=self.config.stores.kind,
+            stores=self.config.stores.kind, gc=gc_set,
         )
 
     def stopService(self) -> defer.Deferred[None]:
