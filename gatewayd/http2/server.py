@@ -21,6 +21,7 @@ from zope.interface import implementer
 from gatewayd.http2.core import ServerConnectionCore
 from gatewayd.http2.limits import H2Limits, TurnBudget
 from gatewayd.http2.stream import H2Stream
+from gatewayd.transport.direct_write import direct_socket, write_now
 from gatewayd.transport.exchange import ExchangeHandler, HttpApplication
 
 # Builds the handler of a request the application does not claim, given its stream and the
@@ -29,15 +30,20 @@ WebFallback = Callable[[H2Stream, Any], ExchangeHandler]
 
 
 class _TransportIO:
-    """The core's ``ConnectionIO`` over the protocol's transport."""
+    """The core's ``ConnectionIO`` over the protocol's transport (writes: ``direct_write``)."""
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_protocol", "_socket")
 
     def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
+        self._socket: Any = None
+
+    def connected(self) -> None:
+        """The transport is there: find the socket a write may go straight to."""
+        self._socket = direct_socket(self._protocol.transport)
 
     def write(self, data: bytes) -> None:
-        self._protocol.transport.write(data)  # type: ignore[union-attr]
+        write_now(self._protocol.transport, self._socket, data)
 
     def pause_reading(self) -> None:
         self._protocol.transport.pauseProducing()  # type: ignore[union-attr]
@@ -66,8 +72,9 @@ class H2ServerConnection(Protocol):
         turn_budget: TurnBudget | None = None,
     ) -> None:
         self.on_close: Callable[[H2ServerConnection], None] | None = None
+        self._io = _TransportIO(self)
         self.core = ServerConnectionCore(
-            app, clock, limits, lambda stream: web_fallback(stream, self.transport), _TransportIO(self), turn_budget
+            app, clock, limits, lambda stream: web_fallback(stream, self.transport), self._io, turn_budget
         )
         self.core.on_close = self._core_closed
 
@@ -91,6 +98,7 @@ class H2ServerConnection(Protocol):
         transport: Any = self.transport
         peer = transport.getPeer()
         transport.registerProducer(self, True)
+        self._io.connected()
         self.core.start(getattr(peer, "host", str(peer)))
 
     def dataReceived(self, data: bytes) -> None:

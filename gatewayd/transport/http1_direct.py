@@ -28,6 +28,7 @@ from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.http_headers import _nameEncoder
 
 from gatewayd.rpc.wire import rpc_path_shape
+from gatewayd.transport.direct_write import direct_socket, write_now
 from gatewayd.transport.exchange import ExchangeHandler, HeaderList
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
@@ -242,7 +243,8 @@ class DirectExchange:
             self._head = b""
             data = head + data
         if data:
-            self.channel.transport.write(data)
+            transport = self.channel.transport
+            write_now(transport, direct_socket(transport), data)
 
     def _finish(self, data: bytes) -> None:
         last = self._framed(data) if data else b""
