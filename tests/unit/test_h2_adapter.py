@@ -8,12 +8,15 @@ from __future__ import annotations
 import ast
 import inspect
 import random
+import re
+import struct
 import textwrap
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
 import hpack
 import pytest
@@ -401,3 +404,143 @@ def test_frames_out_of_order_in_a_block_are_still_h2s_protocol_error() -> None:
         server.receive_data(PingFrame(0, b"12345678").serialize())
     assert not isinstance(refused.value, h2.exceptions.DenialOfServiceError)
     assert _goaway_code(server.data_to_send()) == ErrorCodes.PROTOCOL_ERROR
+
+
+# --- ServerH2Connection: the frames of a plain request read without hyperframe ---------------
+
+
+def _snapshot(conn: h2.connection.H2Connection) -> tuple[object, ...]:
+    """What receiving changes in a connection: its state and receive window, the streams not
+    closed (ours forgets closed ones at other times than stock h2) and the bytes h2 buffers."""
+    streams = {sid: (s.state_machine.state, s._inbound_window_manager.current_window_size)
+               for sid, s in conn.streams.items() if not s.closed}
+    return (conn.state_machine.state, conn._inbound_flow_control_window_manager.current_window_size,
+            conn.highest_inbound_stream_id, streams, bytes(conn.incoming_buffer._data),
+            len(conn.incoming_buffer._headers_buffer))
+
+
+def _peer_sends(peer: h2.connection.H2Connection, rng: random.Random, opened: list[int]) -> None:
+    """One random thing a client does: mostly requests and their bodies, with padding, priority,
+    CONTINUATION frames, trailers, resets, PINGs, late frames, and now and then a protocol error."""
+    action = rng.random()
+    sendable = [sid for sid in opened if can_send(peer, sid)]
+    if action < 0.3 or not opened:
+        sid = peer.get_next_available_stream_id()
+        headers = [*REQUEST, (b"content-length", b"4")] if rng.random() < 0.02 else REQUEST
+        kwargs = {"priority_weight": rng.randint(1, 256)} if rng.random() < 0.1 else {}
+        if rng.random() < 0.1 and not kwargs:
+            peer.max_outbound_frame_size = 7  # the block in HEADERS + CONTINUATION frames
+        peer.send_headers(sid, headers, end_stream=rng.random() < 0.3, **kwargs)
+        peer.max_outbound_frame_size = 16384
+        opened.append(sid)
+    elif action < 0.6 and sendable:
+        sid = rng.choice(sendable)
+        size = min(rng.choice([0, 1, 4, 5, 100, 3000]), peer.local_flow_control_window(sid))
+        pad = rng.choice([None, None, None, 0, 3])
+        peer.send_data(sid, bytes(size), end_stream=rng.random() < 0.5, pad_length=pad)
+    elif action < 0.65 and sendable:
+        peer.send_headers(rng.choice(sendable), [(b"x-trailer", b"1")], end_stream=True)
+    elif action < 0.72:
+        sid = rng.choice(opened)
+        if sid in peer.streams and peer.streams[sid].open:
+            peer.reset_stream(sid)
+    elif action < 0.8:
+        rng.choice([lambda: peer.ping(b"12345678"), lambda: peer.increment_flow_control_window(100),
+                    lambda: peer.prioritize(rng.choice(opened), weight=7)])()
+    elif action < 0.9:
+        # Frames on a stream that may be long closed, as a peer racing a reset sends them.
+        sid = rng.choice(opened)
+        late = rng.choice([DataFrame(sid, b"late"), DataFrame(sid, b"late", flags=["END_STREAM"]),
+                           WindowUpdateFrame(sid, window_increment=10), RstStreamFrame(sid, error_code=8)])
+        peer._data_to_send += late.serialize()
+    elif action < 0.904:
+        sid = rng.choice(opened)
+        wrong = rng.choice([DataFrame(sid, bytes(16385)), DataFrame(sid, bytes(1000), flags=["PADDED"], pad_length=0),
+                            HeadersFrame(sid, b"\xff\xff\xff", flags=["END_HEADERS"])])
+        if rng.random() < 0.2:  # a frame inside another stream's header block
+            peer._data_to_send += HeadersFrame(peer.get_next_available_stream_id(), b"\x82").serialize()
+        elif rng.random() < 0.2:  # DATA on stream 0 (hyperframe will not build one)
+            peer._data_to_send += struct.pack(">IBI", 1 << 8, 0, 0) + b"x"
+        if rng.random() < 0.2:  # more than the window allows
+            wrong = DataFrame(sid, bytes(16000))
+            peer._data_to_send += wrong.serialize() * 5
+        peer._data_to_send += wrong.serialize()
+
+
+def _request_session(seed: int) -> str:
+    """A random client against ours and stock h2, its bytes cut at random points: after every
+    piece the same events (or error) and bytes written, and the same state. How it ended."""
+    rng = random.Random(seed)
+    ours, stock = ServerH2Connection(server_config()), h2.connection.H2Connection(server_config())
+    for conn in (ours, stock):
+        conn.initiate_connection()
+        conn.local_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_STREAM_ID
+        conn.local_settings.acknowledge()
+    peer = client()
+    peer.receive_data(ours.data_to_send())
+    assert peer.data_to_send() and stock.data_to_send()
+    peer._data_to_send = bytearray(PREFACE) + peer._data_to_send  # h2's client sends the preface itself
+    opened: list[int] = []
+    for _ in range(150):
+        _peer_sends(peer, rng, opened)
+        data = bytes(peer.data_to_send())
+        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.choice([0, 1, 3])))) if data else []
+        for piece in (data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)):
+            outcomes = []
+            for conn in (ours, stock):
+                try:
+                    events = conn.receive_data(piece)
+                except h2.exceptions.ProtocolError as e:
+                    # (hpack's messages name a memoryview by its address)
+                    outcomes.append((type(e).__name__, re.sub(r"0x[0-9a-f]+", "0x.", str(e))))
+                    continue
+                outcomes.append(("events", repr(events)))
+                for event in events:
+                    if isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            assert outcomes[0] == outcomes[1]
+            written = ours.data_to_send()
+            assert written == stock.data_to_send()  # with an error, the same GOAWAY
+            if outcomes[0][0] != "events":
+                return outcomes[0][0]
+            assert _snapshot(ours) == _snapshot(stock)
+            peer.receive_data(written)
+        answerable = [sid for sid in opened if can_send(stock, sid)]
+        if answerable and rng.random() < 0.3:
+            sid = rng.choice(answerable)
+            for conn in (ours, stock):
+                conn.send_headers(sid, [(b":status", b"200")], end_stream=True)
+            written = ours.data_to_send()
+            assert written == stock.data_to_send()
+            peer.receive_data(written)
+    return "events"
+
+
+def test_plain_request_frames_give_stock_h2s_events_state_bytes_and_errors() -> None:
+    ends = [_request_session(seed) for seed in range(60)]
+    assert ends.count("events") >= 10  # sessions that ran to the end
+    assert len(set(ends)) >= 4, ends  # and several kinds of protocol error, alike
+
+
+def test_plain_request_frames_skip_hyperframe(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed = []
+    original = h2.frame_buffer.FrameBuffer.__next__
+
+    def counted(buffer: h2.frame_buffer.FrameBuffer) -> object:
+        frame = original(buffer)
+        parsed.append(type(frame).__name__)
+        return frame
+
+    monkeypatch.setattr(h2.frame_buffer.FrameBuffer, "__next__", counted)
+    server, peer = server_connection(LIMITS), client()
+    server.receive_data(bytes(peer.data_to_send()))  # the preface and SETTINGS: h2's own path
+    parsed.clear()
+    for _ in range(3):
+        sid = peer.get_next_available_stream_id()
+        peer.send_headers(sid, REQUEST)
+        peer.send_data(sid, b"\x00\x00\x00\x00\x00", end_stream=True)
+    peer.ping(b"12345678")
+    events = server.receive_data(bytes(peer.data_to_send()))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["RequestReceived", "DataReceived", "StreamEnded"] * 3 + ["PingReceived"]
+    assert parsed == ["PingFrame"]  # only the PING went through h2's FrameBuffer
