@@ -27,7 +27,12 @@ _LENGTH = struct.Struct(">I")
 
 def frame(*parts: bytes) -> bytes:
     """Length-prefix and concatenate ``parts``."""
-    return b"".join(_LENGTH.pack(len(p)) + p for p in parts)
+    out = bytearray()  # appending in place: no intermediate bytes per part (this runs twice per call)
+    pack = _LENGTH.pack
+    for part in parts:
+        out += pack(len(part))
+        out += part
+    return bytes(out)
 
 
 def _int(value: int) -> bytes:
