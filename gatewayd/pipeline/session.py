@@ -33,7 +33,8 @@ class SessionStage:
         d: Deferred[Any] = self._sessions.get(ctx.env.device_session_id, ctx.call)
         if d.called and not d.paused and not isinstance(d.result, Failure):
             # A cache hit (already fired): decide now, without a callback (as _run_stages reads it too).
-            self._found(d.result, ctx)
+            found: Any = d.result
+            self._found(found, ctx)
             return None
         return d.addCallbacks(self._found, self._failed, callbackArgs=(ctx,))
 
