@@ -4,6 +4,11 @@ Promises:
 
 - One request at a time (no pipelining): ``send`` writes the whole request in
   one ``write`` and the connection reports the answer to its ``Exchange``.
+  Over plain TCP with nothing queued in the transport, the request goes
+  straight to the socket (one ``send``); only what the socket does not take
+  goes through Twisted's write buffer. That saves registering the socket for
+  writability and the reactor turn to write it, twice per request. Bytes and
+  their order are the same either way.
 - Bodies delimited by ``Content-Length``, chunked, or by the connection's end
   (HTTP/1.0 style, complete as far as HTTP can tell); interim ``1xx``
   answers are skipped.
@@ -16,9 +21,11 @@ Promises:
 
 from __future__ import annotations
 
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 import httptools
+from twisted.internet import tcp
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
@@ -64,8 +71,14 @@ class BackendConnection(Protocol):
         self._answer: BackendAnswer | None = None
         self._error: BackendUnavailable | None = None
         self._received_any = False
+        self._socket: Any = None  # plain TCP: the socket requests may be sent on directly
         self.requests_sent = 0
         self.closed = False
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        if isinstance(transport, tcp.Connection):  # not TLS (a TLS transport is a protocol wrapper)
+            self._socket = transport.socket
 
     # --- the pool's side -----------------------------------------------------------------
 
@@ -77,7 +90,19 @@ class BackendConnection(Protocol):
         self._delimited = self._headers_done = self._keep_alive = self._received_any = False
         self._answer = self._error = None
         self.requests_sent += 1
-        self.transport.write(request)  # type: ignore[union-attr]
+        transport: Any = self.transport
+        sock = self._socket
+        if sock is not None and not transport.dataBuffer and not transport._tempDataBuffer:
+            # Nothing queued in Twisted's buffer: send now; a short or failed send leaves the
+            # rest to transport.write, which also notices a broken connection as it always does.
+            try:
+                sent = sock.send(request)
+            except OSError:
+                sent = 0
+            if sent == len(request):
+                return
+            request = request[sent:]
+        transport.write(request)
 
     def abandon(self) -> None:
         """Stop the exchange in progress (cancelled or timed out): its answer is never read."""

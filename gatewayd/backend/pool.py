@@ -12,7 +12,10 @@ Promises:
   ``BackendUnavailable("backend timed out")`` (its connection, if it had one,
   is closed). The deadline fires one reactor turn late: timers run before the
   reactor reads its sockets, so on a saturated reactor an answer already
-  waiting in a socket would otherwise lose to its own timeout.
+  waiting in a socket would otherwise lose to its own timeout. Every request
+  has the same timeout, so the order requests arrive in is the order their
+  deadlines fall in: the pool keeps one queue of them and one timer, for the
+  oldest unsettled one, instead of a timer per request.
 - Cancelling a request's Deferred leaves the queue or closes its connection;
   the Deferred fails with ``CancelledError``, never ``BackendUnavailable``.
 - A request whose reused connection died before one byte of the answer came
@@ -21,6 +24,9 @@ Promises:
 - A failed connect fails the oldest waiting request only when no connection
   is open (nothing else could serve it); otherwise waiters keep waiting for
   the open ones, within their deadline.
+- ``observer(operation, seconds, failure)``, when given, hears of every
+  request once it is settled (answered, failed, timed out or cancelled),
+  before the caller's callbacks run.
 - ``stats`` tells the limit, the open, in-use and opening connections, the
   waiting requests and how many were refused (``/metrics``).
 """
@@ -28,10 +34,11 @@ Promises:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -40,6 +47,9 @@ from gatewayd.backend.answers import BackendAnswer, BackendUnavailable
 from gatewayd.backend.connection import BackendConnection
 
 log = Logger()
+
+RequestObserver = Callable[[str, float, "Failure | None"], None]
+"""``observer(operation, seconds, failure)``: one settled request; ``failure`` is None for an answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +79,19 @@ class _ConnectionFactory(Factory):
 class _Request:
     """One request through the pool: waiting, then on a connection, then settled (``done``)."""
 
-    __slots__ = ("connection", "data", "deferred", "done", "pool", "retryable", "timer")
+    __slots__ = ("connection", "data", "deadline", "deferred", "done", "operation", "pool", "retryable", "started")
 
-    def __init__(self, pool: ConnectionPool, data: bytes, retryable: bool) -> None:
+    def __init__(self, pool: ConnectionPool, data: bytes, retryable: bool, deadline: float, operation: str,
+                 started: float) -> None:
         self.pool = pool
         self.data = data
         self.retryable = retryable
+        self.deadline = deadline  # reactor seconds
+        self.operation = operation
+        self.started = started  # the observer's timer
         self.connection: BackendConnection | None = None
         self.done = False
         self.deferred: Deferred[BackendAnswer] = Deferred(self._cancel)
-        self.timer: Any = None
 
     # --- from the pool ------------------------------------------------------------------------
 
@@ -116,8 +129,9 @@ class _Request:
         if self.done:
             return
         self.done = True
-        self._stop_timer()
+        self.data = b""
         self._leave()
+        self.pool._observe(self, Failure(CancelledError()))
         # Deferred fails itself with CancelledError once its canceller returns.
 
     def _leave(self) -> None:
@@ -131,16 +145,13 @@ class _Request:
         if self.done:
             return
         self.done = True
-        self._stop_timer()
+        self.data = b""  # the request may wait in the deadline queue a while: keep nothing big alive
         if isinstance(result, Failure):
+            self.pool._observe(self, result)
             self.deferred.errback(result)
         else:
+            self.pool._observe(self, None)
             self.deferred.callback(result)
-
-    def _stop_timer(self) -> None:
-        timer, self.timer = self.timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
 
 
 class ConnectionPool:
@@ -155,6 +166,8 @@ class ConnectionPool:
         max_waiting: int,
         timeout_s: float,
         max_body_bytes: int,
+        observer: RequestObserver | None = None,
+        timer: Callable[[], float] | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -171,6 +184,12 @@ class ConnectionPool:
         self._waiting: deque[_Request] = deque()
         self._lost: dict[BackendConnection, Deferred[None]] = {}
         self._refused = 0
+        self._observer = observer
+        self._timer = timer or reactor.seconds  # the observer's clock (time.perf_counter in production)
+        # Requests by deadline (= arrival order: one timeout for all), settled ones dropped lazily,
+        # and the one timer, due at the oldest deadline in the queue.
+        self._deadlines: deque[_Request] = deque()
+        self._deadline_timer: Any = None
 
     @property
     def stats(self) -> PoolStats:
@@ -184,16 +203,30 @@ class ConnectionPool:
             refused=self._refused,
         )
 
-    def request(self, data: bytes, retryable: bool = False) -> Deferred[BackendAnswer]:
-        """Send ``data`` (a complete HTTP/1.1 request) on a pooled connection; fire with the answer."""
-        request = _Request(self, data, retryable)
+    def request(self, data: bytes, retryable: bool = False, operation: str = "") -> Deferred[BackendAnswer]:
+        """Send ``data`` (a complete HTTP/1.1 request) on a pooled connection; fire with the answer.
+
+        ``operation`` names the request for the observer (``session``, ``route``).
+        """
         reactor = self._reactor
-        request.timer = reactor.callLater(self.timeout_s, reactor.callLater, 0, request.expire)
+        started = self._timer() if self._observer is not None else 0.0
+        request = _Request(self, data, retryable, reactor.seconds() + self.timeout_s, operation, started)
+        deadlines = self._deadlines
+        while deadlines and deadlines[0].done:  # answers mostly come in order: this keeps the queue short
+            deadlines.popleft()
+        deadlines.append(request)
+        if self._deadline_timer is None:
+            self._deadline_timer = reactor.callLater(self.timeout_s, self._expire_due)
         self._acquire(request)
         return request.deferred
 
     def close(self) -> Deferred[None]:
         """Close the idle connections; fires once they are gone. The pool stays usable."""
+        if all(request.done for request in self._deadlines):
+            self._deadlines.clear()
+            timer, self._deadline_timer = self._deadline_timer, None
+            if timer is not None and timer.active():
+                timer.cancel()
         idle, self._idle = self._idle, []
         waits = []
         for connection in idle:
@@ -203,6 +236,25 @@ class ConnectionPool:
         return gatherResults(waits).addCallback(lambda _: None)
 
     # --- requests -----------------------------------------------------------------------------------
+
+    def _expire_due(self) -> None:
+        """The timer: every unsettled request past its deadline expires one reactor turn later."""
+        self._deadline_timer = None
+        reactor = self._reactor
+        now = reactor.seconds()
+        deadlines = self._deadlines
+        while deadlines:
+            request = deadlines[0]
+            if not request.done:
+                if request.deadline > now:
+                    self._deadline_timer = reactor.callLater(request.deadline - now, self._expire_due)
+                    return
+                reactor.callLater(0, request.expire)
+            deadlines.popleft()
+
+    def _observe(self, request: _Request, failure: Failure | None) -> None:
+        if self._observer is not None:
+            self._observer(request.operation, self._timer() - request.started, failure)
 
     def _acquire(self, request: _Request) -> None:
         idle = self._idle

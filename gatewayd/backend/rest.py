@@ -186,9 +186,10 @@ class BackendClient:
         self._base = base_url.rstrip("/")
         self._path_base = parts.path.rstrip("/")
         endpoint = backend_endpoint(reactor, parts, timeout_s, tls)
+        # The pool tells the observer of session lookups and routes (no callback per request here).
         self.pool = ConnectionPool(
             reactor, endpoint, max_connections=max_connections, max_waiting=max_waiting,
-            timeout_s=timeout_s, max_body_bytes=max_body_bytes,
+            timeout_s=timeout_s, max_body_bytes=max_body_bytes, observer=observer, timer=timer,
         )
         # Built once: every request's fixed header lines.
         host = parts.netloc.encode("ascii")
@@ -213,13 +214,9 @@ class BackendClient:
 
         ``headers``: extra header lines, each ending in CRLF, values already safe (trace context).
         """
-        start = self._timer()
         target = self._path_base + SESSIONS_PATH + _quote_segment(device_session_id)
         request = b"".join((b"GET ", target.encode("ascii"), self._session_head, headers, b"\r\n"))
-        d = self.pool.request(request, retryable=True)
-        if self._observer is not None:
-            self._observe(d, "session", start)
-        return d.addCallback(self._session_answer)
+        return self.pool.request(request, True, "session").addCallback(self._session_answer)
 
     def call_route(
         self, route: Route, payload: bytes, user_id: str, device_session_id: str, request_id: str,
@@ -229,7 +226,6 @@ class BackendClient:
 
         ``headers``: extra header lines, each ending in CRLF, values already safe (trace context).
         """
-        start = self._timer()
         line = self._route_lines.get(route)
         if line is None:
             target = self._path_base + USER_PATH + _quote_segments(route.path)
@@ -243,10 +239,7 @@ class BackendClient:
             # A GET carries no body (and so no Content-Length), as Agent sent it.
             b"\r\n\r\n" if get else b"\r\nContent-Length: %d\r\n\r\n" % len(payload),
         ))
-        d = self.pool.request(head if get else head + payload, retryable=get)
-        if self._observer is not None:
-            self._observe(d, "route", start)
-        return d
+        return self.pool.request(head if get else head + payload, get, "route")
 
     def post_json(
         self, path: str, body: bytes, headers: Mapping[str, str] | None = None

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web.resource import IResource, Resource
 
 from gatewayd.config import AccessLogConfig
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from gatewayd.rpc.server import ServerCall
 
 REST_PREFIX = b"/api/v1/public/"
+_INFO = LogLevel.info
 _REST_STAGE = "gatewayd_access_stage"  # attribute of a twisted.web request: how far the public app got
 
 
@@ -115,8 +116,19 @@ class AccessLog:
                 + (f"stage={stage} " if stage else "")
                 + f"{duration_ms:.1f}ms in={fields['bytes_in']} out={fields['bytes_out']}"
                 + (f" session={session}" if session else ""))
+        # The event Logger.info would build, key for key and in the same order (observers such as
+        # twist's JSON log write it as it is), handed straight to the logger's observer: Logger.emit
+        # re-checks the level against a freshly sorted list of all levels on every call.
+        log = self.log
+        event = {"stage": stage, "duration_ms": duration_ms, **fields}
+        event["log_logger"] = log
+        event["log_level"] = _INFO
+        event["log_namespace"] = log.namespace
+        event["log_source"] = log.source
         # The line is the message as it is (braces escaped); the fields are the record's keys.
-        self.log.info(line.replace("{", "{{").replace("}", "}}"), stage=stage, duration_ms=duration_ms, **fields)
+        event["log_format"] = line.replace("{", "{{").replace("}", "}}")
+        event["log_time"] = time.time()
+        log.observer(event)
 
 
 def _transport(http2: bool) -> str:

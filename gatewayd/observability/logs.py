@@ -136,7 +136,11 @@ def event_as_record(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _message(event: Mapping[str, Any]) -> str:
-    text = formatEvent(redacted_event(event))
+    text = event.get("log_format")
+    if type(text) is not str or "{" in text or "}" in text:
+        # Fields to fill in (or escaped braces): format a redacted copy. A format without braces
+        # (an access log line, most messages) is its own text: it reads no field.
+        text = formatEvent(redacted_event(event))
     return text if len(text) <= 4 * MAX_FIELD_CHARS else text[: 4 * MAX_FIELD_CHARS] + "…"
 
 

@@ -161,7 +161,7 @@ class Pipeline:
         Cancelling the Deferred cancels the stage waiting at the time.
         """
         try:
-            waiting = _run_stages(stages, 0, ctx, self._on_stage, self._timer)
+            waiting = _run_stages(stages, 0, ctx, self._on_stage, self._timer, finish)
         except BaseException:  # whatever a stage raised is the call's failure
             _note_session(ctx)
             return fail()
@@ -171,7 +171,7 @@ class Pipeline:
                 return succeed(finish(ctx))
             except BaseException:
                 return fail()
-        return waiting.addBoth(_noted, ctx).addCallback(lambda _: finish(ctx))
+        return waiting  # fires with finish(ctx) (_Waiting notes the session and finishes)
 
 
 def _note_session(ctx: RequestContext) -> None:
@@ -179,11 +179,6 @@ def _note_session(ctx: RequestContext) -> None:
     context = ctx.call.context
     if ctx.envelope is not None and context.get(STAGE_KEY) != "envelope":
         context[DEVICE_SESSION_KEY] = ctx.envelope.device_session_id
-
-
-def _noted(result: _T, ctx: RequestContext) -> _T:
-    _note_session(ctx)
-    return result
 
 
 def _response(ctx: RequestContext) -> ExecuteCommandResponse:
@@ -208,9 +203,10 @@ def _rejected(stage: Stage, ctx: RequestContext, error: BaseException | None) ->
 
 
 def _run_stages(stages: Sequence[Stage], index: int, ctx: RequestContext, observe: StageObserver | None,
-                timer: Callable[[], float], resume: _Waiting | None = None) -> Deferred[None] | None:
+                timer: Callable[[], float], finish: Callable[[RequestContext], Any],
+                resume: _Waiting | None = None) -> Deferred[Any] | None:
     """Run ``stages[index:]``: ``None`` when all passed at once, the first rejection raised
-    when one refused at once, else a Deferred of the rest (``_Waiting.done``).
+    when one refused at once, else a Deferred of ``finish(ctx)`` after the rest (``_Waiting.done``).
 
     A stage that answers at once (``None``, or a Deferred that has already fired
     with a value, as the memory stores' do) costs no coroutine frame and no
@@ -219,16 +215,14 @@ def _run_stages(stages: Sequence[Stage], index: int, ctx: RequestContext, observ
     decided, with the time from its start.
     """
     count = len(stages)
-    start = 0.0
+    start = timer() if observe is not None else 0.0
     while index < count:
         stage = stages[index]
-        if observe is not None:
-            start = timer()
         try:
             pending = stage.check(ctx)
             # (called, paused and result are what Deferred.__await__ reads too.)
             if pending is not None and (not pending.called or pending.paused or isinstance(pending.result, Failure)):
-                waiting = resume if resume is not None else _Waiting(stages, ctx, observe, timer)
+                waiting = resume if resume is not None else _Waiting(stages, ctx, observe, timer, finish)
                 waiting.index, waiting.start = index, start
                 pending.addBoth(waiting.arrived)
                 if waiting.refused is not None:  # a Deferred that had already failed
@@ -241,7 +235,11 @@ def _run_stages(stages: Sequence[Stage], index: int, ctx: RequestContext, observ
                 observe(stage.name, timer() - start, outcome)
             raise
         if observe is not None:
-            observe(stage.name, timer() - start, "ok")
+            # One clock read ends this stage and starts the next (the observer's own time, well under
+            # the smallest histogram bucket, goes to the next stage).
+            end = timer()
+            observe(stage.name, end - start, "ok")
+            start = end
         index += 1
     return None
 
@@ -249,25 +247,27 @@ def _run_stages(stages: Sequence[Stage], index: int, ctx: RequestContext, observ
 class _Waiting:
     """A run suspended on a stage's Deferred; resumes the stages after it once it fires.
 
-    One per run that waits at all: ``done`` is the run's Deferred, and cancelling it
+    One per run that waits at all: ``done`` is the run's Deferred (it fires with
+    ``finish(ctx)``, the session noted first, or with the rejection), and cancelling it
     cancels whichever stage is waiting at the time.
     """
 
-    __slots__ = ("ctx", "done", "index", "observe", "pending", "refused", "stages", "start", "timer")
+    __slots__ = ("ctx", "done", "finish", "index", "observe", "pending", "refused", "stages", "start", "timer")
 
     def __init__(self, stages: Sequence[Stage], ctx: RequestContext, observe: StageObserver | None,
-                 timer: Callable[[], float]) -> None:
+                 timer: Callable[[], float], finish: Callable[[RequestContext], Any]) -> None:
         self.stages = stages
         self.ctx = ctx
+        self.finish = finish
         self.observe = observe
         self.timer = timer
         self.index = 0
         self.start = 0.0
         self.refused: Failure | None = None
         self.pending: Deferred[Any] | None = None  # the stage's Deferred while it is waited on
-        self.done: Deferred[None] | None = None
+        self.done: Deferred[Any] | None = None
 
-    def wait(self, pending: Deferred[Any]) -> Deferred[None]:
+    def wait(self, pending: Deferred[Any]) -> Deferred[Any]:
         self.pending = pending
         if self.done is None:
             self.done = Deferred(self._cancel)
@@ -286,18 +286,22 @@ class _Waiting:
         if self.observe is not None:
             self.observe(stage.name, self.timer() - self.start, outcome)
         if failed:
+            _note_session(self.ctx)
             done.errback(result)
             return
         try:
-            rest = _run_stages(self.stages, self.index + 1, self.ctx, self.observe, self.timer, self)
+            rest = _run_stages(self.stages, self.index + 1, self.ctx, self.observe, self.timer, self.finish, self)
+            if rest is not None:
+                return  # waiting again, on a later stage
+            _note_session(self.ctx)
+            value = self.finish(self.ctx)
         except BaseException:
+            _note_session(self.ctx)
             done.errback()
             return
-        if rest is None:
-            done.callback(None)
-        # else: waiting again, on a later stage
+        done.callback(value)
 
-    def _cancel(self, _: Deferred[None]) -> None:
+    def _cancel(self, _: Deferred[Any]) -> None:
         if self.pending is not None:
             self.pending.cancel()
 

@@ -24,6 +24,10 @@ from gatewayd.rpc.errors import RpcError
 #: types cannot mint fresh per-type budgets (they are UNIMPLEMENTED one stage later anyway).
 UNROUTED = "~unrouted"
 
+#: Peers whose IP budget key is remembered (parsing an address costs microseconds per call);
+#: past this many the memo starts over, so it stays bounded whatever the peers.
+_MAX_IP_KEYS = 4096
+
 
 class BudgetPlan:
     """Which budgets a request spends: its IP (an IPv6 peer's /64: ``peer_address.budget_address``),
@@ -32,14 +36,21 @@ class BudgetPlan:
     def __init__(self, limits: LimitsConfig, routed_types: Container[str]) -> None:
         self._limits = limits
         self._routed_types = routed_types
+        self._ip_keys: dict[str, str] = {}  # peer -> its IP budget key
 
     def budgets(self, ctx: RequestContext) -> tuple[tuple[str, Budget], ...]:
         env = ctx.env
         user_id = ctx.caller.user_id
         limits = self._limits
         message_type = env.message_type if env.message_type in self._routed_types else UNROUTED
+        peer = ctx.call.peer
+        ip_key = self._ip_keys.get(peer)
+        if ip_key is None:
+            if len(self._ip_keys) >= _MAX_IP_KEYS:
+                self._ip_keys.clear()
+            ip_key = self._ip_keys[peer] = f"ip:{budget_address(peer)}"
         return (
-            (f"ip:{budget_address(ctx.call.peer)}", limits.ip),
+            (ip_key, limits.ip),
             (f"session:{env.device_session_id}", limits.session),
             (f"user:{user_id}", limits.user),
             (f"type:{user_id}:{message_type}", limits.message_type),

@@ -50,6 +50,11 @@ class ReplayStage:
         env = ctx.env
         budgets: tuple[tuple[str, Budget], ...] = self._plan.budgets(ctx)
         d: Deferred[Any] = self._stores.admit(replay_key(env.device_session_id, env.request_id), self._ttl_s, budgets)
+        if d.called and not d.paused and not isinstance(d.result, Failure):
+            # The memory stores answer at once: decide now, without a callback (as _run_stages reads it too).
+            admission: Any = d.result
+            self._admitted(admission, ctx)
+            return None
         return d.addCallbacks(self._admitted, self._failed, callbackArgs=(ctx,))
 
     @staticmethod

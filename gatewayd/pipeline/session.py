@@ -31,6 +31,11 @@ class SessionStage:
 
     def check(self, ctx: RequestContext) -> Deferred[None] | None:
         d: Deferred[Any] = self._sessions.get(ctx.env.device_session_id, ctx.call)
+        if d.called and not d.paused and not isinstance(d.result, Failure):
+            # A cache hit (already fired): decide now, without a callback (as _run_stages reads it too).
+            found: Any = d.result
+            self._found(found, ctx)
+            return None
         return d.addCallbacks(self._found, self._failed, callbackArgs=(ctx,))
 
     @staticmethod

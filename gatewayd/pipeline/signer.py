@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from gatewayd._proto.gateway.v1.gateway_pb2 import (
-    ExecuteCommandResponse,
-    GatewayEvent,
-    ResponseEnvelope,
-)
+from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandResponse, GatewayEvent
 from gatewayd.pipeline.context import Clock, now_ms
 from gatewayd.signing import GatewayKey, event_signing_input, response_signing_input, sha256
 
@@ -49,18 +45,16 @@ class ResponseSigner(_Signer):
                 payload_hash, key_id,
             )
         )
-        return ExecuteCommandResponse(
-            envelope=ResponseEnvelope(
-                protocol_version=RESPONSE_PROTOCOL_VERSION,
-                request_id=request_id,
-                timestamp_ms=timestamp,
-                result_code=result_code,
-                payload_hash=payload_hash,
-                key_id=key_id,
-            ),
-            payload_bytes=payload,
-            signature=signature,
-        )
+        response = ExecuteCommandResponse(payload_bytes=payload, signature=signature)
+        # Filled in place: a ResponseEnvelope built apart would be copied into the response.
+        envelope = response.envelope
+        envelope.protocol_version = RESPONSE_PROTOCOL_VERSION
+        envelope.request_id = request_id
+        envelope.timestamp_ms = timestamp
+        envelope.result_code = result_code
+        envelope.payload_hash = payload_hash
+        envelope.key_id = key_id
+        return response
 
 
 class EventSigner(_Signer):

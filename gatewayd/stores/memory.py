@@ -7,9 +7,10 @@ fired Deferred.
 Memory is bounded. Both stores keep ``key -> deadline`` (a replay
 reservation's expiry; a bucket's theoretical arrival time, after which the
 bucket is full and the key means nothing). Every call sweeps two entries
-from the front of a queue of the keys: an expired one is dropped, a live one
-goes to the back. The sweep thus cycles through all entries at twice
-the rate at which new keys can arrive, so expired ones leave within a cycle,
+from the front of a queue of the keys (``admit``: two per budget it charges):
+an expired one is dropped, a live one goes to the back. The sweep thus
+cycles through all entries at twice the rate at which new keys can arrive,
+so expired ones leave within a cycle,
 whatever their mix of lifetimes. When a store is at its maximum, a new key
 first sweeps harder (a bounded number of entries); if nothing has expired:
 
@@ -156,8 +157,18 @@ class MemoryRateLimiter:
         if cost != 1:
             check_cost(budget, cost)
         now = self._clock.seconds()
+        self._deadlines.sweep(now, _SWEEP_STEP)
+        return self._spend(key, budget, cost, now)
+
+    def consume_each_now(self, budgets: Sequence[tuple[str, Budget]]) -> tuple[RateDecision, ...]:
+        """``consume_now(key, budget)`` for each pair in order, at one instant (one clock read, one sweep)."""
+        now = self._clock.seconds()
+        self._deadlines.sweep(now, _SWEEP_STEP * len(budgets))
+        spend = self._spend
+        return tuple([spend(key, budget, 1, now) for key, budget in budgets])
+
+    def _spend(self, key: str, budget: Budget, cost: int, now: float) -> RateDecision:
         deadlines = self._deadlines
-        deadlines.sweep(now, _SWEEP_STEP)
         entries = deadlines.entries
         interval = 1.0 / budget.rate
         tat = entries.get(key)
@@ -183,7 +194,7 @@ class MemoryStores(Stores):
     def __init__(self, replay: MemoryReplayStore, rate: MemoryRateLimiter) -> None:
         super().__init__(replay, rate)
         self._reserve = replay.reserve_now
-        self._consume = rate.consume_now
+        self._consume_each = rate.consume_each_now
 
     def admit(self, replay_key: str, ttl_s: float, budgets: Sequence[tuple[str, Budget]]) -> Deferred[Admission]:
         try:
@@ -192,5 +203,4 @@ class MemoryStores(Stores):
             return defer.fail()
         if not fresh:
             return defer.succeed(REPLAYED)
-        consume = self._consume
-        return defer.succeed(Admission(True, tuple([consume(key, budget) for key, budget in budgets])))
+        return defer.succeed(Admission(True, self._consume_each(budgets)))

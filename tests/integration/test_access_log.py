@@ -138,3 +138,27 @@ def test_sampling_keeps_failures_and_the_switch_turns_it_off() -> None:
     assert events and events[0]["stage"] == "envelope"
     access.configure(AccessLogConfig(enabled=False))
     assert access._keep(failed=True) is False
+
+
+def test_a_record_is_the_event_logger_info_would_emit() -> None:
+    """The record goes straight to the logger's observer, as the very event ``Logger.info`` builds
+    (same keys in the same order: twist's JSON log writes the event as it is)."""
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    logger = Logger(namespace="gatewayd.access", observer=ours.append)
+    access = AccessLog(AccessLogConfig(), log=logger)
+    fields = {"kind": "rest", "peer": "::1", "protocol": "rest", "transport": "h2", "method": "POST",
+              "path": "/api/v1/public/{x}", "status": 400, "status_name": "400", "bytes_in": 1, "bytes_out": 2,
+              "device_session_id": "ds_1"}
+    access._emit(target="POST /api/v1/public/{x}", stage="validation", duration_s=0.0123456, **fields)
+    Logger(namespace="gatewayd.access", observer=theirs.append).info(
+        "::1 rest POST /api/v1/public/{{x}} 400 stage=validation 12.3ms in=1 out=2 session=ds_1",
+        stage="validation", duration_ms=12.346, **fields,
+    )
+    [event], [expected] = ours, theirs
+    assert list(event) == list(expected)
+    assert event.pop("log_logger") is logger and expected.pop("log_logger") is not None
+    assert abs(event.pop("log_time") - expected.pop("log_time")) < 5.0
+    assert event == expected
+    assert event_as_record(ours[0] | {"log_time": 0.0})["message"] == (
+        "::1 rest POST /api/v1/public/{x} 400 stage=validation 12.3ms in=1 out=2 session=ds_1")

@@ -112,6 +112,27 @@ async def test_requests_are_written_as_exact_http11_bytes() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_request_bigger_than_the_socket_takes_at_once_arrives_whole_and_in_order() -> None:
+    """A request is sent straight to the socket; what the socket does not take at once (a body
+    of megabytes) goes through Twisted's buffer, behind it, and the next request after both."""
+    big = random.Random(7).randbytes(12 * 1024 * 1024)  # the raw server reads a body as bytes
+
+    async def test(client: BackendClient, server: RawFactory) -> None:
+        answers = await gatherResults([
+            client.call_route(Route("POST", "notes"), big, "usr_1", "ds_1", "r-1"),
+            client.call_route(Route("POST", "notes"), b"{}", "usr_1", "ds_1", "r-2"),
+        ])
+        assert [a.status for a in answers] == [200, 200]
+        await client.call_route(Route("POST", "notes"), b"[]", "usr_1", "ds_1", "r-3")
+        bodies = [request.partition(b"\r\n\r\n")[2] for request in server.requests]
+        assert sorted(bodies, key=len) == [b"{}", b"[]", big] or sorted(bodies, key=len) == [b"[]", b"{}", big]
+        assert bodies[-1] == b"[]" and server.connections <= 2
+
+    await with_raw_server(always(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), test,
+                          max_body_bytes=16 * 1024 * 1024)
+
+
+@pytest_twisted.ensureDeferred
 async def test_keep_alive_connections_are_reused_and_5xx_is_an_answer() -> None:
     async def test(client: BackendClient, server: RawFactory) -> None:
         for _ in range(10):

@@ -181,6 +181,46 @@ def test_a_request_waiting_in_the_queue_times_out() -> None:
     assert "timed out" in unavailable(waiting)
 
 
+def test_one_timer_serves_every_request_and_settled_ones_are_not_kept() -> None:
+    """All requests share one timeout, so one timer (for the oldest unsettled request) is enough."""
+    rig = Rig(max_connections=2, timeout_s=2.0)
+    calls = [rig.request() for _ in range(5)]
+    assert len(rig.clock.getDelayedCalls()) == 1
+    rig.wire.answer(0, OK)
+    rig.wire.answer(1, OK)
+    assert [outcome(c) for c in calls[:2]] == [BackendAnswer(200, b"ok")] * 2
+    rig.clock.advance(1.0)
+    late = rig.request()  # deadline t=3; the queue no longer holds the two settled ones
+    assert len(rig.pool._deadlines) == 4 and len(rig.clock.getDelayedCalls()) == 1
+    rig.clock.advance(1.0)  # t=2: the three still waiting expire, ``late`` keeps its deadline
+    assert all("timed out" in unavailable(c) for c in calls[2:])
+    assert outcome(late) is None and len(rig.clock.getDelayedCalls()) == 1
+    rig.clock.advance(1.0)
+    assert "timed out" in unavailable(late)
+    assert not rig.clock.getDelayedCalls() and not rig.pool._deadlines
+
+
+def test_the_observer_hears_every_settled_request_before_its_caller() -> None:
+    heard: list[tuple[str, float, str | None]] = []
+    clock = Clock()
+    wire = Wire()
+    pool = ConnectionPool(clock, wire, max_connections=1, max_waiting=5, timeout_s=2.0, max_body_bytes=100,
+                          observer=lambda op, s, f: heard.append((op, s, None if f is None else f.type.__name__)),
+                          timer=clock.seconds)
+    answered = pool.request(GET, operation="route")
+    answered.addCallback(lambda answer: heard.append(("caller", 0.0, None)) or answer)
+    cancelled = pool.request(GET, operation="session")
+    timed_out = pool.request(GET, operation="session")
+    clock.advance(0.5)
+    wire.answer(0, OK)
+    cancelled.cancel()
+    assert outcome(cancelled).check(CancelledError)
+    clock.advance(2.0)
+    assert "timed out" in unavailable(timed_out)
+    assert heard == [("route", 0.5, None), ("caller", 0.0, None), ("session", 0.5, "CancelledError"),
+                     ("session", 2.5, "BackendUnavailable")]
+
+
 def test_cancelling_a_waiting_request_leaves_the_queue() -> None:
     rig = Rig(max_connections=1)
     first, second = rig.request(), rig.request()

@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
-from twisted.logger import Logger, LogLevel, LogPublisher, eventAsJSON, eventFromJSON, globalLogPublisher
+from twisted.logger import (
+    Logger,
+    LogLevel,
+    LogPublisher,
+    eventAsJSON,
+    eventFromJSON,
+    formatEvent,
+    globalLogPublisher,
+)
 
 from gatewayd.client import DeviceKey, GatewayClient, RpcCallError
 from gatewayd.observability.logs import (
@@ -102,6 +110,19 @@ def test_failures_carry_type_and_traceback() -> None:
     assert record["error"] == "ValueError"
     assert "ValueError: broken" in record["traceback"]
     assert record["message"] == "handler for /x failed"
+
+
+@pytest.mark.parametrize("text", ["plain words", "", "127.0.0.1 grpc /a.B/C ok 1.0ms in=1 out=2",
+                                  "escaped {{braces}}", "a {field} here", "{0}", "unbalanced } brace"])
+def test_the_message_is_what_formatEvent_renders(text: str) -> None:
+    """A format without braces is taken as its own text (no formatting); the rest go through formatEvent."""
+    out, observer = capture()
+    events: list[dict[str, Any]] = []
+    collect: Any = events.append
+    Logger(namespace="n", observer=collect).info(text, field="F")
+    observer(events[0])
+    record = json.loads(out.getvalue())
+    assert record["message"] == formatEvent(events[0])
 
 
 def test_flattened_values_of_a_json_roundtripped_event_do_not_leak() -> None:

@@ -97,3 +97,22 @@ async def test_typescript_signing_matches_vectors() -> None:
     text = out.decode(errors="replace") + err.decode(errors="replace")
     assert code == 0, text
     assert "# fail 0" in text and "# pass 5" in text, text
+
+
+def test_sign_and_verify_agree_with_pynacls_objects() -> None:
+    """``GatewayKey.sign`` and ``verify`` call libsodium through pynacl's bindings directly: same
+    signatures as ``SigningKey.sign``, and every key or signature of the wrong size or type refused."""
+    seed = bytes(range(32))
+    key = signing.GatewayKey(SigningKey(seed))
+    message = signing.frame(b"context", b"payload")
+    signature = key.sign(message)
+    assert signature == SigningKey(seed).sign(message).signature
+    assert signing.verify(key.public_key, message, signature)
+    assert not signing.verify(key.public_key, message + b"x", signature)
+    assert not signing.verify(key.public_key, message, signature[:-1] + bytes([signature[-1] ^ 1]))
+    bad_keys: list[Any] = [key.public_key[:31], key.public_key + b"\0", bytearray(key.public_key), None, ""]
+    for bad_key in bad_keys:
+        assert not signing.verify(bad_key, message, signature)
+    bad_signatures: list[Any] = [signature[:63], signature + b"\0", bytearray(signature), None, b""]
+    for bad_signature in bad_signatures:
+        assert not signing.verify(key.public_key, message, bad_signature)

@@ -194,3 +194,16 @@ def test_build_stores_memory_uses_the_given_clock() -> None:
     clock.advance(1.0)
     assert result(stores.replay.reserve("k", 1.0)) is True
     assert result(stores.close()) is None
+
+
+def test_consuming_several_budgets_at_once_decides_as_one_consume_each() -> None:
+    """``consume_each_now`` (what ``admit`` charges) answers as ``consume_now`` per budget, in order."""
+    tight, loose = Budget(rate=1.0, burst=2), Budget(rate=100.0, burst=100)
+    budgets = [("a", tight), ("b", loose), ("a", tight)]
+    one_by_one = MemoryRateLimiter(Clock())
+    at_once = MemoryRateLimiter(Clock())
+    for _ in range(3):
+        expected = tuple(one_by_one.consume_now(key, budget) for key, budget in budgets)
+        assert at_once.consume_each_now(budgets) == expected
+    assert not expected[0].allowed and expected[0].retry_after_s > 0  # the tight budget ran out
+    assert len(at_once) == len(one_by_one) == 2
