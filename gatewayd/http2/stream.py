@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import h2.errors
 import h2.exceptions
 
-from gatewayd.http2.h2adapter import send_data_frame, send_headers, send_window, still_open
+from gatewayd.http2.h2adapter import send_data_frame, send_data_now, send_headers, send_window, still_open
 from gatewayd.transport.exchange import ExchangeHandler, HeaderList
 
 if TYPE_CHECKING:
@@ -84,7 +84,16 @@ class H2Stream:
         self.conn.flush_soon()
 
     def send_data(self, data: bytes, end_stream: bool = False) -> None:
-        if self.closed:
+        conn = self.conn
+        if conn.streams.get(self.stream_id) is not self:  # closed
+            return
+        # Nothing waits ahead of it (the fan-out's case): one frame straight to h2's buffer
+        # when the windows allow, as push() would send it, without the queue round trip.
+        if (data and not end_stream and not self._queue and not self._end_queued and not conn.paused
+                and send_data_now(conn.h2, self.stream_id, data)):
+            conn.flush_soon()
+            if self._drain_callback is not None:
+                self._drain_callback()
             return
         if data:
             self._queue.append(data)
