@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import h2.errors
 import h2.exceptions
 
-from gatewayd.http2.h2adapter import send_data_frame, send_data_now, send_headers, send_window, still_open
+from gatewayd.http2.h2adapter import h2_stream, send_data_frame, send_data_now, send_headers, send_window, still_open
 from gatewayd.transport.exchange import ExchangeHandler, HeaderList
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ class H2Stream:
     __slots__ = (
         "_drain_callback",
         "_end_queued",
+        "_h2_stream",
         "_queue",
         "_queued_bytes",
         "_trailers",
@@ -64,6 +65,7 @@ class H2Stream:
         self._end_queued = False
         self._trailers: HeaderList | None = None
         self._drain_callback: Callable[[], None] | None = None
+        self._h2_stream = h2_stream(conn.h2, stream_id)  # for send_data_now
 
     @property
     def buffered_bytes(self) -> int:
@@ -90,7 +92,7 @@ class H2Stream:
         # Nothing waits ahead of it (the fan-out's case): one frame straight to h2's buffer
         # when the windows allow, as push() would send it, without the queue round trip.
         if (data and not end_stream and not self._queue and not self._end_queued and not conn.paused
-                and send_data_now(conn.h2, self.stream_id, data)):
+                and send_data_now(conn.h2, self._h2_stream, data)):
             conn.flush_soon()
             if self._drain_callback is not None:
                 self._drain_callback()

@@ -106,7 +106,7 @@ def test_send_data_now_writes_h2s_frame_and_windows(end_request: bool, payload: 
     assert len(payload) <= ANY_PEER_FRAME_SIZE
     ours, sid = _server_with_open_stream(end_request)
     theirs, _ = _server_with_open_stream(end_request)
-    assert send_data_now(ours, sid, payload)
+    assert send_data_now(ours, ours.streams[sid], payload)
     theirs.send_data(sid, payload)
     assert _snapshot(ours, sid) == _snapshot(theirs, sid)
     ours.send_data(sid, b"end", end_stream=True)
@@ -131,7 +131,9 @@ def _reset(conn: h2.connection.H2Connection, sid: int) -> None:
 
 
 def _forgotten(conn: h2.connection.H2Connection, sid: int) -> None:
-    del conn.streams[sid]
+    conn.reset_stream(sid)
+    _ = conn.open_outbound_streams  # h2 forgets closed streams as it counts open ones
+    assert sid not in conn.streams
 
 
 def _closing(conn: h2.connection.H2Connection, sid: int) -> None:
@@ -141,9 +143,10 @@ def _closing(conn: h2.connection.H2Connection, sid: int) -> None:
 @pytest.mark.parametrize("situation", [_no_room, _no_connection_room, _ended, _reset, _forgotten, _closing])
 def test_send_data_now_declines_and_changes_nothing_when_h2_would_not_send_one_plain_frame(situation: Any) -> None:
     server, sid = _server_with_open_stream(end_request=False)
+    stream = server.streams[sid]  # held from the start, as H2Stream holds it
     situation(server, sid)
     before = _snapshot(server, sid)
-    assert not send_data_now(server, sid, b"hello")
+    assert not send_data_now(server, stream, b"hello")
     assert _snapshot(server, sid) == before
 
 
@@ -151,5 +154,5 @@ def test_send_data_now_declines_a_frame_some_peer_could_refuse() -> None:
     # Over 16,384 bytes a frame needs the peer's SETTINGS_MAX_FRAME_SIZE: the queue's path reads it.
     server, sid = _server_with_open_stream(end_request=False)
     before = _snapshot(server, sid)
-    assert not send_data_now(server, sid, b"x" * (ANY_PEER_FRAME_SIZE + 1))
+    assert not send_data_now(server, server.streams[sid], b"x" * (ANY_PEER_FRAME_SIZE + 1))
     assert _snapshot(server, sid) == before
