@@ -55,8 +55,10 @@ UNCERTAIN = RpcError(Code.UNAVAILABLE, "session state changed during the call; r
 
 def connection_of(stream: ServerStream) -> object:
     """What ``stream`` is written through: its exchange's connection when it has one
-    (an HTTP/2 stream's ``conn``), else the stream itself (HTTP/1.1: one call per connection)."""
-    connection = getattr(getattr(stream, "exchange", None), "conn", None)
+    (an HTTP/2 stream's ``conn``), else the stream itself (HTTP/1.1: one call per connection).
+    A wrapper that holds the call as ``stream`` (``heartbeat.BeatingStream``) is looked through."""
+    inner = getattr(stream, "stream", stream)
+    connection = getattr(getattr(inner, "exchange", None), "conn", None)
     return stream if connection is None else connection
 
 

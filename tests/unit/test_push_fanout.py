@@ -232,6 +232,26 @@ def test_a_fanout_visits_each_connections_streams_together() -> None:
     assert all(s.received == ["e1", "e2"] if i % 2 else s.received == ["e1"] for i, s in enumerate(streams))
 
 
+class Wrapper:
+    """A ServerStream around another, as heartbeat.BeatingStream is."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.closed = False
+
+    def send(self, message: Any) -> None:
+        self.stream.send(message)
+
+
+def test_a_wrapped_stream_is_grouped_by_the_connection_of_the_stream_it_wraps() -> None:
+    rig = Rig(streams=0, batch=100)
+    conns = [object() for _ in range(2)]
+    for i in range(6):
+        rig.hub.register(USER, "ds_0", Wrapper(Stream(rig.log, Exchange(conns[i % 2]))))
+    rig.hub.publish(USER, "", event("e1"))
+    assert len(rig.log) == 6 and len(runs_of_connections(rig.log)) == 2
+
+
 def test_streams_registered_or_gone_between_events_are_counted_from_the_next_event() -> None:
     rig = Rig(streams=4, batch=100)
     rig.hub.publish(USER, "", event("e1"))
