@@ -10,7 +10,10 @@ appends one JSON line per backend ``ClientEvent`` the gateway receives:
 - ``max_turn_ms``: the longest stretch the reactor spent between two epoll
   waits while the event was open, i.e. the longest time anything else (another
   call, a timer) had to wait;
-- ``writes``, ``bytes``: socket sends to accepted connections in the window.
+- ``writes``, ``bytes``: socket sends to accepted connections in the window;
+- ``cpu_ms``: the process's CPU time (``time.process_time``) from the arrival to
+  the last socket send, i.e. what the fan-out cost, without the idle time
+  around it that the bench's whole-run CPU figure also counts.
 
 An event stays open until the next one arrives, or until a reactor wake-up
 finds nothing written for ``BENCH_OBSERVE_WINDOW_S`` (default 1 s) since its
@@ -45,7 +48,7 @@ class Observer:
     def arrived(self, kind: str) -> None:
         self.close()
         self.current = {"arrival": _now(), "kind": kind, "first_write": None, "last_write": None, "writes": 0,
-                        "bytes": 0, "max_turn_ms": 0.0}
+                        "bytes": 0, "max_turn_ms": 0.0, "cpu0": time.process_time(), "last_cpu": None}
 
     def wrote(self, sent: int, ended: float) -> None:
         cur = self.current
@@ -54,6 +57,7 @@ class Observer:
         if cur["first_write"] is None:
             cur["first_write"] = ended
         cur["last_write"] = ended
+        cur["last_cpu"] = time.process_time()
         cur["writes"] += 1
         cur["bytes"] += sent
 
@@ -78,7 +82,8 @@ class Observer:
         line = {"arrival": t0, "kind": cur["kind"], "writes": cur["writes"], "bytes": cur["bytes"],
                 "first_ms": None if cur["first_write"] is None else (cur["first_write"] - t0) * 1000,
                 "gateway_ms": None if cur["last_write"] is None else (cur["last_write"] - t0) * 1000,
-                "max_turn_ms": cur["max_turn_ms"]}
+                "max_turn_ms": cur["max_turn_ms"],
+                "cpu_ms": None if cur["last_cpu"] is None else (cur["last_cpu"] - cur["cpu0"]) * 1000}
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
 
