@@ -46,7 +46,7 @@ from gatewayd.http2.h2adapter import MAX_STREAM_ID, goaway_frame, server_connect
 from gatewayd.http2.limits import H2Limits, RapidResetMeter, TokenBucket, TurnBudget
 from gatewayd.http2.request_headers import parse_request_headers_cached
 from gatewayd.http2.send_timeout import SendTimeout
-from gatewayd.http2.stream import H2Stream
+from gatewayd.http2.stream import H2Stream, push_all
 from gatewayd.transport.exchange import ExchangeHandler, HttpApplication
 
 log = Logger()
@@ -291,8 +291,7 @@ class ServerConnectionCore:
     def resume_sending(self) -> None:
         self.paused = False
         self._send_timeout.resumed()
-        for stream in list(self.streams.values()):
-            stream.push()
+        push_all(self.streams.values())
         self.flush()
 
     # -- events -----------------------------------------------------------------
@@ -369,8 +368,7 @@ class ServerConnectionCore:
             if stream is not None:
                 stream.push()
         else:
-            for stream in list(self.streams.values()):
-                stream.push()
+            push_all(self.streams.values())
 
     def _stream_reset(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
