@@ -18,7 +18,10 @@ fan-out), ``--gap`` seconds apart. Per event:
   and the longest reactor turn while it went out (``max_turn_ms``);
 - end to end: the backend POST -> each stream's read in a subscriber process
   (the subscribers only record reads while events arrive, and parse afterwards);
-- gateway CPU per delivery, RSS per open stream.
+- gateway CPU per delivery: over the whole event phase (``cpu_us_per_delivery``,
+  idle time included) and during the fan-outs only (``fanout_cpu_us_per_delivery``:
+  the observer's ``cpu_ms`` per event over the live streams, median of the events);
+  RSS per open stream.
 
 ``--events 0`` only opens the streams and measures RSS (the 100,000-stream check:
 ``--layout 1000x100 --procs 4 --events 1``).
@@ -92,6 +95,7 @@ def summarize(sent: list[float], observed: list[dict[str, Any]], arrivals: list[
     gateway = [o["gateway_ms"] for o in events if o["gateway_ms"] is not None]
     first = [o["first_ms"] for o in events if o["first_ms"] is not None]
     turns = [o["max_turn_ms"] for o in events]
+    fanout_cpu = [o["cpu_ms"] * 1000 / live for o in events if o.get("cpu_ms") is not None and live]
     transit = [(o["arrival"] - s) * 1000 for o, s in zip(events, sent, strict=False)]
 
     def dist(values: list[float]) -> dict[str, float]:
@@ -100,6 +104,7 @@ def summarize(sent: list[float], observed: list[dict[str, Any]], arrivals: list[
     return {"observed_events": len(events), "gateway_ms": dist(gateway), "first_ms": dist(first),
             "max_turn_ms": dist(turns), "backend_to_gateway_ms": dist(transit), "e2e_ms": dist(e2e),
             "e2e_last_ms": dist(last_per_event), "deliveries": len(e2e), "missing": missing,
+            "fanout_cpu_us_per_delivery": statistics.median(fanout_cpu) if fanout_cpu else None,
             "writes_per_event": statistics.median([o["writes"] for o in events]) if events else 0}
 
 

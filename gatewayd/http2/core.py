@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
+from weakref import WeakKeyDictionary
 
 import h2.errors
 import h2.events
@@ -45,7 +46,7 @@ from gatewayd.http2.h2adapter import MAX_STREAM_ID, HeaderBlockTooLarge, goaway_
 from gatewayd.http2.limits import H2Limits, RapidResetMeter, TokenBucket, TurnBudget
 from gatewayd.http2.request_headers import parse_request_headers_cached
 from gatewayd.http2.send_timeout import SendTimeout
-from gatewayd.http2.stream import H2Stream
+from gatewayd.http2.stream import H2Stream, push_all
 from gatewayd.transport.exchange import ExchangeHandler, HttpApplication
 
 log = Logger()
@@ -68,6 +69,44 @@ class ConnectionIO(Protocol):
 
     def abort(self) -> None:
         """Close now, dropping unsent bytes; ``connection_lost`` follows."""
+
+
+class TurnWrites:
+    """The connections of one clock that have bytes to write this turn, written by one delayed call.
+
+    A fan-out touches hundreds of connections in a turn: one timer for all of them
+    instead of one each. ``for_clock`` gives every connection on a clock (the
+    reactor) the same one.
+    """
+
+    __slots__ = ("__weakref__", "_call", "_clock", "_pending")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._pending: list[ServerConnectionCore] = []
+        self._call: IDelayedCall | None = None
+
+    @classmethod
+    def for_clock(cls, clock: IReactorTime) -> TurnWrites:
+        writes = _TURN_WRITES.get(clock)
+        if writes is None:
+            writes = _TURN_WRITES[clock] = cls(clock)
+        return writes
+
+    def add(self, core: ServerConnectionCore) -> None:
+        """Have ``core.flush()`` run once this reactor turn is done."""
+        self._pending.append(core)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self._write)
+
+    def _write(self) -> None:
+        self._call = None
+        pending, self._pending = self._pending, []
+        for core in pending:
+            core.flush()
+
+
+_TURN_WRITES: WeakKeyDictionary[IReactorTime, TurnWrites] = WeakKeyDictionary()
 
 
 class ServerConnectionCore:
@@ -106,7 +145,8 @@ class ServerConnectionCore:
         self._ping_bucket = TokenBucket(clock, limits.control_frame_rate, limits.control_frame_burst)
         self._idle_call: IDelayedCall | None = None
         self._idle_since: float | None = None
-        self._flush_call: IDelayedCall | None = None
+        self._turn_writes = TurnWrites.for_clock(clock)
+        self._flush_pending = False
         self._receiving = False
         self._events: deque[Any] = deque()
         self._reading_paused = False
@@ -185,8 +225,9 @@ class ServerConnectionCore:
         self._lost = True
         self._events.clear()
         self._send_timeout.stop()
+        # A flush still pending finds the connection lost and writes nothing.
         calls = (self._idle_call, self._keepalive_call, self._keepalive_timeout, self._shutdown_ping_call,
-                 self._flush_call, self._resume_call)
+                 self._resume_call)
         for call in calls:
             if call is not None and call.active():
                 call.cancel()
@@ -206,7 +247,7 @@ class ServerConnectionCore:
 
     def flush(self) -> None:
         """Write out what h2 has queued."""
-        self._flush_call = None
+        self._flush_pending = False
         data = self.h2.data_to_send()
         if data and not self._lost:
             self.io.write(data)
@@ -215,12 +256,14 @@ class ServerConnectionCore:
         """Write what h2 has queued once this reactor turn is done.
 
         Inside ``receive`` that is its own final flush; elsewhere (a handler
-        answering later, the hub fanning out) one delayed call per connection
-        gathers every frame written in the turn into one socket write.
+        answering later, the hub fanning out) every frame written in the turn
+        goes out in one socket write, from one delayed call for all the
+        connections on this clock (``TurnWrites``).
         """
-        if self._receiving or self._flush_call is not None:
+        if self._receiving or self._flush_pending:
             return
-        self._flush_call = self.clock.callLater(0, self.flush)
+        self._flush_pending = True
+        self._turn_writes.add(self)
 
     def _go_away(self, error_code: int, reason: str, queued: bool = False) -> None:
         """GOAWAY and close; ``queued``: h2 has already queued the GOAWAY (it does on protocol errors)."""
@@ -249,8 +292,7 @@ class ServerConnectionCore:
     def resume_sending(self) -> None:
         self.paused = False
         self._send_timeout.resumed()
-        for stream in list(self.streams.values()):
-            stream.push()
+        push_all(self.streams.values())
         self.flush()
 
     # -- events -----------------------------------------------------------------
@@ -327,8 +369,7 @@ class ServerConnectionCore:
             if stream is not None:
                 stream.push()
         else:
-            for stream in list(self.streams.values()):
-                stream.push()
+            push_all(self.streams.values())
 
     def _stream_reset(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)

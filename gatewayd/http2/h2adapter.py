@@ -506,6 +506,45 @@ def goaway_frame(last_stream_id: int) -> bytes:
 
 _DATA_FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length + type 0 (DATA), flags, stream id
 _SENDS_DATA = frozenset((StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE))
+# Read once: on Python 3.11 an enum member read from its class costs more than the rest of a check.
+_SERVER_OPEN = ConnectionState.SERVER_OPEN
+# The smallest SETTINGS_MAX_FRAME_SIZE a peer may set (RFC 9113 6.5.2): a frame this size fits any peer.
+ANY_PEER_FRAME_SIZE = 16384
+
+
+def send_data_now(conn: h2.connection.H2Connection, stream: Any, data: bytes) -> bool:
+    """One DATA frame of ``data`` (without END_STREAM) on h2's ``stream`` if it can go out now;
+    whether it went.
+
+    It goes when h2 would send it as one frame without a transition or an error: the
+    stream and the connection open for sending, both windows large enough, and ``data``
+    no larger than any peer's maximum frame size (so the peer's setting need not be
+    read). Otherwise nothing changes and the caller queues ``data``. ``stream`` may be
+    held from the stream's start (``h2_stream``): h2 forgets only closed streams, which
+    this refuses. The bytes and the windows are h2's send_data's
+    (tests/unit/test_h2_data_frames.py).
+    """
+    size = len(data)
+    if (
+        stream is None
+        or size > ANY_PEER_FRAME_SIZE
+        or size > stream.outbound_flow_control_window
+        or size > conn.outbound_flow_control_window
+        or stream.state_machine.state not in _SENDS_DATA
+        or conn.state_machine.state is not _SERVER_OPEN
+    ):
+        return False
+    buffer = conn._data_to_send
+    buffer += _DATA_FRAME_HEADER.pack(size << 8, 0, stream.stream_id)
+    buffer += data
+    stream.outbound_flow_control_window -= size
+    conn.outbound_flow_control_window -= size
+    return True
+
+
+def h2_stream(conn: h2.connection.H2Connection, stream_id: int) -> Any:
+    """h2's object for the stream (``None`` if h2 has forgotten it): the same until h2 forgets it."""
+    return conn.streams.get(stream_id)
 
 
 def send_data_frame(conn: h2.connection.H2Connection, stream: Any, data: bytes, end_stream: bool = False) -> None:
@@ -519,7 +558,7 @@ def send_data_frame(conn: h2.connection.H2Connection, stream: Any, data: bytes, 
     the cost per frame. Anything unusual takes h2's own path;
     tests/unit/test_h2_data_frames.py pins the bytes, windows and state to h2's.
     """
-    if stream.state_machine.state not in _SENDS_DATA or conn.state_machine.state is not ConnectionState.SERVER_OPEN:
+    if stream.state_machine.state not in _SENDS_DATA or conn.state_machine.state is not _SERVER_OPEN:
         conn.send_data(stream.stream_id, data, end_stream=end_stream)
         return
     flags = 0

@@ -11,9 +11,16 @@ Promises:
 - **Fan-out in bounded slices.** ``publish`` hands the event to at most
   ``fanout_batch`` streams in the current reactor turn (at once, so the first
   streams get it without delay) and to the rest in later turns, the same
-  number per turn, so one event to 10,000 streams never holds the reactor.
+  number per slice, so one event to 10,000 streams never holds the reactor.
+  Slices are two turns apart: in the turn after a slice its connections write
+  what it queued (``ServerConnectionCore.flush_soon``) and the reactor hands
+  those bytes to the kernel, before the next slice takes its turn.
   Events go out in the order they were published: on every stream, event N+1
   is never sent before event N.
+- **A connection's streams together.** A fan-out visits the streams grouped by
+  the connection they are written through, so each connection's share of a
+  slice is written with one socket send (and, with few streams per
+  connection, in one slice).
 - **Revocation is final.** A stream ended by ``revoke`` (or by any other
   cause) is sent nothing more, even from a fan-out already under way; and a
   subscription whose session or user was revoked while it was being verified
@@ -46,19 +53,30 @@ SHUTTING_DOWN = RpcError(Code.UNAVAILABLE, "gateway is shutting down")
 UNCERTAIN = RpcError(Code.UNAVAILABLE, "session state changed during the call; retry")
 
 
+def connection_of(stream: ServerStream) -> object:
+    """What ``stream`` is written through: its exchange's connection when it has one
+    (an HTTP/2 stream's ``conn``), else the stream itself (HTTP/1.1: one call per connection).
+    A wrapper that holds the call as ``stream`` (``heartbeat.BeatingStream``) is looked through."""
+    inner = getattr(stream, "stream", stream)
+    connection = getattr(getattr(inner, "exchange", None), "conn", None)
+    return stream if connection is None else connection
+
+
 class Subscription:
     """One registered stream. ``done`` fires (or fails) when the stream must end.
 
     ``live`` turns False when the hub forgets the stream; a fan-out under way
-    checks it before each send.
+    checks it before each send. ``connection`` groups the streams of one
+    connection in a fan-out (``connection_of``).
     """
 
-    __slots__ = ("device_session_id", "done", "live", "stream", "user_id")
+    __slots__ = ("connection", "device_session_id", "done", "live", "stream", "user_id")
 
     def __init__(self, user_id: str, device_session_id: str, stream: ServerStream) -> None:
         self.user_id = user_id
         self.device_session_id = device_session_id
         self.stream = stream
+        self.connection = connection_of(stream)
         self.live = True
         self.done: defer.Deferred[None] = defer.Deferred()
 
@@ -95,6 +113,11 @@ class Hub:
         self._clock = clock
         self._batch = fanout_batch
         self._users: dict[str, dict[str, set[Subscription]]] = {}
+        # The same streams by user, then by connection (insertion-ordered), and each user's
+        # streams in that order as one list, kept until the user's streams change (a fan-out
+        # holds on to the list it got: it is replaced, never changed).
+        self._by_connection: dict[str, dict[object, dict[Subscription, None]]] = {}
+        self._in_order: dict[str, list[Subscription]] = {}
         self._session_user: dict[str, str] = {}
         self._count = 0
         self._fanouts: deque[_Fanout] = deque()
@@ -161,6 +184,8 @@ class Hub:
         sub = Subscription(user_id, device_session_id, stream)
         sessions = self._users.setdefault(user_id, {})
         sessions.setdefault(device_session_id, set()).add(sub)
+        self._by_connection.setdefault(user_id, {}).setdefault(sub.connection, {})[sub] = None
+        self._in_order.pop(user_id, None)
         self._session_user[device_session_id] = user_id
         self._count += 1
         if verdict is Verdict.RECHECK and self.on_recheck is not None:
@@ -178,6 +203,14 @@ class Hub:
             return
         subs.discard(sub)
         self._count -= 1
+        self._in_order.pop(sub.user_id, None)
+        connections = self._by_connection[sub.user_id]
+        group = connections[sub.connection]
+        del group[sub]
+        if not group:
+            del connections[sub.connection]
+            if not connections:
+                del self._by_connection[sub.user_id]
         if not subs:
             del sessions[sub.device_session_id]
             self._session_user.pop(sub.device_session_id, None)
@@ -189,12 +222,19 @@ class Hub:
         return [(user_id, session) for user_id, sessions in self._users.items() for session in sessions]
 
     def _matching(self, user_id: str, device_session_id: str) -> list[Subscription]:
-        sessions = self._users.get(user_id)
-        if not sessions:
-            return []
+        """The streams of the user (of one session when given), each connection's together;
+        not to be changed (the user's list is shared until the user's streams change)."""
         if device_session_id:
-            return list(sessions.get(device_session_id, ()))
-        return [sub for subs in sessions.values() for sub in subs]
+            sessions = self._users.get(user_id)
+            subs = sessions.get(device_session_id, ()) if sessions else ()
+            return sorted(subs, key=lambda sub: id(sub.connection))
+        in_order = self._in_order.get(user_id)
+        if in_order is None:
+            connections = self._by_connection.get(user_id)
+            if not connections:
+                return []
+            in_order = self._in_order[user_id] = [sub for group in connections.values() for sub in group]
+        return in_order
 
     # --- fan-out -----------------------------------------------------------------------
 
@@ -238,7 +278,13 @@ class Hub:
             self._sending = False
             self.delivered += sent
         if fanouts and not self.closed:
-            self._next_slice = self._clock.callLater(0, self._send_slice)
+            self._next_slice = self._clock.callLater(0, self._after_writes)
+
+    def _after_writes(self) -> None:
+        # The turn after a slice: its connections' flushes run now, and the reactor hands
+        # their bytes to the kernel after this turn's delayed calls. A slice run now would
+        # hold those bytes back for as long as it takes; the next one waits a turn instead.
+        self._next_slice = self._clock.callLater(0, self._send_slice)
 
     # --- ending streams ----------------------------------------------------------------
 

@@ -366,7 +366,8 @@ class ServerCall:
     def send(self, message: Message | Encoded) -> None:
         if self.finished:
             return
-        self._ensure_stream_started()
+        if not self._stream_started:
+            self._ensure_stream_started()
         proto = self.proto
         if type(message) is Encoded:
             key = proto.frame_cache_key

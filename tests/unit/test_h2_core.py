@@ -10,10 +10,12 @@ import gc
 
 from h2.errors import ErrorCodes
 from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame, PingFrame, SettingsFrame
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
 from gatewayd._proto.gateway.v1 import gateway_pb2
 from gatewayd.config import ServerConfig
+from gatewayd.http2.core import TurnWrites
 from gatewayd.http2.h2adapter import max_header_block_bytes
 from gatewayd.http2.stream import H2Stream
 from gatewayd.rpc.codes import Code
@@ -334,6 +336,29 @@ def test_client_that_stops_reading_gets_resource_exhausted() -> None:
     response = pair.client.responses[sid]
     assert response.grpc_status() == Code.RESOURCE_EXHAUSTED
     assert 65 <= len(response.messages()) < 200
+
+
+def test_connections_on_one_clock_write_from_one_delayed_call() -> None:
+    clock = Clock()
+    writes = TurnWrites.for_clock(clock)
+    assert TurnWrites.for_clock(clock) is writes and TurnWrites.for_clock(Clock()) is not writes
+    flushed: list[int] = []
+
+    class Core:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def flush(self) -> None:
+            flushed.append(self.n)
+
+    for n in range(3):
+        writes.add(Core(n))  # type: ignore[arg-type]
+    assert len(clock.getDelayedCalls()) == 1 and flushed == []
+    clock.advance(0)
+    assert flushed == [0, 1, 2] and clock.getDelayedCalls() == []
+    writes.add(Core(3))  # type: ignore[arg-type]
+    clock.advance(0)
+    assert flushed == [0, 1, 2, 3]
 
 
 def test_a_full_socket_holds_data_until_it_drains() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import h2.config
 import h2.connection
 import h2.events
@@ -9,7 +11,7 @@ import h2.exceptions
 import pytest
 from hyperframe.frame import DataFrame, RstStreamFrame
 
-from gatewayd.http2.h2adapter import send_data_frame
+from gatewayd.http2.h2adapter import ANY_PEER_FRAME_SIZE, send_data_frame, send_data_now
 
 
 def _server_with_open_stream(end_request: bool) -> tuple[h2.connection.H2Connection, int]:
@@ -87,3 +89,70 @@ def test_a_closed_stream_takes_h2s_path_and_its_error() -> None:
     server.send_data(sid, b"", end_stream=True)
     with pytest.raises(h2.exceptions.StreamClosedError):
         send_data_frame(server, stream, b"late")
+
+
+def _snapshot(conn: h2.connection.H2Connection, sid: int) -> tuple[object, ...]:
+    # Read without h2's open-stream counts, which forget closed streams as they count.
+    stream = conn.streams.get(sid)
+    if stream is None:
+        return (bytes(conn._data_to_send), conn.outbound_flow_control_window, conn.state_machine.state)
+    return (bytes(conn._data_to_send), conn.outbound_flow_control_window, conn.state_machine.state,
+            stream.outbound_flow_control_window, stream.state_machine.state, stream.state_machine.stream_closed_by)
+
+
+@pytest.mark.parametrize("end_request", [False, True], ids=["open", "half-closed-remote"])
+@pytest.mark.parametrize("payload", [b"x", b"\x00\x00\x00\x00\x05hello", bytes(range(256)) * 64])
+def test_send_data_now_writes_h2s_frame_and_windows(end_request: bool, payload: bytes) -> None:
+    assert len(payload) <= ANY_PEER_FRAME_SIZE
+    ours, sid = _server_with_open_stream(end_request)
+    theirs, _ = _server_with_open_stream(end_request)
+    assert send_data_now(ours, ours.streams[sid], payload)
+    theirs.send_data(sid, payload)
+    assert _snapshot(ours, sid) == _snapshot(theirs, sid)
+    ours.send_data(sid, b"end", end_stream=True)
+    theirs.send_data(sid, b"end", end_stream=True)
+    assert ours.data_to_send() == theirs.data_to_send()
+
+
+def _no_room(conn: h2.connection.H2Connection, sid: int) -> None:
+    conn.streams[sid].outbound_flow_control_window = 4
+
+
+def _no_connection_room(conn: h2.connection.H2Connection, sid: int) -> None:
+    conn.outbound_flow_control_window = 4
+
+
+def _ended(conn: h2.connection.H2Connection, sid: int) -> None:
+    conn.send_data(sid, b"", end_stream=True)
+
+
+def _reset(conn: h2.connection.H2Connection, sid: int) -> None:
+    conn.reset_stream(sid)
+
+
+def _forgotten(conn: h2.connection.H2Connection, sid: int) -> None:
+    conn.reset_stream(sid)
+    _ = conn.open_outbound_streams  # h2 forgets closed streams as it counts open ones
+    assert sid not in conn.streams
+
+
+def _closing(conn: h2.connection.H2Connection, sid: int) -> None:
+    conn.close_connection()
+
+
+@pytest.mark.parametrize("situation", [_no_room, _no_connection_room, _ended, _reset, _forgotten, _closing])
+def test_send_data_now_declines_and_changes_nothing_when_h2_would_not_send_one_plain_frame(situation: Any) -> None:
+    server, sid = _server_with_open_stream(end_request=False)
+    stream = server.streams[sid]  # held from the start, as H2Stream holds it
+    situation(server, sid)
+    before = _snapshot(server, sid)
+    assert not send_data_now(server, stream, b"hello")
+    assert _snapshot(server, sid) == before
+
+
+def test_send_data_now_declines_a_frame_some_peer_could_refuse() -> None:
+    # Over 16,384 bytes a frame needs the peer's SETTINGS_MAX_FRAME_SIZE: the queue's path reads it.
+    server, sid = _server_with_open_stream(end_request=False)
+    before = _snapshot(server, sid)
+    assert not send_data_now(server, server.streams[sid], b"x" * (ANY_PEER_FRAME_SIZE + 1))
+    assert _snapshot(server, sid) == before

@@ -37,7 +37,8 @@ class TurnClock(Clock):
 class Stream:
     """A ServerStream that records what it was sent; ``on_send`` lets a test react inside a send."""
 
-    def __init__(self, log: list[tuple[Stream, str]]) -> None:
+    def __init__(self, log: list[tuple[Stream, str]], exchange: Any = None) -> None:
+        self.exchange = exchange  # what ServerCall calls its transport's stream (connection_of reads its conn)
         self.received: list[str] = []
         self.log = log
         self.on_send: Any = None
@@ -88,7 +89,8 @@ def test_one_event_goes_out_in_slices_the_first_at_once() -> None:
     # The first slice goes out inside publish: those streams do not wait for a turn.
     assert len(rig.log) == 3
     assert rig.hub.pending_sends == 7
-    assert rig.drain() == [3, 3, 1]
+    # Slices are two turns apart: the turn between is the connections' writes of the slice before.
+    assert rig.drain() == [0, 3, 0, 3, 0, 1]
     assert all(s.received == ["e1"] for s in rig.streams)
     assert rig.hub.delivered == 10 and rig.hub.pending_sends == 0
 
@@ -199,6 +201,71 @@ def test_publish_to_one_session_reaches_only_it() -> None:
     assert [len(s.received) for s in rig.streams] == [0, 1, 0, 0, 1, 0]
     assert rig.hub.publish("usr_other", "", event("e2")) == 0
     assert rig.clock.getDelayedCalls() == []
+
+
+class Exchange:
+    def __init__(self, conn: object) -> None:
+        self.conn = conn
+
+
+def runs_of_connections(log: list[tuple[Stream, str]]) -> list[object]:
+    """The connections in the order sends reached them, one entry per unbroken run."""
+    order = [stream.exchange.conn for stream, _ in log]
+    return [conn for i, conn in enumerate(order) if i == 0 or order[i - 1] is not conn]
+
+
+def test_a_fanout_visits_each_connections_streams_together() -> None:
+    rig = Rig(streams=0, batch=4)
+    conns = [object() for _ in range(3)]
+    streams = []
+    for i in range(12):  # opened interleaved: connection 0, 1, 2, 0, 1, 2... over two sessions
+        stream = Stream(rig.log, Exchange(conns[i % 3]))
+        streams.append(stream)
+        rig.hub.register(USER, f"ds_{i % 2}", stream)
+    rig.hub.publish(USER, "", event("e1"))
+    rig.drain()
+    assert sorted(map(id, runs_of_connections(rig.log))) == sorted(map(id, conns))
+    rig.log.clear()
+    rig.hub.publish(USER, "ds_1", event("e2"))
+    rig.drain()
+    assert len(rig.log) == 6 and len(runs_of_connections(rig.log)) == 3
+    assert all(s.received == ["e1", "e2"] if i % 2 else s.received == ["e1"] for i, s in enumerate(streams))
+
+
+class Wrapper:
+    """A ServerStream around another, as heartbeat.BeatingStream is."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.closed = False
+
+    def send(self, message: Any) -> None:
+        self.stream.send(message)
+
+
+def test_a_wrapped_stream_is_grouped_by_the_connection_of_the_stream_it_wraps() -> None:
+    rig = Rig(streams=0, batch=100)
+    conns = [object() for _ in range(2)]
+    for i in range(6):
+        rig.hub.register(USER, "ds_0", Wrapper(Stream(rig.log, Exchange(conns[i % 2]))))
+    rig.hub.publish(USER, "", event("e1"))
+    assert len(rig.log) == 6 and len(runs_of_connections(rig.log)) == 2
+
+
+def test_streams_registered_or_gone_between_events_are_counted_from_the_next_event() -> None:
+    rig = Rig(streams=4, batch=100)
+    rig.hub.publish(USER, "", event("e1"))
+    late = Stream(rig.log)
+    rig.hub.register(USER, "ds_0", late)
+    rig.hub.unregister(rig.subs[0])
+    assert rig.hub.publish(USER, "", event("e2")) == 4
+    rig.drain()
+    assert rig.streams[0].received == ["e1"]
+    assert [s.received for s in rig.streams[1:]] == [["e1", "e2"]] * 3
+    assert late.received == ["e2"]
+    for sub in rig.subs[1:]:
+        rig.hub.unregister(sub)
+    assert len(rig.hub) == 1 and rig.hub.open_sessions() == [(USER, "ds_0")]
 
 
 def test_batch_must_be_positive() -> None:
