@@ -43,6 +43,9 @@ HUB: Sequence[Family[HubStats]] = (
     (_C, "gatewayd_push_subscriptions_refused",
      "SubscribeEvents calls refused at registration: their session was invalidated while they were verified.",
      lambda s: s.subscriptions_refused),
+    (_C, "gatewayd_push_send_errors",
+     "Streams ended INTERNAL because handing them an event raised (a bug; the fan-out went on to the others).",
+     lambda s: s.send_errors),
 )
 DISPATCHER: Sequence[Family[DispatcherStats]] = (
     (_C, "gatewayd_push_events_in", "Client events received from the backend's push stream.",

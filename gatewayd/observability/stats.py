@@ -24,12 +24,14 @@ class StatsSource(Protocol[T_co]):
 @dataclass(frozen=True, slots=True)
 class HubStats:
     """The push hub: open SubscribeEvents streams, events written to streams so far, streams ended by
-    an invalidation, subscriptions refused at registration (invalidated while being verified)."""
+    an invalidation, subscriptions refused at registration (invalidated while being verified), streams
+    ended because handing them an event raised."""
 
     streams_open: int
     events_delivered: int
     streams_revoked: int
     subscriptions_refused: int
+    send_errors: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from gatewayd.observability.stats import HubStats
 from gatewayd.push.revocations import Revocations, Ticket, Verdict
@@ -44,12 +45,15 @@ from gatewayd.rpc.call import Encoded, ServerStream
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 
+log = Logger()
+
 DEFAULT_FANOUT_BATCH = 500
 DEFAULT_MAX_TOMBSTONES = 100_000
 
 REVOKED = RpcError(Code.FAILED_PRECONDITION, "session invalidated")
 SHUTTING_DOWN = RpcError(Code.UNAVAILABLE, "gateway is shutting down")
 # Too many invalidations arrived while this subscription was verified to tell whether one was its own.
+SEND_FAILED = RpcError(Code.INTERNAL, "internal error")
 UNCERTAIN = RpcError(Code.UNAVAILABLE, "session state changed during the call; retry")
 
 
@@ -130,6 +134,7 @@ class Hub:
         self.delivered = 0
         self.streams_revoked = 0
         self.subscriptions_refused = 0
+        self.send_errors = 0
 
     def __len__(self) -> int:
         return self._count
@@ -138,7 +143,8 @@ class Hub:
     def stats(self) -> HubStats:
         """Open streams, events delivered, streams revoked and subscriptions refused so far (for ``/metrics``)."""
         return HubStats(streams_open=self._count, events_delivered=self.delivered,
-                        streams_revoked=self.streams_revoked, subscriptions_refused=self.subscriptions_refused)
+                        streams_revoked=self.streams_revoked, subscriptions_refused=self.subscriptions_refused,
+                        send_errors=self.send_errors)
 
     @property
     def pending_sends(self) -> int:
@@ -272,13 +278,26 @@ class Hub:
                 for i in range(start, stop):
                     sub = subs[i]
                     if sub.live:
-                        sub.stream.send(event)
+                        try:  # free in CPython 3.11 unless it raises
+                            sub.stream.send(event)
+                        except Exception:
+                            self._send_failed(sub)
+                            continue
                         sent += 1
         finally:
             self._sending = False
             self.delivered += sent
         if fanouts and not self.closed:
             self._next_slice = self._clock.callLater(0, self._after_writes)
+
+    def _send_failed(self, sub: Subscription) -> None:
+        """A stream's send raised (a bug: ``ServerStream.send`` never raises): log and count it,
+        end that stream INTERNAL, and let the fan-out go on to the others."""
+        log.failure("a SubscribeEvents stream failed to take an event; ending it")
+        self.send_errors += 1
+        self.unregister(sub)
+        if not sub.done.called:
+            sub.done.errback(SEND_FAILED)
 
     def _after_writes(self) -> None:
         # The turn after a slice: its connections' flushes run now, and the reactor hands

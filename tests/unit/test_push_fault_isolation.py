@@ -2,7 +2,7 @@
 
 The push consumer (tests/integration/test_push_consumer.py) logs, counts and goes on when its
 handler raises. Behind it: the resync keeps checking its queue when one session's check raises,
-and (not yet: see the xfail) a fan-out keeps sending to the other streams when one stream's send
+and a fan-out keeps sending to the other streams when one stream's send
 raises.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import pytest
 from twisted.logger import capturedLogs
 
 from gatewayd.push.hub import Hub
@@ -50,16 +49,15 @@ def test_a_resync_check_that_raises_ends_that_session_unavailable_and_the_queue_
     assert failure["device_session_id"] == "ds_1" and "log_failure" in failure
 
 
-@pytest.mark.xfail(strict=True, reason="Hub._send_slice lets one stream's exception end the slice: the "
-                   "streams after it miss the event and queued fan-outs wait for the next publish "
-                   "(push/hub.py belongs to the fan-out work; reported to the lead)")
 def test_a_stream_whose_send_raises_does_not_cost_the_others_their_events() -> None:
     clock = TurnClock()
     hub = Hub(clock, fanout_batch=10)
     log: list[Any] = []
     streams = [Stream(log) for _ in range(3)]
+    ends: dict[int, list[Any]] = {}
     for i, stream in enumerate(streams):
-        hub.register(USER, f"ds_{i}", stream)
+        sub = hub.register(USER, f"ds_{i}", stream)
+        sub.done.addBoth(ends.setdefault(id(stream), []).append)
 
     broken: list[Stream] = []
 
@@ -70,10 +68,12 @@ def test_a_stream_whose_send_raises_does_not_cost_the_others_their_events() -> N
 
     for stream in streams:
         stream.on_send = break_once
-    for event_id in ("ev_1", "ev_2"):
-        try:
-            hub.publish(USER, "", event(event_id))
-        except RuntimeError:
-            pass  # today it reaches the publisher (the push consumer logs "the event is dropped")
-    clock.turn()
+    with capturedLogs() as events:
+        for event_id in ("ev_1", "ev_2"):
+            hub.publish(USER, "", event(event_id))  # the publisher never sees the stream's exception
+        clock.turn()
     assert [s.received for s in streams if s is not broken[0]] == [["ev_1", "ev_2"]] * 2
+    assert hub.stats.send_errors == 1 and len(hub) == 2  # the broken stream was ended, once
+    assert code_of(ends[id(broken[0])]) is Code.INTERNAL
+    assert all(not ends[id(s)] for s in streams if s is not broken[0])
+    assert any("failed to take an event" in e.get("log_format", "") and "log_failure" in e for e in events)
