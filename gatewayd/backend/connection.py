@@ -25,11 +25,11 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 import httptools
-from twisted.internet import tcp
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from gatewayd.backend.answers import BackendAnswer, BackendUnavailable
+from gatewayd.transport.direct_write import direct_socket, write_now
 
 _DELIMITING = (b"content-length", b"transfer-encoding")
 
@@ -76,9 +76,7 @@ class BackendConnection(Protocol):
         self.closed = False
 
     def connectionMade(self) -> None:
-        transport = self.transport
-        if isinstance(transport, tcp.Connection):  # not TLS (a TLS transport is a protocol wrapper)
-            self._socket = transport.socket
+        self._socket = direct_socket(self.transport)
 
     # --- the pool's side -----------------------------------------------------------------
 
@@ -90,19 +88,7 @@ class BackendConnection(Protocol):
         self._delimited = self._headers_done = self._keep_alive = self._received_any = False
         self._answer = self._error = None
         self.requests_sent += 1
-        transport: Any = self.transport
-        sock = self._socket
-        if sock is not None and not transport.dataBuffer and not transport._tempDataBuffer:
-            # Nothing queued in Twisted's buffer: send now; a short or failed send leaves the
-            # rest to transport.write, which also notices a broken connection as it always does.
-            try:
-                sent = sock.send(request)
-            except OSError:
-                sent = 0
-            if sent == len(request):
-                return
-            request = request[sent:]
-        transport.write(request)
+        write_now(self.transport, self._socket, request)
 
     def abandon(self) -> None:
         """Stop the exchange in progress (cancelled or timed out): its answer is never read."""

@@ -371,11 +371,9 @@ class ServerCall:
         proto = self.proto
         if type(message) is Encoded:
             key = proto.frame_cache_key
-            data = message.frames.get(key) if key is not None else None
+            data = message.frames.get(key)
             if data is None:
-                data = proto.frame_message(message.json() if proto.json else message.proto)
-                if key is not None:
-                    message.frames[key] = data
+                data = message.frames[key] = proto.frame_message(message.json() if proto.json else message.proto)
         else:
             data = proto.frame_message(self._encode(message))
         exchange = self.exchange

@@ -69,6 +69,11 @@ class WireProtocol:
         self.json = content_type == self.json_content_type
         accept = headers.get(self.accept_encoding_header)
         self.response_gzip = accept is not None and compression.accepts_gzip(accept)
+        # The key under which a framed ``Encoded`` message is shared between streams:
+        # ``frame_message`` depends only on the protocol, JSON or binary, and whether the
+        # client takes gzip (most gRPC clients say they do), so streams that agree on the
+        # three share one frame, compressed once when it is compressed at all.
+        self.frame_cache_key = self.name + ("+json" if self.json else "") + ("+gzip" if self.response_gzip else "")
 
     # -- refusals, before a call starts -------------------------------------------
 
@@ -109,11 +114,6 @@ class WireProtocol:
         if self.response_gzip and len(payload) >= compression.COMPRESS_MIN_BYTES:
             return encode_frame(compression.gzip_bytes(payload), FLAG_COMPRESSED)
         return encode_frame(payload)
-
-    @property
-    def frame_cache_key(self) -> str | None:
-        """Key under which a framed ``Encoded`` message may be shared between streams."""
-        return None if self.response_gzip else self.name + ("+json" if self.json else "")
 
     def write_unary(self, exchange: Exchange, payload: bytes, extra: HeaderList) -> None:
         raise NotImplementedError
