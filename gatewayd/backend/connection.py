@@ -71,12 +71,12 @@ class BackendConnection(Protocol):
         self._answer: BackendAnswer | None = None
         self._error: BackendUnavailable | None = None
         self._received_any = False
-        self._socket: Any = None  # plain TCP: the socket requests may be sent on directly
+        self._direct: Any = None  # plain TCP: the transport requests may be sent through at once
         self.requests_sent = 0
         self.closed = False
 
     def connectionMade(self) -> None:
-        self._socket = direct_socket(self.transport)
+        self._direct = direct_socket(self.transport)
 
     # --- the pool's side -----------------------------------------------------------------
 
@@ -88,7 +88,7 @@ class BackendConnection(Protocol):
         self._delimited = self._headers_done = self._keep_alive = self._received_any = False
         self._answer = self._error = None
         self.requests_sent += 1
-        write_now(self.transport, self._socket, request)
+        write_now(self.transport, self._direct, request)
 
     def abandon(self) -> None:
         """Stop the exchange in progress (cancelled or timed out): its answer is never read."""

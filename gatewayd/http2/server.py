@@ -32,18 +32,18 @@ WebFallback = Callable[[H2Stream, Any], ExchangeHandler]
 class _TransportIO:
     """The core's ``ConnectionIO`` over the protocol's transport (writes: ``direct_write``)."""
 
-    __slots__ = ("_protocol", "_socket")
+    __slots__ = ("_direct", "_protocol")
 
     def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
-        self._socket: Any = None
+        self._direct: Any = None
 
     def connected(self) -> None:
-        """The transport is there: find the socket a write may go straight to."""
-        self._socket = direct_socket(self._protocol.transport)
+        """The transport is there: see whether a write may go to its socket at once."""
+        self._direct = direct_socket(self._protocol.transport)
 
     def write(self, data: bytes) -> None:
-        write_now(self._protocol.transport, self._socket, data)
+        write_now(self._protocol.transport, self._direct, data)
 
     def pause_reading(self) -> None:
         self._protocol.transport.pauseProducing()  # type: ignore[union-attr]

@@ -11,7 +11,8 @@ nothing and reports a broken connection the way it always does.
 
 Only plain TCP transports (``twisted.internet.tcp.Connection``: accepted,
 connected, adopted and UNIX sockets) qualify; a TLS transport is a protocol
-wrapper and always takes ``transport.write``.
+wrapper and always takes ``transport.write``. The bench's fan-out observer
+(bench/twist_observe.py) sees these sends: they go through ``writeSomeData``.
 """
 
 from __future__ import annotations
@@ -22,29 +23,31 @@ from twisted.internet import tcp
 
 
 def direct_socket(transport: Any) -> Any:
-    """The socket ``write_now`` may send on for ``transport``, or ``None`` (TLS, test transports)."""
-    return transport.socket if isinstance(transport, tcp.Connection) else None
+    """What ``write_now`` may send through for ``transport`` (the TCP transport itself), or
+    ``None`` (TLS, test transports)."""
+    return transport if isinstance(transport, tcp.Connection) else None
 
 
-def write_now(transport: Any, sock: Any, data: bytes) -> None:
-    """``transport.write(data)``, sending on ``sock`` first when nothing is queued.
+def write_now(transport: Any, direct: Any, data: bytes) -> None:
+    """``transport.write(data)``, sending at once first when nothing is queued.
 
-    ``sock`` is ``direct_socket(transport)`` (looked up once per connection);
-    with ``None`` this is exactly ``transport.write``.
+    ``direct`` is ``direct_socket(transport)`` (looked up once per connection);
+    with ``None`` this is exactly ``transport.write``. The send is Twisted's own
+    ``writeSomeData`` (the one its reactor calls when the socket is writable): up
+    to 128 KiB per call, 0 when the socket is full, an exception object when the
+    connection is broken, which we leave for ``transport.write``'s path to notice.
     """
     if (
-        sock is not None
+        direct is not None
         and not transport._tempDataBuffer
         and not transport.dataBuffer
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
     ):
-        try:
-            sent = sock.send(data)
-        except OSError:  # EAGAIN, or a broken connection that transport.write will notice
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
+        sent = direct.writeSomeData(data)
+        if type(sent) is int and sent > 0:
+            if sent == len(data):
+                return
+            data = data[sent:]
     transport.write(data)
