@@ -10,7 +10,7 @@ socket takes no bytes for ``send_timeout_s`` is aborted).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.logger import Logger
@@ -18,6 +18,7 @@ from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from gatewayd.rpc.wire import rpc_path_shape
+from gatewayd.transport.backpressure import PausableExchange
 from gatewayd.transport.exchange import HeaderList, HttpApplication
 from gatewayd.transport.http1_direct import HOST, DirectExchange, read_rpc_request
 
@@ -36,7 +37,7 @@ def _joined_headers(request: server.Request) -> dict[str, str]:
     return headers
 
 
-class Http1Exchange:
+class Http1Exchange(PausableExchange):
     """An ``Exchange`` over a twisted.web request.
 
     Backpressure: the exchange registers as the request's streaming producer;
@@ -52,15 +53,9 @@ class Http1Exchange:
         self.headers = headers
         address = request.getClientAddress()
         self.peer = getattr(address, "host", str(address))
-        self._paused = False
-        self._buffered = 0
-        self._drain: Callable[[], None] | None = None
+        super().__init__()
         self._finished = False
         self._producing = False
-
-    @property
-    def buffered_bytes(self) -> int:
-        return self._buffered
 
     def send_headers(self, status: int, headers: HeaderList, end_stream: bool = False) -> None:
         if self._finished:
@@ -98,28 +93,12 @@ class Http1Exchange:
             if transport is not None:
                 transport.abortConnection()
 
-    def on_drain(self, callback: Callable[[], None] | None) -> None:
-        self._drain = callback
-
     def _finish(self) -> None:
         self._finished = True
         if self._producing:
             self.request.unregisterProducer()
         if not self.request.finished and not self.request._disconnected:
             self.request.finish()
-
-    # IPushProducer, driven by the HTTP channel's transport.
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._buffered = 0
-        if self._drain is not None:
-            self._drain()
-
-    def stopProducing(self) -> None:
-        self._paused = True
 
 
 def rpc_body_limit(max_message_bytes: int) -> int:

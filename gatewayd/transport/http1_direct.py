@@ -28,6 +28,7 @@ from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.http_headers import _nameEncoder
 
 from gatewayd.rpc.wire import rpc_path_shape
+from gatewayd.transport.backpressure import PausableExchange
 from gatewayd.transport.direct_write import direct_socket, write_now
 from gatewayd.transport.exchange import ExchangeHandler, HeaderList
 
@@ -148,7 +149,7 @@ def _head_for(status: int, headers: HeaderList, end_stream: bool) -> _Head:
     return head
 
 
-class DirectExchange:
+class DirectExchange(PausableExchange):
     """An ``Exchange`` for a request ``read_rpc_request`` read, written to its channel's transport.
 
     The head waits for the first body bytes (or the end), as twisted.web's does:
@@ -161,8 +162,8 @@ class DirectExchange:
     http2 = False
     method = "POST"
 
-    __slots__ = ("_buffered", "_chunked", "_done", "_drain", "_finished", "_head", "_no_body", "_paused",
-                 "_producing", "channel", "handler", "headers", "path", "peer")
+    __slots__ = ("_chunked", "_done", "_finished", "_head", "_no_body", "_producing", "channel", "handler",
+                 "headers", "path", "peer")
 
     def __init__(self, channel: Any, request: RpcRequest, peer: str, done: Callable[[DirectExchange], None]) -> None:
         self.channel = channel
@@ -175,14 +176,8 @@ class DirectExchange:
         self._chunked = False
         self._no_body = False
         self._finished = False
-        self._paused = False
         self._producing = False
-        self._buffered = 0
-        self._drain: Callable[[], None] | None = None
-
-    @property
-    def buffered_bytes(self) -> int:
-        return self._buffered
+        super().__init__()
 
     @property
     def finished(self) -> bool:
@@ -225,9 +220,6 @@ class DirectExchange:
         if self.handler is not None:
             self.handler.aborted()
 
-    def on_drain(self, callback: Callable[[], None] | None) -> None:
-        self._drain = callback
-
     def _framed(self, data: bytes) -> bytes:
         if self._no_body:
             return b""
@@ -257,16 +249,3 @@ class DirectExchange:
         if self._producing:
             self._producing = False
             self.channel.unregisterProducer()
-
-    # IPushProducer, driven by the channel (itself the transport's producer).
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._buffered = 0
-        if self._drain is not None:
-            self._drain()
-
-    def stopProducing(self) -> None:
-        self._paused = True
