@@ -29,7 +29,7 @@ def parse_request_headers(raw: list[tuple[bytes, bytes]]) -> tuple[str, str, dic
                 return None
             v = value.decode("latin-1")
             if name == b":method":
-                if method is not None:
+                if method is not None or not v:  # a method is a token: one character at least
                     return None
                 method = v
             elif name == b":path":

@@ -21,7 +21,15 @@ LISTS = [
     [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/x"), (b"te", b"gzip")],
     [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/x"), (b"x", b"a\r\nb")],
     [(b":method", b"POST"), (b"x", b"1"), (b":scheme", b"http"), (b":path", b"/x")],  # pseudo after regular
+    [(b":method", b""), (b":scheme", b"http"), (b":path", b"/x")],  # empty method
 ]
+
+
+@pytest.mark.parametrize("field", [b":method", b":path"])
+def test_an_empty_method_or_path_is_malformed(field: bytes) -> None:
+    # Found by fuzzing (tests/fuzz/corpus/h2_request_headers/crash-e38805c7...): an empty :method was accepted.
+    raw = [(name, b"" if name == field else value) for name, value in GOOD]
+    assert parse_request_headers(raw) is None
 
 
 @pytest.mark.parametrize("index", range(len(LISTS)))
