@@ -372,6 +372,8 @@ def server_connection(limits: H2Limits) -> ServerH2Connection:
 # transitions its own send_headers makes. h2's encoder never sees these blocks, and the
 # ones it does encode (the rare cases below) stay decodable: our blocks touch no table.
 
+# Read once: on Python 3.11 an enum member read from its class costs more than the rest of a check.
+_SERVER_OPEN = ConnectionState.SERVER_OPEN
 _HEADERS_FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length + type 1 (HEADERS), flags, stream id
 _END_STREAM = 0x1
 _END_HEADERS = 0x4
@@ -453,7 +455,7 @@ def send_headers(conn: h2.connection.H2Connection, stream_id: int, headers: Head
     stream = conn.streams.get(stream_id)
     if (
         stream is not None
-        and conn.state_machine.state is ConnectionState.SERVER_OPEN
+        and conn.state_machine.state is _SERVER_OPEN
         and not conn.encoder.header_table.resized
         and headers
     ):
@@ -506,8 +508,6 @@ def goaway_frame(last_stream_id: int) -> bytes:
 
 _DATA_FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length + type 0 (DATA), flags, stream id
 _SENDS_DATA = frozenset((StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE))
-# Read once: on Python 3.11 an enum member read from its class costs more than the rest of a check.
-_SERVER_OPEN = ConnectionState.SERVER_OPEN
 # The smallest SETTINGS_MAX_FRAME_SIZE a peer may set (RFC 9113 6.5.2): a frame this size fits any peer.
 ANY_PEER_FRAME_SIZE = 16384
 

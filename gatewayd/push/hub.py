@@ -32,8 +32,7 @@ Promises:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -52,8 +51,8 @@ DEFAULT_MAX_TOMBSTONES = 100_000
 
 REVOKED = RpcError(Code.FAILED_PRECONDITION, "session invalidated")
 SHUTTING_DOWN = RpcError(Code.UNAVAILABLE, "gateway is shutting down")
-# Too many invalidations arrived while this subscription was verified to tell whether one was its own.
 SEND_FAILED = RpcError(Code.INTERNAL, "internal error")
+# Too many invalidations arrived while this subscription was verified to tell whether one was its own.
 UNCERTAIN = RpcError(Code.UNAVAILABLE, "session state changed during the call; retry")
 
 
@@ -141,7 +140,8 @@ class Hub:
 
     @property
     def stats(self) -> HubStats:
-        """Open streams, events delivered, streams revoked and subscriptions refused so far (for ``/metrics``)."""
+        """Open streams, events delivered, streams revoked, subscriptions refused and streams ended by a
+        failed send so far (for ``/metrics``)."""
         return HubStats(streams_open=self._count, events_delivered=self.delivered,
                         streams_revoked=self.streams_revoked, subscriptions_refused=self.subscriptions_refused,
                         send_errors=self.send_errors)
@@ -152,19 +152,6 @@ class Hub:
         return sum(len(f.subs) - f.next for f in self._fanouts)
 
     # --- registration ------------------------------------------------------------------
-
-    @contextmanager
-    def verifying(self) -> Iterator[Ticket]:
-        """Hold a ticket while a subscription is verified; pass it to ``register``.
-
-        Enter before the session lookup starts: every invalidation from then on
-        is remembered for this subscription until the block exits.
-        """
-        ticket = self.revocations.take()
-        try:
-            yield ticket
-        finally:
-            self.revocations.release(ticket)
 
     def register(
         self, user_id: str, device_session_id: str, stream: ServerStream, ticket: Ticket | None = None
