@@ -171,6 +171,7 @@ def loadgen(server: Server, setting: Setting, duration: float, warmup: float, re
            "--cpu-pids", str(server.proc.pid), str(server.backend.pid)]
     overflows, time_wait = listen_overflows(), time_wait_to(server.backend_port)
     waited, t0 = runqueue_seconds(server.proc.pid), time.monotonic()
+    switches = context_switches(server.proc.pid)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=warmup + duration + 180)
     if out.returncode != 0:
         raise SystemExit(f"loadgen failed against {server.name}: {out.stderr[-2000:]}")
@@ -180,15 +181,45 @@ def loadgen(server: Server, setting: Setting, duration: float, warmup: float, re
     # Fraction of the run the server's threads sat runnable without a CPU (the neighbours' share).
     r["server_runq"] = (runqueue_seconds(server.proc.pid) - waited) / (time.monotonic() - t0)
     r["backend_time_wait"] = time_wait_to(server.backend_port) - time_wait  # throwaway backend connections
+    # Context switches per answered call: voluntary ones are waits for I/O (one per reactor turn that found
+    # nothing to do), involuntary ones preemptions by the backend sharing the core. Fewer of either means
+    # more calls handled per wake-up.
+    calls = max(1, sum(r["outcomes"].values()))
+    after = context_switches(server.proc.pid)
+    r["server_vcsw_per_call"] = (after[0] - switches[0]) / calls
+    r["server_ivcsw_per_call"] = (after[1] - switches[1]) / calls
     return r
 
 
+def context_switches(pid: int) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of ``pid``'s threads so far (``/proc/PID/task/*/status``)."""
+    voluntary = involuntary = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    voluntary += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    involuntary += int(line.split()[1])
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+    return voluntary, involuntary
+
+
 KEYS = ("ok_rps", "p50_ms", "p99_ms", "max_ms", "max_over_p50", "server_cpu_us", "backend_cpu_us", "client_cpu",
-        "listen_overflows", "backend_time_wait", "server_runq")
+        "listen_overflows", "backend_time_wait", "server_runq", "server_vcsw_per_call", "server_ivcsw_per_call")
 
 
 def median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
+
+
+def paired(gw: list[dict[str, Any]], ref: list[dict[str, Any]]) -> str:
+    """The CPU-per-call ratio of each repeat's back-to-back pair (the two sides run one after the other, so a
+    pair shares the machine's state of those seconds), and their median: steadier than the ratio of the
+    medians when the machine's speed changes between repeats."""
+    ratios = [r["server_cpu_us"] / g["server_cpu_us"] for g, r in zip(gw, ref, strict=True)]
+    return f"{' '.join(f'{x:.2f}' for x in ratios)}, median {statistics.median(ratios):.2f}x"
 
 
 def ratio_line(arrangement: str, setting: Setting, gw: list[dict[str, Any]], ref: list[dict[str, Any]],
@@ -196,14 +227,17 @@ def ratio_line(arrangement: str, setting: Setting, gw: list[dict[str, Any]], ref
     def side(runs: list[dict[str, Any]]) -> str:
         return (f"{median(runs, 'ok_rps'):.0f} ok/s, p50 {median(runs, 'p50_ms'):.1f} / p99 "
                 f"{median(runs, 'p99_ms'):.1f} / max {median(runs, 'max_ms'):.1f} ms (max/p50 "
-                f"{median(runs, 'max_over_p50'):.1f}x), {median(runs, 'server_cpu_us'):.0f} µs CPU/call"
+                f"{median(runs, 'max_over_p50'):.1f}x), {median(runs, 'server_cpu_us'):.0f} µs CPU/call, "
+                f"{median(runs, 'server_vcsw_per_call'):.2f}/{median(runs, 'server_ivcsw_per_call'):.2f} "
+                "waits/preemptions per call"
                 + (f", listen overflows {sum(r['listen_overflows'] for r in runs)}"
                    if any(r["listen_overflows"] for r in runs) else ""))
 
     line = f"[{arrangement}] {setting.name}: gatewayd {side(gw)}"
     if ref:
         line += (f" | reference {side(ref)} | ratio {median(gw, 'ok_rps') / median(ref, 'ok_rps'):.2f}x ok/s, "
-                 f"{median(ref, 'server_cpu_us') / median(gw, 'server_cpu_us'):.2f}x CPU/call")
+                 f"{median(ref, 'server_cpu_us') / median(gw, 'server_cpu_us'):.2f}x CPU/call"
+                 f" (repeat by repeat: {paired(gw, ref)})")
     elif grpc64:
         line += f" | vs gatewayd gRPC-64: {median(gw, 'ok_rps') / median(grpc64, 'ok_rps'):.2f}x ok/s"
     return line
