@@ -150,7 +150,7 @@ class ServerConnectionCore:
         self._receiving = False
         self._events: deque[Any] = deque()
         self._reading_paused = False
-        self._resume_call: IDelayedCall | None = None
+        self._waiting_turn = False  # events wait in the turn budget's line (TurnBudget.wait)
         self._keepalive_call: IDelayedCall | None = None
         self._keepalive_timeout: IDelayedCall | None = None
         self._shutdown_ping_call: IDelayedCall | None = None
@@ -189,12 +189,14 @@ class ServerConnectionCore:
             self._go_away(code, reason, queued=True)
             return
         self._events.extend(events)
-        if self._resume_call is None:
+        if not self._waiting_turn:
             self._handle_events()
 
     def _handle_events(self) -> None:
         """Handle h2's events in order while the turn's ``TurnBudget`` allows new streams."""
-        self._resume_call = None
+        self._waiting_turn = False
+        if self._lost:
+            return
         events = self._events
         budget = self.turn_budget
         self._receiving = True
@@ -215,7 +217,8 @@ class ServerConnectionCore:
             if not self._reading_paused:
                 self._reading_paused = True
                 self.io.pause_reading()
-            self._resume_call = self.clock.callLater(0, self._handle_events)
+            self._waiting_turn = True
+            budget.wait(self._handle_events)
         elif self._reading_paused:
             self._reading_paused = False
             self.io.resume_reading()
@@ -226,8 +229,8 @@ class ServerConnectionCore:
         self._events.clear()
         self._send_timeout.stop()
         # A flush still pending finds the connection lost and writes nothing.
-        calls = (self._idle_call, self._keepalive_call, self._keepalive_timeout, self._shutdown_ping_call,
-                 self._resume_call)
+        # (A wait in the turn budget's line finds the connection lost and does nothing.)
+        calls = (self._idle_call, self._keepalive_call, self._keepalive_timeout, self._shutdown_ping_call)
         for call in calls:
             if call is not None and call.active():
                 call.cancel()

@@ -82,3 +82,55 @@ def test_connections_share_one_budget_per_turn() -> None:
     assert [client.reading for client in clients] == ["paused", "paused"]
     clock.advance(0)
     assert first_turn + sum(client.answered() for client in clients) == 2 * STREAMS
+
+
+def _due_now(clock: Clock) -> int:
+    return sum(1 for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds())
+
+
+def _turn(clock: Clock) -> None:
+    """One reactor turn: the delayed calls due when it starts (``Clock.advance`` also runs those they add)."""
+    due = [call for call in clock.calls if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+    for call in due:
+        call.called = 1
+        call.func(*call.args, **call.kw)
+
+
+def test_waiting_connections_cost_one_delayed_call_per_turn_and_resume_in_order() -> None:
+    clock = Clock()
+    factory = _factory(clock)
+    per_turn = factory.limits.streams_per_turn
+    clients = [_Client(factory) for _ in range(5)]
+    for client in clients:
+        client.server.dataReceived(client.requests)
+    assert [client.answered() for client in clients] == [per_turn, 0, 0, 0, 0]
+    assert factory.turn_budget.waiting == 5
+    turns = []
+    while _due_now(clock):
+        # One delayed call renews the budget and resumes the waiting connections: none of their own.
+        assert _due_now(clock) == 1
+        _turn(clock)
+        turns.append([client.answered() for client in clients])
+    busy = [turn for turn in turns if sum(turn)]
+    assert all(sum(turn) == per_turn for turn in busy[:-1])
+    assert sum(map(sum, turns)) == 5 * STREAMS - per_turn
+    assert [client.reading for client in clients] == ["producing"] * 5
+    assert factory.turn_budget.waiting == 0
+    # In turn: the connections waiting are resumed in the order they came (one that spends the
+    # budget again waits behind the others), so each gets its first turn before any gets a second.
+    first = [next(i for i, turn in enumerate(turns) if turn[k]) for k in range(1, 5)]
+    assert first == [1, 2, 3, 4]
+
+
+def test_a_connection_lost_while_waiting_handles_nothing_more() -> None:
+    clock = Clock()
+    factory = _factory(clock)
+    client = _Client(factory)
+    client.server.dataReceived(client.requests)
+    assert client.answered() == factory.limits.streams_per_turn
+    client.server.connectionLost(None)
+    clock.advance(0)
+    assert client.answered() == 0
+    assert factory.turn_budget.waiting == 0
