@@ -39,6 +39,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from gatewayd.observability.stats import HubStats
+from gatewayd.push.fanout import send_together
 from gatewayd.push.revocations import Revocations, Ticket, Verdict
 from gatewayd.rpc.call import Encoded, ServerStream
 from gatewayd.rpc.codes import Code
@@ -262,15 +263,30 @@ class Hub:
                 budget -= stop - start
                 if stop == len(subs):
                     fanouts.popleft()
-                for i in range(start, stop):
-                    sub = subs[i]
-                    if sub.live:
-                        try:  # free in CPython 3.11 unless it raises
-                            sub.stream.send(event)
-                        except Exception:
-                            self._send_failed(sub)
-                            continue
-                        sent += 1
+                i = start
+                while i < stop:
+                    # Each connection's streams are next to each other (``_matching``): together first.
+                    connection = subs[i].connection
+                    j = i + 1
+                    while j < stop and subs[j].connection is connection:
+                        j += 1
+                    run = subs[i:j]
+                    i = j
+                    if len(run) > 1:
+                        try:
+                            together, run = send_together(run, event)
+                        except Exception:  # a bug: each stream on its own below, as without it
+                            log.failure("a fan-out to the streams of one connection failed; sending one by one")
+                            together = 0
+                        sent += together
+                    for sub in run:
+                        if sub.live:
+                            try:  # free in CPython 3.11 unless it raises
+                                sub.stream.send(event)
+                            except Exception:
+                                self._send_failed(sub)
+                                continue
+                            sent += 1
         finally:
             self._sending = False
             self.delivered += sent
