@@ -15,8 +15,8 @@ in-memory peer (tests/unit/test_h2_core.py). It promises:
 - abuse ends the connection with GOAWAY: rapid reset (most recent streams
   reset before they were answered), SETTINGS and PING floods, protocol
   errors, oversized header blocks; other connections are unaffected;
-- new streams beyond the shared ``TurnBudget`` wait for a later reactor turn
-  with reading paused;
+- new streams beyond the shared ``TurnBudget`` wait for a later reactor turn,
+  with reading paused if more bytes arrive meanwhile;
 - an idle connection (no open stream for ``idle_timeout_s``) and one that does
   not answer a keepalive PING in time get GOAWAY(NO_ERROR) and are closed;
 - a stream whose queued bytes the peer's window takes none of for
@@ -191,6 +191,10 @@ class ServerConnectionCore:
         self._events.extend(events)
         if not self._waiting_turn:
             self._handle_events()
+        elif not self._reading_paused:
+            # More came while this connection's streams wait for a later turn: read no more until then.
+            self._reading_paused = True
+            self.io.pause_reading()
 
     def _handle_events(self) -> None:
         """Handle h2's events in order while the turn's ``TurnBudget`` allows new streams."""
@@ -214,9 +218,8 @@ class ServerConnectionCore:
             self._receiving = False
         self.flush()
         if events:
-            if not self._reading_paused:
-                self._reading_paused = True
-                self.io.pause_reading()
+            # Reading is paused only if more arrives meanwhile (``receive``): a client that waits for
+            # its answers (most) costs no pause and resume, and at most two reads' events wait.
             self._waiting_turn = True
             budget.wait(self._handle_events)
         elif self._reading_paused:

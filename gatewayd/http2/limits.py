@@ -38,7 +38,8 @@ class TurnBudget:
     pipelining subscriptions), and a turn can see many such reads. Handled in
     one go they would keep the reactor from everything else, timers and the
     answers of the backend included, for seconds. Streams past the budget wait
-    for a later turn, with reading from their connection paused meanwhile.
+    for a later turn (reading from their connection is paused if more bytes
+    arrive meanwhile).
 
     Connections that ran out wait in line (``wait``): each turn the renewed budget
     resumes them in the order they came, until it runs out again, from one delayed
