@@ -209,7 +209,8 @@ def main() -> None:
             summary["gc_types_per_stream"] = {t: round((n - before.get(t, 0)) / max(1, opened), 2)
                                               for t, n in gc_stats["types"] if n - before.get(t, 0) >= opened // 10}
     emit({"bench": "delivery", "connections": conns, "streams": streams, "n": conns * streams, "procs": args.procs,
-          "events": args.events, "gap_s": args.gap, "fanout_batch": args.fanout_batch or None, "opened": opened, "live": live,
+          "events": args.events, "gap_s": args.gap, "fanout_batch": args.fanout_batch or None,
+          "opened": opened, "live": live,
           "open_failures": [r["open_failures"] for r in ready], "open_s": max(r["open_s"] for r in ready),
           "cpu_us_per_open": 1e6 * open_cpu / max(1, opened),
           "cpu_us_per_delivery": 1e6 * publish_cpu / max(1, live * args.events),

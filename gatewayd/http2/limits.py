@@ -82,10 +82,12 @@ class TurnBudget:
         waiting = self._waiting
         # A resumed connection that spends the budget again waits again (at the back), and its
         # take() has armed the next turn's reset; one that takes nothing lets the next one go.
-        while waiting and self.left > 0:
-            waiting.popleft()()
-        if waiting and self._reset_call is None:
-            self._reset_call = self._clock.callLater(0, self._reset)
+        try:
+            while waiting and self.left > 0:
+                waiting.popleft()()
+        finally:  # (also when a resumed connection raised: the others still get their turn)
+            if waiting and self._reset_call is None:
+                self._reset_call = self._clock.callLater(0, self._reset)
 
 
 class TokenBucket:

@@ -59,7 +59,12 @@ def send_together(subs: list[Subscription], event: Encoded) -> tuple[int, list[S
         streams.append(exchange)
     if not batch:
         return 0, left
-    not_sent = send_data_to_many(connection, streams, data)
+    try:
+        not_sent = send_data_to_many(connection, streams, data)
+    except BaseException:
+        for sub in batch:
+            sub.stream.bytes_out -= size  # type: ignore[attr-defined]
+        raise
     if not_sent:
         for i in not_sent:
             sub = batch[i]

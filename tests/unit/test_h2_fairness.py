@@ -5,11 +5,13 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.events
+import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from gatewayd.config import ServerConfig
 from gatewayd.health import HealthService
+from gatewayd.http2.limits import TurnBudget
 from gatewayd.rpc.methods import MethodTable
 from gatewayd.transport.cors import CorsPolicy
 from gatewayd.transport.listener import GatewayFactory
@@ -139,3 +141,22 @@ def test_a_connection_lost_while_waiting_handles_nothing_more() -> None:
     clock.advance(0)
     assert client.answered() == 0
     assert factory.turn_budget.waiting == 0
+
+
+def test_a_resumed_connection_that_raises_does_not_strand_the_others() -> None:
+    clock = Clock()
+    budget = TurnBudget(clock, 1)
+    ran: list[str] = []
+
+    def boom() -> None:
+        ran.append("boom")
+        raise RuntimeError("a bug")
+
+    assert budget.take()
+    budget.wait(boom)
+    budget.wait(lambda: ran.append("next"))
+    with pytest.raises(RuntimeError):
+        _turn(clock)
+    _turn(clock)
+    assert ran == ["boom", "next"]
+    assert budget.waiting == 0
