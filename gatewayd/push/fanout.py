@@ -5,7 +5,7 @@ streams whose call and HTTP/2 stream would write the event at once as one DATA
 frame: the event framed once for their wire format, and the frames appended to
 the connection's buffer in one go (``http2.stream.send_data_to_many``). The
 others (queued bytes, a call not yet started or finished, another wire format,
-HTTP/1.1) are handed back for ``stream.send``. tests/unit/test_push_fanout.py
+HTTP/1.1) are handed back for ``stream.send``. tests/unit/test_push_send_together.py
 pins the bytes written, the windows and the calls' counters to per-stream sends.
 """
 
