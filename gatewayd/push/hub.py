@@ -20,7 +20,9 @@ Promises:
 - **A connection's streams together.** A fan-out visits the streams grouped by
   the connection they are written through, so each connection's share of a
   slice is written with one socket send (and, with few streams per
-  connection, in one slice).
+  connection, in one slice). Over HTTP/2 that share is handed over at once
+  (``fanout.send_together``: the frames appended to the connection's buffer
+  in one go); a stream that cannot take it that way gets ``stream.send``.
 - **Revocation is final.** A stream ended by ``revoke`` (or by any other
   cause) is sent nothing more, even from a fan-out already under way; and a
   subscription whose session or user was revoked while it was being verified
