@@ -58,6 +58,10 @@ SEND_FAILED = RpcError(Code.INTERNAL, "internal error")
 # Too many invalidations arrived while this subscription was verified to tell whether one was its own.
 UNCERTAIN = RpcError(Code.UNAVAILABLE, "session state changed during the call; retry")
 
+# Read once: on Python 3.11 an enum member read from its class costs more than the rest of a check
+# (four reads were most of ``register``).
+_CLEAR, _REVOKED, _UNKNOWN, _RECHECK = Verdict.CLEAR, Verdict.REVOKED, Verdict.UNKNOWN, Verdict.RECHECK
+
 
 def connection_of(stream: ServerStream) -> object:
     """What ``stream`` is written through: its exchange's connection when it has one
@@ -168,13 +172,13 @@ class Hub:
         """
         if self.closed:
             raise SHUTTING_DOWN
-        verdict = Verdict.CLEAR
+        verdict = _CLEAR
         if ticket is not None:
             verdict = self.revocations.revoked_since(ticket, user_id, device_session_id)
-            if verdict is Verdict.REVOKED:
+            if verdict is _REVOKED:
                 self.subscriptions_refused += 1
                 raise REVOKED
-            if verdict is Verdict.UNKNOWN:
+            if verdict is _UNKNOWN:
                 self.subscriptions_refused += 1
                 raise UNCERTAIN
         sub = Subscription(user_id, device_session_id, stream)
@@ -184,7 +188,7 @@ class Hub:
         self._in_order.pop(user_id, None)
         self._session_user[device_session_id] = user_id
         self._count += 1
-        if verdict is Verdict.RECHECK and self.on_recheck is not None:
+        if verdict is _RECHECK and self.on_recheck is not None:
             self.on_recheck(sub)
         return sub
 
