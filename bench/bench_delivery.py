@@ -123,6 +123,8 @@ def main() -> None:
                         help="record the gateway's GC collections and pauses (bench/gc_stats.py; costs a little CPU)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy on the gateway while the streams open (summary in the work folder)")
+    parser.add_argument("--fanout-batch", type=int, default=0,
+                        help="the gateway's server.fanout_batch (GATEWAYD_SERVER_FANOUT_BATCH; 0: its default)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     exit_on_sigterm()
@@ -135,6 +137,8 @@ def main() -> None:
     env = {"BENCH_OBSERVE": str(observe), "BENCH_OBSERVE_WINDOW_S": "1.0"}
     if args.gc_stats:
         env["BENCH_GC_STATS"] = str(gc_file)
+    if args.fanout_batch:
+        env["GATEWAYD_SERVER_FANOUT_BATCH"] = str(args.fanout_batch)
     stack = start_stack(work, "memory", max_streams=max(100, streams + 10), wrapper="twist_observe.py", env=env)
     subs: list[subprocess.Popen[str]] = []
     gc_stats: dict[str, Any] | None = None
@@ -205,7 +209,8 @@ def main() -> None:
             summary["gc_types_per_stream"] = {t: round((n - before.get(t, 0)) / max(1, opened), 2)
                                               for t, n in gc_stats["types"] if n - before.get(t, 0) >= opened // 10}
     emit({"bench": "delivery", "connections": conns, "streams": streams, "n": conns * streams, "procs": args.procs,
-          "events": args.events, "gap_s": args.gap, "opened": opened, "live": live,
+          "events": args.events, "gap_s": args.gap, "fanout_batch": args.fanout_batch or None,
+          "opened": opened, "live": live,
           "open_failures": [r["open_failures"] for r in ready], "open_s": max(r["open_s"] for r in ready),
           "cpu_us_per_open": 1e6 * open_cpu / max(1, opened),
           "cpu_us_per_delivery": 1e6 * publish_cpu / max(1, live * args.events),

@@ -99,6 +99,7 @@ class Client:
         self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
         self.h2.increment_flow_control_window(1 << 28)
         self.data: dict[int, int] = {}
+        self.server_cpu = 0.0  # CPU time in the core's receive (process_time)
 
     def open(self, n: int) -> None:
         body = encode_frame(SubscribeEventsRequest().SerializeToString())
@@ -115,7 +116,9 @@ class Client:
         while True:
             up = self.h2.data_to_send()
             if up:
+                t0 = time.process_time()
                 self.core.receive(up)
+                self.server_cpu += time.process_time() - t0
             down = self.sink.take()
             if down:
                 for ev in self.h2.receive_data(down):
@@ -126,7 +129,14 @@ class Client:
                 return
 
 
-def build(conns: int, streams: int, batch: int) -> tuple[TurnClock, Hub, list[Client]]:
+def build(conns: int, streams: int, batch: int, wave: int = 0) -> tuple[TurnClock, Hub, list[Client], dict[str, float]]:
+    """The cores, their clients and the hub with every stream open; with the CPU time of the
+    connections' set-up (per connection, the client's side included) and the server's part of the
+    opening (per stream: the cores' receives and the turns run).
+
+    Streams open ``wave`` at a time across the connections, one per connection in turn (as
+    bench/fanout_client.py's waves do; 0: all at once), each wave's requests handed to the cores
+    in one go, as one reactor turn's reads, then the clock turned until nothing is due."""
     clock = TurnClock()
     hub = Hub(clock, fanout_batch=batch)
     greeting = Encoded(GatewayEvent(event_type="gateway.server_time", event_id="st_1"))
@@ -141,26 +151,38 @@ def build(conns: int, streams: int, batch: int) -> tuple[TurnClock, Hub, list[Cl
     config = ServerConfig(max_concurrent_streams=streams + 10, idle_timeout_s=0, keepalive_interval_s=0)
     factory, app = build_factory(table, clock, config)
     clients = []
+    t0 = time.process_time()
     for _ in range(conns):
         sink = Sink()
         core = ServerConnectionCore(app, clock, factory.limits, lambda s: None, sink,  # type: ignore[arg-type,return-value]
                                     factory.turn_budget)
         core.start("127.0.0.1")
         client = Client(core, sink)
-        client.open(streams)
+        client.exchange()
         clients.append(client)
-    while True:
-        for client in clients:
-            client.exchange()
-        if not clock.due():
-            break
-        clock.turn()
+    t1 = time.process_time()
+    turns_cpu = 0.0
+    plan = [client for _ in range(streams) for client in clients]
+    step = wave or len(plan)
+    for w in range(0, len(plan), step):
+        for client in plan[w:w + step]:
+            client.open(1)
+        while True:
+            for client in clients:
+                client.exchange()
+            if not clock.due():
+                break
+            t = time.process_time()
+            clock.turn()
+            turns_cpu += time.process_time() - t
     assert len(hub) == conns * streams, len(hub)
-    return clock, hub, clients
+    server = turns_cpu + sum(client.server_cpu for client in clients)
+    return clock, hub, clients, {"cpu_us_per_connection": 1e6 * (t1 - t0) / conns,
+                                 "cpu_us_per_open": 1e6 * server / (conns * streams)}
 
 
-def run(conns: int, streams: int, events: int, batch: int, profile: bool) -> dict[str, Any]:
-    clock, hub, clients = build(conns, streams, batch)
+def run(conns: int, streams: int, events: int, batch: int, profile: bool, wave: int = 0) -> dict[str, Any]:
+    clock, hub, clients, opening = build(conns, streams, batch, wave)
     for client in clients:
         client.exchange()
         client.sink.writes = 0
@@ -191,7 +213,7 @@ def run(conns: int, streams: int, events: int, batch: int, profile: bool) -> dic
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     n = conns * streams
-    return {"layout": f"{conns}x{streams}", "events": events, "cpu_us_per_delivery": {
+    return {"layout": f"{conns}x{streams}", "events": events, **opening, "cpu_us_per_delivery": {
         "median": 1e6 * statistics.median(cpu) / n, "min": 1e6 * min(cpu) / n, "max": 1e6 * max(cpu) / n},
         "turns_per_event": statistics.median(turns), "writes_per_event": writes / events,
         "bytes_per_stream_per_event": got[0] / events}
@@ -202,10 +224,12 @@ def main() -> None:
     parser.add_argument("--layout", default="10x1000", help="connections x streams per connection")
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--batch", type=int, default=500, help="the hub's fanout_batch")
+    parser.add_argument("--wave", type=int, default=500,
+                        help="streams opened at a time, one per connection in turn (0: all at once)")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     conns, streams = (int(x) for x in args.layout.lower().split("x"))
-    print(run(conns, streams, args.events, args.batch, args.profile))
+    print(run(conns, streams, args.events, args.batch, args.profile, args.wave))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ in-memory peer (tests/unit/test_h2_core.py). It promises:
 - abuse ends the connection with GOAWAY: rapid reset (most recent streams
   reset before they were answered), SETTINGS and PING floods, protocol
   errors, oversized header blocks; other connections are unaffected;
-- new streams beyond the shared ``TurnBudget`` wait for a later reactor turn
-  with reading paused;
+- new streams beyond the shared ``TurnBudget`` wait for a later reactor turn,
+  with reading paused if more bytes arrive meanwhile;
 - an idle connection (no open stream for ``idle_timeout_s``) and one that does
   not answer a keepalive PING in time get GOAWAY(NO_ERROR) and are closed;
 - a stream whose queued bytes the peer's window takes none of for
@@ -150,7 +150,7 @@ class ServerConnectionCore:
         self._receiving = False
         self._events: deque[Any] = deque()
         self._reading_paused = False
-        self._resume_call: IDelayedCall | None = None
+        self._waiting_turn = False  # events wait in the turn budget's line (TurnBudget.wait)
         self._keepalive_call: IDelayedCall | None = None
         self._keepalive_timeout: IDelayedCall | None = None
         self._shutdown_ping_call: IDelayedCall | None = None
@@ -189,12 +189,18 @@ class ServerConnectionCore:
             self._go_away(code, reason, queued=True)
             return
         self._events.extend(events)
-        if self._resume_call is None:
+        if not self._waiting_turn:
             self._handle_events()
+        elif not self._reading_paused:
+            # More came while this connection's streams wait for a later turn: read no more until then.
+            self._reading_paused = True
+            self.io.pause_reading()
 
     def _handle_events(self) -> None:
         """Handle h2's events in order while the turn's ``TurnBudget`` allows new streams."""
-        self._resume_call = None
+        self._waiting_turn = False
+        if self._lost:
+            return
         events = self._events
         budget = self.turn_budget
         self._receiving = True
@@ -212,10 +218,10 @@ class ServerConnectionCore:
             self._receiving = False
         self.flush()
         if events:
-            if not self._reading_paused:
-                self._reading_paused = True
-                self.io.pause_reading()
-            self._resume_call = self.clock.callLater(0, self._handle_events)
+            # Reading is paused only if more arrives meanwhile (``receive``): a client that waits for
+            # its answers (most) costs no pause and resume, and at most two reads' events wait.
+            self._waiting_turn = True
+            budget.wait(self._handle_events)
         elif self._reading_paused:
             self._reading_paused = False
             self.io.resume_reading()
@@ -226,8 +232,8 @@ class ServerConnectionCore:
         self._events.clear()
         self._send_timeout.stop()
         # A flush still pending finds the connection lost and writes nothing.
-        calls = (self._idle_call, self._keepalive_call, self._keepalive_timeout, self._shutdown_ping_call,
-                 self._resume_call)
+        # (A wait in the turn budget's line finds the connection lost and does nothing.)
+        calls = (self._idle_call, self._keepalive_call, self._keepalive_timeout, self._shutdown_ping_call)
         for call in calls:
             if call is not None and call.active():
                 call.cancel()

@@ -571,3 +571,25 @@ def send_data_frame(conn: h2.connection.H2Connection, stream: Any, data: bytes, 
     buffer += data
     stream.outbound_flow_control_window -= size
     conn.outbound_flow_control_window -= size
+
+
+def send_same_data(conn: h2.connection.H2Connection, streams: list[Any], data: bytes) -> None:
+    """``send_data_now(conn, stream, data)`` for each of h2's ``streams``, in that order, as one
+    append to h2's buffer and with the connection's window lowered once: the frames of one
+    event fanned out through one connection, which differ only in their stream id.
+
+    The caller has checked what ``send_data_now`` checks, for all of them together: the
+    connection open for sending and its window at least ``len(data)`` times the streams, and
+    each stream open for sending with a window of at least ``len(data)``, which is at most
+    ANY_PEER_FRAME_SIZE. tests/unit/test_h2_data_frames.py pins bytes and windows to h2's.
+    """
+    size = len(data)
+    pack = _DATA_FRAME_HEADER.pack
+    head = size << 8
+    headers = []
+    for stream in streams:
+        headers.append(pack(head, 0, stream.stream_id))
+        stream.outbound_flow_control_window -= size
+    # header, data, header, data, ...: the data between the headers, and once more at the end
+    conn._data_to_send += data.join(headers) + data
+    conn.outbound_flow_control_window -= size * len(streams)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -36,16 +38,24 @@ class TurnBudget:
     pipelining subscriptions), and a turn can see many such reads. Handled in
     one go they would keep the reactor from everything else, timers and the
     answers of the backend included, for seconds. Streams past the budget wait
-    for a later turn, with reading from their connection paused meanwhile.
+    for a later turn (reading from their connection is paused if more bytes
+    arrive meanwhile).
+
+    Connections that ran out wait in line (``wait``): each turn the renewed budget
+    resumes them in the order they came, until it runs out again, from one delayed
+    call for all of them. (A delayed call per waiting connection, re-armed every
+    turn it finds the budget spent, costs each of hundreds of waiting connections a
+    timer-heap push and pop per turn: most of an open in a storm over many connections.)
     """
 
-    __slots__ = ("_clock", "_per_turn", "_reset_call", "left")
+    __slots__ = ("_clock", "_per_turn", "_reset_call", "_waiting", "left")
 
     def __init__(self, clock: IReactorTime, per_turn: int) -> None:
         self._clock = clock
         self._per_turn = per_turn
         self.left = per_turn
         self._reset_call: IDelayedCall | None = None
+        self._waiting: deque[Callable[[], None]] = deque()
 
     def take(self) -> bool:
         if self._reset_call is None:
@@ -55,9 +65,29 @@ class TurnBudget:
         self.left -= 1
         return True
 
+    def wait(self, resume: Callable[[], None]) -> None:
+        """Call ``resume`` in a later turn, once the renewed budget reaches it (first come, first resumed)."""
+        self._waiting.append(resume)
+        if self._reset_call is None:
+            self._reset_call = self._clock.callLater(0, self._reset)
+
+    @property
+    def waiting(self) -> int:
+        """How many connections wait for a later turn."""
+        return len(self._waiting)
+
     def _reset(self) -> None:
         self._reset_call = None
         self.left = self._per_turn
+        waiting = self._waiting
+        # A resumed connection that spends the budget again waits again (at the back), and its
+        # take() has armed the next turn's reset; one that takes nothing lets the next one go.
+        try:
+            while waiting and self.left > 0:
+                waiting.popleft()()
+        finally:  # (also when a resumed connection raised: the others still get their turn)
+            if waiting and self._reset_call is None:
+                self._reset_call = self._clock.callLater(0, self._reset)
 
 
 class TokenBucket:

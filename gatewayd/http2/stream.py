@@ -9,14 +9,28 @@ reset, by either side), every write is ignored.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import h2.errors
 import h2.exceptions
+from h2.connection import ConnectionState
+from h2.stream import StreamState
 
-from gatewayd.http2.h2adapter import h2_stream, send_data_frame, send_data_now, send_headers, send_window, still_open
+from gatewayd.http2.h2adapter import (
+    ANY_PEER_FRAME_SIZE,
+    h2_stream,
+    send_data_frame,
+    send_data_now,
+    send_headers,
+    send_same_data,
+    send_window,
+    still_open,
+)
 from gatewayd.transport.exchange import ExchangeHandler, HeaderList
+
+_SERVER_OPEN = ConnectionState.SERVER_OPEN
+_SENDS_DATA = frozenset((StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE))
 
 if TYPE_CHECKING:
     from gatewayd.http2.core import ServerConnectionCore
@@ -207,3 +221,38 @@ def push_all(streams: Iterable[H2Stream]) -> None:
     for stream in list(streams):
         if stream._queue or stream._end_queued or stream._drain_callback is not None:
             stream.push()
+
+
+def send_data_to_many(conn: ServerConnectionCore, streams: Sequence[H2Stream], data: bytes) -> list[int]:
+    """``stream.send_data(data)`` on each of ``streams`` (all of ``conn``) that would send it at
+    once as one DATA frame: those frames go out together (``send_same_data``: one append to h2's
+    buffer, the connection's window lowered once); returns the positions in ``streams`` of the
+    others, in order, for the caller's ``send_data`` (queued, closed, a drain callback...).
+
+    For one event fanned out to a thousand streams of a connection this leaves out, per stream,
+    the calls and the connection-wide checks ``send_data`` and ``send_data_now`` repeat.
+    tests/unit/test_h2_data_frames.py pins the bytes, the windows and the streams left to
+    what ``send_data`` on each stream does.
+    """
+    size = len(data)
+    h2conn = conn.h2
+    if (not size or size > ANY_PEER_FRAME_SIZE or conn.paused or conn.lost
+            or h2conn.state_machine.state is not _SERVER_OPEN):
+        return list(range(len(streams)))
+    window = h2conn.outbound_flow_control_window
+    live = conn.streams
+    ready = []
+    left = []
+    for i, stream in enumerate(streams):
+        h2s = stream._h2_stream
+        if (window >= size and h2s is not None and live.get(stream.stream_id) is stream
+                and not stream._queue and not stream._end_queued and stream._drain_callback is None
+                and h2s.outbound_flow_control_window >= size and h2s.state_machine.state in _SENDS_DATA):
+            window -= size
+            ready.append(h2s)
+        else:
+            left.append(i)
+    if ready:
+        send_same_data(h2conn, ready, data)
+        conn.flush_soon()
+    return left

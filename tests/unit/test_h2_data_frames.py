@@ -11,7 +11,7 @@ import h2.exceptions
 import pytest
 from hyperframe.frame import DataFrame, RstStreamFrame
 
-from gatewayd.http2.h2adapter import ANY_PEER_FRAME_SIZE, send_data_frame, send_data_now
+from gatewayd.http2.h2adapter import ANY_PEER_FRAME_SIZE, send_data_frame, send_data_now, send_same_data
 
 
 def _server_with_open_stream(end_request: bool) -> tuple[h2.connection.H2Connection, int]:
@@ -156,3 +156,40 @@ def test_send_data_now_declines_a_frame_some_peer_could_refuse() -> None:
     before = _snapshot(server, sid)
     assert not send_data_now(server, server.streams[sid], b"x" * (ANY_PEER_FRAME_SIZE + 1))
     assert _snapshot(server, sid) == before
+
+
+def _server_with_open_streams(count: int) -> tuple[h2.connection.H2Connection, list[int]]:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    sids = []
+    for i in range(count):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "a")],
+                            end_stream=bool(i % 2))
+        sids.append(sid)
+    server.receive_data(client.data_to_send())
+    for sid in sids:
+        server.send_headers(sid, [(":status", "200")])
+    server.data_to_send()
+    return server, sids
+
+
+@pytest.mark.parametrize("payload", [b"x", b"\x00\x00\x00\x00\x05hello", bytes(range(256)) * 60])
+def test_send_same_data_writes_h2s_frames_and_windows(payload: bytes) -> None:
+    ours, sids = _server_with_open_streams(5)
+    theirs, _ = _server_with_open_streams(5)
+    order = [sids[3], sids[0], sids[4], sids[1]]  # any order, any subset
+    send_same_data(ours, [ours.streams[sid] for sid in order], payload)
+    for sid in order:
+        theirs.send_data(sid, payload)
+    assert ours.data_to_send() == theirs.data_to_send()
+    assert ours.outbound_flow_control_window == theirs.outbound_flow_control_window
+    for sid in sids:
+        assert ours.streams[sid].outbound_flow_control_window == theirs.streams[sid].outbound_flow_control_window
+        assert stream_state(ours, sid) == stream_state(theirs, sid)
+    for sid in sids:  # and h2 goes on alike
+        ours.send_data(sid, b"end", end_stream=True)
+        theirs.send_data(sid, b"end", end_stream=True)
+    assert ours.data_to_send() == theirs.data_to_send()
