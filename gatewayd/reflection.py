@@ -147,7 +147,8 @@ class ReflectionService:
     def answer(self, version: ReflectionVersion, request: Any) -> Message:
         """The response to one reflection request (errors are ``error_response``s, as the protocol says)."""
         index = self.index
-        response: Any = version.response(valid_host=request.host)
+        response: Any = version.response()
+        response.valid_host = request.host
         response.original_request.CopyFrom(request)
         kind = request.WhichOneof("message_request")
         if kind == "list_services":
