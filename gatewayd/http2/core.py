@@ -42,7 +42,13 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from gatewayd.http2.h2adapter import MAX_STREAM_ID, HeaderBlockTooLarge, goaway_frame, server_connection, still_open
+from gatewayd.http2.h2adapter import (
+    MAX_STREAM_ID,
+    HeaderBlockTooLarge,
+    forget_if_closed,
+    goaway_frame,
+    server_connection,
+)
 from gatewayd.http2.limits import H2Limits, RapidResetMeter, TokenBucket, TurnBudget
 from gatewayd.http2.request_headers import parse_request_headers_cached
 from gatewayd.http2.send_timeout import SendTimeout
@@ -372,6 +378,7 @@ class ServerConnectionCore:
             push_all(self.streams.values())
 
     def _stream_reset(self, stream_id: int) -> None:
+        forget_if_closed(self.h2, stream_id)
         stream = self.streams.pop(stream_id, None)
         if stream is None:
             return
@@ -385,14 +392,15 @@ class ServerConnectionCore:
     # -- stream bookkeeping -------------------------------------------------------
 
     def stream_done(self, stream: H2Stream) -> None:
-        """The response has ended (or was reset by us): forget the stream."""
-        if still_open(self.h2, stream.stream_id):
+        """The response has ended (or was reset by us): forget the stream, here and in h2."""
+        if forget_if_closed(self.h2, stream.stream_id):
             # Answered before the request ended: ask the peer to stop sending (RFC 9113 8.1),
             # which also closes the stream in h2, so it no longer counts as open there.
             try:
                 self.h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.NO_ERROR)
             except h2.exceptions.ProtocolError:
                 pass
+            forget_if_closed(self.h2, stream.stream_id)
         # The handler holds the stream and the stream its handler: unlinked here, a finished
         # call is freed by reference counting instead of waiting for the cycle collector.
         stream.handler = None
