@@ -75,15 +75,21 @@ class RememberingDecoder(Decoder):
     and the limits are what they were, the same bytes mean the same headers. A block
     that changes the table (an indexed literal, a size update) is never remembered.
     tests/unit/test_h2_header_decoding.py pins results, errors and table state to hpack's.
+
+    After each decode, ``plain`` says whether the block (raw bytes, as h2 hands them over)
+    has none of the fields h2's request path treats apart (``_PLAIN_EXCEPT``):
+    ``ServerH2Connection`` then opens the stream on its lean path. Remembered with the block.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.header_table = self._table = _CountingTable()
-        self._remembered: dict[bytes, tuple[Any, ...]] = {}
+        self._remembered: dict[bytes, tuple[tuple[Any, ...], bool]] = {}
         self._remembered_state: tuple[int, int, int] = (-1, -1, -1)
+        self.plain = False
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
+        self.plain = False
         if not raw or type(data) is not bytes:  # h2 asks for raw bytes, and hands over bytes
             return super().decode(data, raw)
         table = self._table
@@ -93,14 +99,24 @@ class RememberingDecoder(Decoder):
             remembered.clear()
             self._remembered_state = state
         else:
-            headers = remembered.get(data)
-            if headers is not None:
-                return list(headers)
+            known = remembered.get(data)
+            if known is not None:
+                self.plain = known[1]
+                return list(known[0])
         decoded = super().decode(data, raw)
+        plain = not any(field[0] in _PLAIN_EXCEPT for field in decoded)
         if (table.generation == state[0] and len(data) <= _MAX_REMEMBERED_BLOCK_BYTES
                 and len(remembered) < _MAX_REMEMBERED_BLOCKS):
-            remembered[data] = tuple(decoded)
+            remembered[data] = (tuple(decoded), plain)
+        self.plain = plain
         return decoded
+
+
+# The fields of a request block that h2's receive path does something with besides passing
+# them on: ``:status`` (an informational response, h2.utilities.is_informational_response),
+# ``cookie`` (crumbs joined by normalize_inbound_headers) and ``content-length`` (the body's
+# length checked, H2Stream._initialize_content_length).
+_PLAIN_EXCEPT = frozenset((b":status", b"cookie", b"content-length"))
 
 
 _FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length + 8-bit type, flags, reserved bit + stream id
