@@ -332,7 +332,7 @@ class ServerH2Connection(h2.connection.H2Connection):
             ended = StreamEnded(stream_id=sid)
             event.stream_ended = ended
             events.append(ended)
-        event.headers = headers  # (a new list from the decoder, as h2's list(...) of it)
+        event.headers = headers  # type: ignore[assignment]  # (the decoder's new list, as h2's list(...) of it)
         return [], events
 
     def _receive_data_frame(self, frame: Any) -> Any:
@@ -344,12 +344,11 @@ class ServerH2Connection(h2.connection.H2Connection):
         content-length (none here: else h2's path) and with END_STREAM go to
         HALF_CLOSED_REMOTE (``stream_half_closed``). Anything else is h2's own path.
         """
-        stream = self.streams.get(frame.stream_id)
-        if (type(frame) is not _ReceivedData or stream is None or self.state_machine.state is not _SERVER_OPEN
+        stream: Any = self.streams.get(frame.stream_id)
+        machine = stream.state_machine if stream is not None else None
+        if (type(frame) is not _ReceivedData or machine is None or machine.state is not _OPEN
+                or not machine.headers_received or self.state_machine.state is not _SERVER_OPEN
                 or stream._expected_content_length is not None):
-            return super()._receive_data_frame(frame)
-        machine = stream.state_machine
-        if machine.state is not _OPEN or not machine.headers_received:
             return super()._receive_data_frame(frame)
         sid = frame.stream_id
         length = frame.flow_controlled_length
