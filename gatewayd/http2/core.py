@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from gatewayd.http2.h2adapter import (
     MAX_STREAM_ID,
     HeaderBlockTooLarge,
+    acknowledge_received,
     forget_if_closed,
     goaway_frame,
     server_connection,
@@ -56,6 +57,11 @@ from gatewayd.http2.stream import H2Stream, push_all
 from gatewayd.transport.exchange import ExchangeHandler, HttpApplication
 
 log = Logger()
+
+# The events of every call, read once (not two attribute lookups per comparison).
+_REQUEST_RECEIVED = h2.events.RequestReceived
+_DATA_RECEIVED = h2.events.DataReceived
+_STREAM_ENDED = h2.events.StreamEnded
 
 SHUTDOWN_PING = b"gwdrain!"
 KEEPALIVE_PING = b"gwkalive"
@@ -207,7 +213,7 @@ class ServerConnectionCore:
         try:
             while events:
                 event = events[0]
-                if type(event) is h2.events.RequestReceived and not budget.take():
+                if type(event) is _REQUEST_RECEIVED and not budget.take():
                     break
                 events.popleft()
                 self._dispatch(event)
@@ -305,11 +311,11 @@ class ServerConnectionCore:
 
     def _dispatch(self, event: Any) -> None:
         kind = type(event)
-        if kind is h2.events.RequestReceived:
+        if kind is _REQUEST_RECEIVED:
             self._request_received(event)
-        elif kind is h2.events.DataReceived:
+        elif kind is _DATA_RECEIVED:
             self._data_received(event)
-        elif kind is h2.events.StreamEnded:
+        elif kind is _STREAM_ENDED:
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.handler is not None:
                 stream.handler.body_complete()
@@ -364,7 +370,7 @@ class ServerConnectionCore:
         sid = event.stream_id
         if event.flow_controlled_length:
             # Request bodies are bounded by their handlers, so reopen at once.
-            self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+            acknowledge_received(self.h2, event.flow_controlled_length, sid, event.stream_ended is not None)
         stream = self.streams.get(sid)
         if stream is not None and stream.handler is not None and event.data:
             stream.handler.body_received(event.data)
