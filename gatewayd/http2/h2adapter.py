@@ -307,7 +307,7 @@ class ServerH2Connection(h2.connection.H2Connection):
         """
         sid = frame.stream_id
         max_open = self.local_settings.max_concurrent_streams
-        value = self._open_inbound_for_new_stream()
+        value = self._open_inbound_for_new_stream(max_open)
         if value + 1 > max_open:
             msg = f"Max inbound streams is {max_open}, {value} open"
             raise TooManyStreamsError(msg)
@@ -366,13 +366,14 @@ class ServerH2Connection(h2.connection.H2Connection):
         event.flow_controlled_length = length
         return [], events
 
-    def _open_inbound_for_new_stream(self) -> int:
-        """What h2 reads of ``open_inbound_streams`` before opening a stream (see the class)."""
+    def _open_inbound_for_new_stream(self, max_open: int) -> int:
+        """What h2 reads of ``open_inbound_streams`` before opening a stream, with ``max_open``
+        its local MAX_CONCURRENT_STREAMS (see the class)."""
         streams = self.streams
         if len(streams) >= self._recount_at:
             _ = super().open_inbound_streams  # walks, forgetting closed streams
             self._recount_at = max(_RECOUNT_FLOOR, 2 * len(streams))
-        if len(streams) < self.local_settings.max_concurrent_streams:
+        if len(streams) < max_open:
             return len(streams)
         return super().open_inbound_streams
 
@@ -380,7 +381,7 @@ class ServerH2Connection(h2.connection.H2Connection):
     def open_inbound_streams(self) -> int:
         if self._counting_new_stream:
             self._counting_new_stream = False
-            return self._open_inbound_for_new_stream()
+            return self._open_inbound_for_new_stream(self.local_settings.max_concurrent_streams)
         return super().open_inbound_streams
 
 
