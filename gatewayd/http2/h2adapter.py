@@ -77,19 +77,21 @@ class RememberingDecoder(Decoder):
     tests/unit/test_h2_header_decoding.py pins results, errors and table state to hpack's.
 
     After each decode, ``plain`` says whether the block (raw bytes, as h2 hands them over)
-    has none of the fields h2's request path treats apart (``_PLAIN_EXCEPT``):
-    ``ServerH2Connection`` then opens the stream on its lean path. Remembered with the block.
+    has none of the fields h2's request path treats apart (``_PLAIN_EXCEPT``), and
+    ``content_length`` whether it has a ``content-length`` field: ``ServerH2Connection``
+    opens a stream of a plain block on its lean path. Both are remembered with the block.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.header_table = self._table = _CountingTable()
-        self._remembered: dict[bytes, tuple[tuple[Any, ...], bool]] = {}
+        self._remembered: dict[bytes, tuple[tuple[Any, ...], bool, bool]] = {}
         self._remembered_state: tuple[int, int, int] = (-1, -1, -1)
         self.plain = False
+        self.content_length = False
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
-        self.plain = False
+        self.plain = self.content_length = False
         if not raw or type(data) is not bytes:  # h2 asks for raw bytes, and hands over bytes
             return super().decode(data, raw)
         table = self._table
@@ -101,22 +103,24 @@ class RememberingDecoder(Decoder):
         else:
             known = remembered.get(data)
             if known is not None:
-                self.plain = known[1]
-                return list(known[0])
+                headers, self.plain, self.content_length = known
+                return list(headers)
         decoded = super().decode(data, raw)
         plain = not any(field[0] in _PLAIN_EXCEPT for field in decoded)
+        content_length = any(field[0] == b"content-length" for field in decoded)
         if (table.generation == state[0] and len(data) <= _MAX_REMEMBERED_BLOCK_BYTES
                 and len(remembered) < _MAX_REMEMBERED_BLOCKS):
-            remembered[data] = (tuple(decoded), plain)
-        self.plain = plain
+            remembered[data] = (tuple(decoded), plain, content_length)
+        self.plain, self.content_length = plain, content_length
         return decoded
 
 
-# The fields of a request block that h2's receive path does something with besides passing
-# them on: ``:status`` (an informational response, h2.utilities.is_informational_response),
-# ``cookie`` (crumbs joined by normalize_inbound_headers) and ``content-length`` (the body's
-# length checked, H2Stream._initialize_content_length).
-_PLAIN_EXCEPT = frozenset((b":status", b"cookie", b"content-length"))
+# The fields of a request block that h2's receive path changes or reads for other than the
+# stream's content length: ``:status`` (an informational response,
+# h2.utilities.is_informational_response) and ``cookie`` (crumbs joined by
+# normalize_inbound_headers). (A ``content-length`` is read by h2's own
+# H2Stream._initialize_content_length on the lean path too.)
+_PLAIN_EXCEPT = frozenset((b":status", b"cookie"))
 
 
 _FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length + 8-bit type, flags, reserved bit + stream id
@@ -299,10 +303,10 @@ class ServerH2Connection(h2.connection.H2Connection):
         open-stream limit, decode the block, make the connection's RECV_HEADERS input (no
         transition in SERVER_OPEN), create the stream (its id checks pass) and have it
         receive the headers: IDLE to OPEN (``request_received``), and with END_STREAM to
-        HALF_CLOSED_REMOTE (``stream_half_closed``). Here the same steps run in that order
-        without h2's general machinery (the state machine's table, the per-field
-        generators); a block with a field h2 treats apart (``_PLAIN_EXCEPT``) is received
-        by h2's own ``H2Stream.receive_headers``. tests/unit/test_h2_adapter.py pins the
+        HALF_CLOSED_REMOTE (``stream_half_closed``), then read a content-length. Here the
+        same steps run in that order without h2's general machinery (the state machine's
+        table, the per-field generators); a block with a field h2 treats apart
+        (``_PLAIN_EXCEPT``) is received by h2's own ``H2Stream.receive_headers``. tests/unit/test_h2_adapter.py pins the
         transitions to h2's table and events, state, bytes and errors to stock h2's.
         """
         sid = frame.stream_id
@@ -332,6 +336,8 @@ class ServerH2Connection(h2.connection.H2Connection):
             ended = StreamEnded(stream_id=sid)
             event.stream_ended = ended
             events.append(ended)
+        if getattr(decoder, "content_length", True):
+            stream._initialize_content_length(headers)  # (h2's: may raise ProtocolError)
         event.headers = headers  # type: ignore[assignment]  # (the decoder's new list, as h2's list(...) of it)
         return [], events
 
@@ -341,23 +347,26 @@ class ServerH2Connection(h2.connection.H2Connection):
         h2 would make the connection's RECV_DATA input (no transition in SERVER_OPEN),
         consume both receive windows (each may raise FlowControlError), make the stream's
         RECV_DATA input (OPEN stays OPEN: ``data_received``), count the body against a
-        content-length (none here: else h2's path) and with END_STREAM go to
-        HALF_CLOSED_REMOTE (``stream_half_closed``). Anything else is h2's own path.
+        content-length (h2's ``_track_content_length`` when there is one) and with END_STREAM
+        go to HALF_CLOSED_REMOTE (``stream_half_closed``). Anything else is h2's own path.
         """
         stream: Any = self.streams.get(frame.stream_id)
         machine = stream.state_machine if stream is not None else None
         if (type(frame) is not _ReceivedData or machine is None or machine.state is not _OPEN
-                or not machine.headers_received or self.state_machine.state is not _SERVER_OPEN
-                or stream._expected_content_length is not None):
+                or not machine.headers_received or self.state_machine.state is not _SERVER_OPEN):
             return super()._receive_data_frame(frame)
         sid = frame.stream_id
         length = frame.flow_controlled_length
+        end_stream = "END_STREAM" in frame.flags
         self._inbound_flow_control_window_manager.window_consumed(length)
         event = DataReceived(stream_id=sid)
         stream._inbound_window_manager.window_consumed(length)
-        stream._actual_content_length += length
+        if stream._expected_content_length is None:
+            stream._actual_content_length += length
+        else:
+            stream._track_content_length(length, end_stream)  # (h2's: may raise InvalidBodyLengthError)
         events: list[Any] = [event]
-        if "END_STREAM" in frame.flags:
+        if end_stream:
             machine.state = _HALF_CLOSED_REMOTE
             ended = StreamEnded(stream_id=sid)
             event.stream_ended = ended

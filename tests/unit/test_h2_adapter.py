@@ -440,7 +440,7 @@ def _peer_sends(peer: h2.connection.H2Connection, rng: random.Random, opened: li
         sid = peer.get_next_available_stream_id()
         # Mostly plain requests (the lean path), and the fields h2 treats apart.
         kind = rng.random()
-        headers = (REQUEST_CL if kind < 0.02 else
+        headers = (REQUEST_CL if kind < 0.01 else [*REQUEST, (b"content-length", b"5")] if kind < 0.02 else
                    [*REQUEST, (b"cookie", b"a=1"), (b"x", b"y"), (b"cookie", b"b=2")] if kind < 0.06 else
                    [*REQUEST, (b"x-fresh", b"%d" % rng.randint(0, 5))] if kind < 0.1 else
                    [(b"x", b"y")] if kind < 0.12 else
@@ -455,7 +455,7 @@ def _peer_sends(peer: h2.connection.H2Connection, rng: random.Random, opened: li
             peer._data_to_send += HeadersFrame(sid, peer.encoder.encode(headers), flags=flags).serialize()
             peer.highest_outbound_stream_id = sid  # (a stream the client does not know: nothing more on it)
         else:
-            peer.config.validate_outbound_headers = headers in (REQUEST, REQUEST_CL)  # (it refuses the others)
+            peer.config.validate_outbound_headers = headers[:1] == REQUEST[:1]  # (it refuses the others)
             peer.send_headers(sid, headers, end_stream=end_stream, **kwargs)
             peer.config.validate_outbound_headers = True
             opened.append(sid)
@@ -629,3 +629,39 @@ def test_the_lean_receive_paths_make_h2s_transitions() -> None:
     assert vars(machine) == {"state": StreamState.HALF_CLOSED_REMOTE, "stream_id": 7, "client": False,
                              "headers_sent": None, "trailers_sent": None, "headers_received": True,
                              "trailers_received": None, "stream_closed_by": None}
+
+
+@pytest.mark.parametrize(("length", "body"), [(b"5", b"12345"), (b"5", b"1234"), (b"5", b"123456"), (b"x5", b"12345"),
+                                              (b"0", b"")])
+def test_a_content_length_on_the_lean_path_is_h2s(length: bytes, body: bytes) -> None:
+    ours, stock = ServerH2Connection(server_config()), h2.connection.H2Connection(server_config())
+    peer = client()
+    preface = bytes(peer.data_to_send())  # (with the client preface)
+    for conn in (ours, stock):
+        conn.initiate_connection()
+        conn.local_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_STREAM_ID
+        conn.local_settings.acknowledge()
+        conn.receive_data(preface)
+    peer.receive_data(ours.data_to_send())
+    stock.data_to_send()
+    peer.config.validate_outbound_headers = False
+    for sid in (1, 3):  # the second block is the first one remembered
+        peer.send_headers(sid, [*REQUEST, (b"content-length", length)], end_stream=not body)
+        if body:
+            peer.send_data(sid, body[:3])
+            peer.send_data(sid, body[3:], end_stream=True)
+        data = bytes(peer.data_to_send())
+        outcomes = []
+        for conn in (ours, stock):
+            try:
+                outcomes.append(repr(conn.receive_data(data)))
+            except h2.exceptions.ProtocolError as e:
+                outcomes.append(f"{type(e).__name__}: {e}")
+        assert outcomes[0] == outcomes[1]
+        assert ours.data_to_send() == stock.data_to_send()  # with an error, the same GOAWAY
+        if outcomes[0].startswith(("InvalidBodyLengthError", "ProtocolError")):
+            assert (length, body) not in ((b"5", b"12345"), (b"0", b""))
+            return
+        assert _snapshot(ours) == _snapshot(stock)
+    assert (length, body) in ((b"5", b"12345"), (b"0", b""))
+    assert ours.streams[3]._expected_content_length == int(length)
