@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import gc
 
+import h2.stream
 from h2.errors import ErrorCodes
-from h2.stream import StreamClosedBy
+from h2.stream import StreamClosedBy, StreamState
 from hyperframe.frame import ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, PingFrame, SettingsFrame
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
@@ -452,3 +453,26 @@ def test_an_answer_before_the_request_ended_resets_and_forgets_the_stream() -> N
     pair.pump()
     assert pair.client.goaways == [] and not pair.closed
     assert check(pair) == 0
+
+
+def test_forgotten_streams_are_remembered_as_h2s_size_limited_dict_remembers_them() -> None:
+    from h2.utilities import SizeLimitDict
+
+    from gatewayd.http2.h2adapter import ServerH2Connection, forget_if_closed, server_connection
+    from gatewayd.http2.limits import H2Limits
+
+    conn = server_connection(H2Limits())
+    stock = SizeLimitDict(size_limit=ServerH2Connection.MAX_CLOSED_STREAMS)
+    assert type(conn._closed_streams) is SizeLimitDict
+    assert conn._closed_streams._size_limit == ServerH2Connection.MAX_CLOSED_STREAMS
+    ways = [StreamClosedBy.SEND_END_STREAM, StreamClosedBy.RECV_RST_STREAM, StreamClosedBy.SEND_RST_STREAM]
+    sids = [*range(1, 2 * ServerH2Connection.MAX_CLOSED_STREAMS + 100, 2), 5, 7]  # past the limit, and again
+    for n, sid in enumerate(sids):
+        stream = h2.stream.H2Stream(sid, conn.config, 65535, 65535)
+        stream.state_machine.state = StreamState.CLOSED
+        stream.state_machine.stream_closed_by = ways[n % 3]
+        conn.streams[sid] = stream
+        assert not forget_if_closed(conn, sid) and sid not in conn.streams
+        stock[sid] = ways[n % 3]
+    assert list(conn._closed_streams.items()) == list(stock.items())
+    assert len(stock) == ServerH2Connection.MAX_CLOSED_STREAMS
