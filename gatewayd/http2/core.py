@@ -42,7 +42,14 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from gatewayd.http2.h2adapter import MAX_STREAM_ID, HeaderBlockTooLarge, goaway_frame, server_connection, still_open
+from gatewayd.http2.h2adapter import (
+    MAX_STREAM_ID,
+    HeaderBlockTooLarge,
+    acknowledge_received,
+    forget_if_closed,
+    goaway_frame,
+    server_connection,
+)
 from gatewayd.http2.limits import H2Limits, RapidResetMeter, TokenBucket, TurnBudget
 from gatewayd.http2.request_headers import parse_request_headers_cached
 from gatewayd.http2.send_timeout import SendTimeout
@@ -50,6 +57,11 @@ from gatewayd.http2.stream import H2Stream, push_all
 from gatewayd.transport.exchange import ExchangeHandler, HttpApplication
 
 log = Logger()
+
+# The events of every call, read once (not two attribute lookups per comparison).
+_REQUEST_RECEIVED = h2.events.RequestReceived
+_DATA_RECEIVED = h2.events.DataReceived
+_STREAM_ENDED = h2.events.StreamEnded
 
 SHUTDOWN_PING = b"gwdrain!"
 KEEPALIVE_PING = b"gwkalive"
@@ -207,7 +219,7 @@ class ServerConnectionCore:
         try:
             while events:
                 event = events[0]
-                if type(event) is h2.events.RequestReceived and not budget.take():
+                if type(event) is _REQUEST_RECEIVED and not budget.take():
                     break
                 events.popleft()
                 self._dispatch(event)
@@ -305,11 +317,11 @@ class ServerConnectionCore:
 
     def _dispatch(self, event: Any) -> None:
         kind = type(event)
-        if kind is h2.events.RequestReceived:
+        if kind is _REQUEST_RECEIVED:
             self._request_received(event)
-        elif kind is h2.events.DataReceived:
+        elif kind is _DATA_RECEIVED:
             self._data_received(event)
-        elif kind is h2.events.StreamEnded:
+        elif kind is _STREAM_ENDED:
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.handler is not None:
                 stream.handler.body_complete()
@@ -364,7 +376,7 @@ class ServerConnectionCore:
         sid = event.stream_id
         if event.flow_controlled_length:
             # Request bodies are bounded by their handlers, so reopen at once.
-            self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+            acknowledge_received(self.h2, event.flow_controlled_length, sid, event.stream_ended is not None)
         stream = self.streams.get(sid)
         if stream is not None and stream.handler is not None and event.data:
             stream.handler.body_received(event.data)
@@ -378,6 +390,7 @@ class ServerConnectionCore:
             push_all(self.streams.values())
 
     def _stream_reset(self, stream_id: int) -> None:
+        forget_if_closed(self.h2, stream_id)
         stream = self.streams.pop(stream_id, None)
         if stream is None:
             return
@@ -391,14 +404,15 @@ class ServerConnectionCore:
     # -- stream bookkeeping -------------------------------------------------------
 
     def stream_done(self, stream: H2Stream) -> None:
-        """The response has ended (or was reset by us): forget the stream."""
-        if still_open(self.h2, stream.stream_id):
+        """The response has ended (or was reset by us): forget the stream, here and in h2."""
+        if forget_if_closed(self.h2, stream.stream_id):
             # Answered before the request ended: ask the peer to stop sending (RFC 9113 8.1),
             # which also closes the stream in h2, so it no longer counts as open there.
             try:
                 self.h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.NO_ERROR)
             except h2.exceptions.ProtocolError:
                 pass
+            forget_if_closed(self.h2, stream.stream_id)
         # The handler holds the stream and the stream its handler: unlinked here, a finished
         # call is freed by reference counting instead of waiting for the cycle collector.
         stream.handler = None

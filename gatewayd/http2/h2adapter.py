@@ -11,6 +11,7 @@ so an h2 upgrade that changes an internal fails a test instead of a connection.
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from typing import Any
 
 import h2.config
@@ -18,16 +19,18 @@ import h2.connection
 import h2.errors
 import h2.exceptions
 import h2.settings
-from h2.connection import ConnectionState
+from h2.connection import ConnectionState, _decode_headers
 from h2.errors import ErrorCodes
-from h2.exceptions import StreamClosedError, StreamIDTooLowError
+from h2.events import DataReceived, RequestReceived, StreamEnded
+from h2.exceptions import StreamClosedError, StreamIDTooLowError, TooManyStreamsError
 from h2.frame_buffer import FrameBuffer
-from h2.stream import StreamInputs, StreamState
+from h2.stream import H2Stream, StreamClosedBy, StreamInputs, StreamState
+from h2.utilities import SizeLimitDict
 from hpack.hpack import Decoder, encode_integer
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
-from hyperframe.frame import ContinuationFrame, GoAwayFrame, RstStreamFrame
+from hyperframe.frame import ContinuationFrame, GoAwayFrame, RstStreamFrame, WindowUpdateFrame
 
 from gatewayd.http2.limits import H2Limits
 from gatewayd.transport.exchange import HeaderList
@@ -74,15 +77,23 @@ class RememberingDecoder(Decoder):
     and the limits are what they were, the same bytes mean the same headers. A block
     that changes the table (an indexed literal, a size update) is never remembered.
     tests/unit/test_h2_header_decoding.py pins results, errors and table state to hpack's.
+
+    After each decode, ``plain`` says whether the block (raw bytes, as h2 hands them over)
+    has none of the fields h2's request path treats apart (``_PLAIN_EXCEPT``), and
+    ``content_length`` whether it has a ``content-length`` field: ``ServerH2Connection``
+    opens a stream of a plain block on its lean path. Both are remembered with the block.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.header_table = self._table = _CountingTable()
-        self._remembered: dict[bytes, tuple[Any, ...]] = {}
+        self._remembered: dict[bytes, tuple[tuple[Any, ...], bool, bool]] = {}
         self._remembered_state: tuple[int, int, int] = (-1, -1, -1)
+        self.plain = False
+        self.content_length = False
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
+        self.plain = self.content_length = False
         if not raw or type(data) is not bytes:  # h2 asks for raw bytes, and hands over bytes
             return super().decode(data, raw)
         table = self._table
@@ -92,17 +103,36 @@ class RememberingDecoder(Decoder):
             remembered.clear()
             self._remembered_state = state
         else:
-            headers = remembered.get(data)
-            if headers is not None:
+            known = remembered.get(data)
+            if known is not None:
+                headers, self.plain, self.content_length = known
                 return list(headers)
         decoded = super().decode(data, raw)
+        plain = not any(field[0] in _PLAIN_EXCEPT for field in decoded)
+        content_length = any(field[0] == b"content-length" for field in decoded)
         if (table.generation == state[0] and len(data) <= _MAX_REMEMBERED_BLOCK_BYTES
                 and len(remembered) < _MAX_REMEMBERED_BLOCKS):
-            remembered[data] = tuple(decoded)
+            remembered[data] = (tuple(decoded), plain, content_length)
+        self.plain, self.content_length = plain, content_length
         return decoded
 
 
+# The fields of a request block that h2's receive path changes or reads for other than the
+# stream's content length: ``:status`` (an informational response,
+# h2.utilities.is_informational_response) and ``cookie`` (crumbs joined by
+# normalize_inbound_headers). (A ``content-length`` is read by h2's own
+# H2Stream._initialize_content_length on the lean path too.)
+_PLAIN_EXCEPT = frozenset((b":status", b"cookie"))
+
+
 _FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length + 8-bit type, flags, reserved bit + stream id
+# Read once: on Python 3.11 an enum member read from its class costs more than the rest of a check.
+_SERVER_OPEN = ConnectionState.SERVER_OPEN
+_OPEN = StreamState.OPEN
+_HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
+_HALF_CLOSED_LOCAL = StreamState.HALF_CLOSED_LOCAL
+_CLOSED = StreamState.CLOSED
+_CLOSED_BY_SEND_END_STREAM = StreamClosedBy.SEND_END_STREAM
 _FLAG_NAMES = {0x1: frozenset(("END_STREAM",)), 0x4: frozenset(("END_HEADERS",)),
                0x5: frozenset(("END_STREAM", "END_HEADERS"))}
 _NO_FLAGS: frozenset[str] = frozenset()
@@ -169,6 +199,10 @@ class ServerH2Connection(h2.connection.H2Connection):
         handlers: dict[Any, Any] = self._frame_dispatch_table
         handlers[_ReceivedData] = self._receive_data_frame
         handlers[_ReceivedHeaders] = self._receive_headers_frame
+        # The lean request path hands h2's decoded list over as the event's headers: only
+        # while h2 would pass it on unchanged (cookie crumbs aside, see _PLAIN_EXCEPT).
+        self._lean_requests = not config.client_side and not config.validate_inbound_headers \
+            and not config.header_encoding
 
     def receive_data(self, data: Any) -> Any:
         """h2's receive_data, with the frames that carry a plain request parsed here.
@@ -253,22 +287,112 @@ class ServerH2Connection(h2.connection.H2Connection):
         return events
 
     def _receive_headers_frame(self, frame: Any) -> Any:
+        sid = frame.stream_id
+        if (type(frame) is _ReceivedHeaders and sid & 1 and sid > self.highest_inbound_stream_id
+                and self.state_machine.state is _SERVER_OPEN and self._lean_requests and sid not in self.streams):
+            return self._receive_request_headers(frame)
         self._counting_new_stream = True
         try:
             return super()._receive_headers_frame(frame)
         finally:
             self._counting_new_stream = False
 
+    def _receive_request_headers(self, frame: _ReceivedHeaders) -> Any:
+        """h2's ``_receive_headers_frame`` for the HEADERS frame that opens a client stream.
+
+        The frame is a whole block (END_HEADERS, no padding or priority) on a new odd stream
+        above every stream the client opened, with the connection open: h2 would check the
+        open-stream limit, decode the block, make the connection's RECV_HEADERS input (no
+        transition in SERVER_OPEN), create the stream (its id checks pass) and have it
+        receive the headers: IDLE to OPEN (``request_received``), and with END_STREAM to
+        HALF_CLOSED_REMOTE (``stream_half_closed``), then read a content-length. Here the
+        same steps run in that order without h2's general machinery (the state machine's
+        table, the per-field generators); a block with a field h2 treats apart
+        (``_PLAIN_EXCEPT``) is received by h2's own ``H2Stream.receive_headers``. tests/unit/test_h2_adapter.py pins the
+        transitions to h2's table and events, state, bytes and errors to stock h2's.
+        """
+        sid = frame.stream_id
+        max_open = self.local_settings.max_concurrent_streams
+        value = self._open_inbound_for_new_stream(max_open)
+        if value + 1 > max_open:
+            msg = f"Max inbound streams is {max_open}, {value} open"
+            raise TooManyStreamsError(msg)
+        decoder = self.decoder
+        headers = _decode_headers(decoder, frame.data)
+        stream = H2Stream(sid, config=self.config, inbound_window_size=self.local_settings.initial_window_size,
+                          outbound_window_size=self.remote_settings.initial_window_size)
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[sid] = stream
+        self.highest_inbound_stream_id = sid
+        end_stream = "END_STREAM" in frame.flags
+        if not getattr(decoder, "plain", False):
+            return stream.receive_headers(headers, end_stream, self.config.header_encoding)
+        machine = stream.state_machine
+        machine.state = _OPEN
+        machine.client = False
+        machine.headers_received = True
+        event = RequestReceived(stream_id=sid)
+        events: list[Any] = [event]
+        if end_stream:
+            machine.state = _HALF_CLOSED_REMOTE
+            ended = StreamEnded(stream_id=sid)
+            event.stream_ended = ended
+            events.append(ended)
+        if getattr(decoder, "content_length", True):
+            stream._initialize_content_length(headers)  # (h2's: may raise ProtocolError)
+        event.headers = headers  # type: ignore[assignment]  # (the decoder's new list, as h2's list(...) of it)
+        return [], events
+
+    def _receive_data_frame(self, frame: Any) -> Any:
+        """h2's ``_receive_data_frame`` for DATA on an open stream of an open connection.
+
+        h2 would make the connection's RECV_DATA input (no transition in SERVER_OPEN),
+        consume both receive windows (each may raise FlowControlError), make the stream's
+        RECV_DATA input (OPEN stays OPEN: ``data_received``), count the body against a
+        content-length (h2's ``_track_content_length`` when there is one) and with END_STREAM
+        go to HALF_CLOSED_REMOTE (``stream_half_closed``). Anything else is h2's own path.
+        """
+        stream: Any = self.streams.get(frame.stream_id)
+        machine = stream.state_machine if stream is not None else None
+        if (type(frame) is not _ReceivedData or machine is None or machine.state is not _OPEN
+                or not machine.headers_received or self.state_machine.state is not _SERVER_OPEN):
+            return super()._receive_data_frame(frame)
+        sid = frame.stream_id
+        length = frame.flow_controlled_length
+        end_stream = "END_STREAM" in frame.flags
+        self._inbound_flow_control_window_manager.window_consumed(length)
+        event = DataReceived(stream_id=sid)
+        stream._inbound_window_manager.window_consumed(length)
+        if stream._expected_content_length is None:
+            stream._actual_content_length += length
+        else:
+            stream._track_content_length(length, end_stream)  # (h2's: may raise InvalidBodyLengthError)
+        events: list[Any] = [event]
+        if end_stream:
+            machine.state = _HALF_CLOSED_REMOTE
+            ended = StreamEnded(stream_id=sid)
+            event.stream_ended = ended
+            events.append(ended)
+        event.data = frame.data
+        event.flow_controlled_length = length
+        return [], events
+
+    def _open_inbound_for_new_stream(self, max_open: int) -> int:
+        """What h2 reads of ``open_inbound_streams`` before opening a stream, with ``max_open``
+        its local MAX_CONCURRENT_STREAMS (see the class)."""
+        streams = self.streams
+        if len(streams) >= self._recount_at:
+            _ = super().open_inbound_streams  # walks, forgetting closed streams
+            self._recount_at = max(_RECOUNT_FLOOR, 2 * len(streams))
+        if len(streams) < max_open:
+            return len(streams)
+        return super().open_inbound_streams
+
     @property
     def open_inbound_streams(self) -> int:
         if self._counting_new_stream:
             self._counting_new_stream = False
-            streams = self.streams
-            if len(streams) >= self._recount_at:
-                _ = super().open_inbound_streams  # walks, forgetting closed streams
-                self._recount_at = max(_RECOUNT_FLOOR, 2 * len(streams))
-            if len(streams) < self.local_settings.max_concurrent_streams:
-                return len(streams)
+            return self._open_inbound_for_new_stream(self.local_settings.max_concurrent_streams)
         return super().open_inbound_streams
 
 
@@ -372,12 +496,9 @@ def server_connection(limits: H2Limits) -> ServerH2Connection:
 # transitions its own send_headers makes. h2's encoder never sees these blocks, and the
 # ones it does encode (the rare cases below) stay decodable: our blocks touch no table.
 
-# Read once: on Python 3.11 an enum member read from its class costs more than the rest of a check.
-_SERVER_OPEN = ConnectionState.SERVER_OPEN
 _HEADERS_FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length + type 1 (HEADERS), flags, stream id
 _END_STREAM = 0x1
 _END_HEADERS = 0x4
-_SENDS_HEADERS = frozenset((StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE))
 _STATIC_FIELD: dict[tuple[bytes, bytes], int] = {}
 _STATIC_NAME: dict[bytes, int] = {}
 for _index, _field in enumerate(HeaderTable.STATIC_TABLE, 1):  # the lowest index of a name wins
@@ -440,6 +561,36 @@ def stateless_block(headers: HeaderList) -> bytes | None:
     return b"".join(parts)
 
 
+def sent_headers(machine: Any) -> None:
+    """``machine.process_input(StreamInputs.SEND_HEADERS)`` on a server stream in OPEN or
+    HALF_CLOSED_REMOTE, where h2's table keeps the state and runs ``response_sent``: the
+    response headers, or else the trailers, marked sent. (A lookup of an (enum, enum) key
+    and the call cost more than the transition.) Anything else is h2's own process_input,
+    with its errors; tests/unit/test_h2_header_blocks.py pins this to h2's table and code."""
+    state = machine.state
+    if machine.client is False and not machine.trailers_sent and (state is _HALF_CLOSED_REMOTE or state is _OPEN):
+        if machine.headers_sent:
+            machine.trailers_sent = True
+        else:
+            machine.headers_sent = True
+        return
+    machine.process_input(StreamInputs.SEND_HEADERS)
+
+
+def sent_end_stream(machine: Any) -> None:
+    """``machine.process_input(StreamInputs.SEND_END_STREAM)``: OPEN goes to HALF_CLOSED_LOCAL,
+    HALF_CLOSED_REMOTE to CLOSED (``send_end_stream``: closed by SEND_END_STREAM), as h2's
+    table says (pinned in tests/unit/test_h2_header_blocks.py); any other state is h2's."""
+    state = machine.state
+    if state is _HALF_CLOSED_REMOTE:
+        machine.state = _CLOSED
+        machine.stream_closed_by = _CLOSED_BY_SEND_END_STREAM
+    elif state is _OPEN:
+        machine.state = _HALF_CLOSED_LOCAL
+    else:
+        machine.process_input(StreamInputs.SEND_END_STREAM)
+
+
 def send_headers(conn: h2.connection.H2Connection, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
     """Every HEADERS frame the server writes (responses and trailers) goes through here.
 
@@ -461,17 +612,18 @@ def send_headers(conn: h2.connection.H2Connection, stream_id: int, headers: Head
     ):
         machine = stream.state_machine
         first = headers[0]
-        if machine.state in _SENDS_HEADERS and not (first[0] == b":status" and first[1][:1] == b"1"):
+        state = machine.state
+        if (state is _HALF_CLOSED_REMOTE or state is _OPEN) and not (first[0] == b":status" and first[1][:1] == b"1"):
             block = stateless_block(headers)
             if block is not None and len(block) <= conn.max_outbound_frame_size:
-                machine.process_input(StreamInputs.SEND_HEADERS)
+                sent_headers(machine)
                 if machine.trailers_sent and not end_stream:
                     # h2's error, in h2's state, but raised before any encoding: h2 raises it
                     # after its encoder has indexed fields the peer never receives.
                     raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set.")
                 flags = _END_HEADERS
                 if end_stream:
-                    machine.process_input(StreamInputs.SEND_END_STREAM)
+                    sent_end_stream(machine)
                     flags |= _END_STREAM
                 buffer = conn._data_to_send
                 buffer += _HEADERS_FRAME_HEADER.pack(len(block) << 8 | 0x1, flags, stream_id)
@@ -491,7 +643,56 @@ def send_window(conn: h2.connection.H2Connection, stream_id: int) -> tuple[Any, 
 def still_open(conn: h2.connection.H2Connection, stream_id: int) -> bool:
     """Whether h2 still counts the stream as not closed (the peer may still send on it)."""
     stream = conn.streams.get(stream_id)
-    return stream is not None and not stream.closed
+    return stream is not None and stream.state_machine.state is not _CLOSED
+
+
+def acknowledge_received(conn: h2.connection.H2Connection, size: int, stream_id: int, stream_ended: bool) -> None:
+    """``conn.acknowledge_received_data(size, stream_id)``, but for the DATA frame that ended the
+    peer's side of the stream only the connection's window is handed back: the peer may send
+    no more on the stream, so h2's stream WINDOW_UPDATE (when it would send one) opens a window
+    nobody uses, and its bookkeeping costs a third of a small request body's handling. The
+    connection's WINDOW_UPDATE is h2's (tests/unit/test_h2_data_frames.py)."""
+    if not stream_ended:
+        conn.acknowledge_received_data(size, stream_id)
+        return
+    increment = conn._inbound_flow_control_window_manager.process_bytes(size)
+    if increment:
+        frame = WindowUpdateFrame(0)
+        frame.window_increment = increment
+        conn._prepare_for_sending([frame])
+
+
+def forget_if_closed(conn: h2.connection.H2Connection, stream_id: int) -> bool:
+    """Whether h2 still holds the stream not closed; a closed one is forgotten now.
+
+    h2 forgets a closed stream (moves it from ``streams`` to ``_closed_streams``, with how it
+    was closed) only while it walks ``streams`` counting open ones: stock h2 on every new
+    stream, ``ServerH2Connection`` when ``streams`` has doubled. Done here as the stream
+    ends, the walks find only open streams and a late frame on the stream meets the state
+    stock h2 has once the next stream opens (tests/unit/test_h2_adapter.py sends them).
+    """
+    streams = conn.streams
+    stream = streams.get(stream_id)
+    if stream is None:
+        return False
+    machine = stream.state_machine
+    if machine.state is not _CLOSED:
+        return True
+    del streams[stream_id]
+    closed = conn._closed_streams
+    if type(closed) is SizeLimitDict:
+        # SizeLimitDict.__setitem__ without its two Python calls: the OrderedDict's own, then
+        # its oldest entries dropped past the limit (tests/unit/test_h2_core.py pins the result).
+        _set_ordered(closed, stream_id, machine.stream_closed_by)
+        limit = closed._size_limit
+        while limit is not None and len(closed) > limit:
+            closed.popitem(last=False)
+    else:
+        closed[stream_id] = machine.stream_closed_by
+    return False
+
+
+_set_ordered = OrderedDict.__setitem__
 
 
 def goaway_frame(last_stream_id: int) -> bytes:
@@ -507,7 +708,8 @@ def goaway_frame(last_stream_id: int) -> bytes:
 
 
 _DATA_FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length + type 0 (DATA), flags, stream id
-_SENDS_DATA = frozenset((StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE))
+# The stream states that send DATA are OPEN and HALF_CLOSED_REMOTE, compared by identity
+# (``state in frozenset`` hashes the enum member, and Enum.__hash__ is Python code).
 # The smallest SETTINGS_MAX_FRAME_SIZE a peer may set (RFC 9113 6.5.2): a frame this size fits any peer.
 ANY_PEER_FRAME_SIZE = 16384
 
@@ -530,9 +732,11 @@ def send_data_now(conn: h2.connection.H2Connection, stream: Any, data: bytes) ->
         or size > ANY_PEER_FRAME_SIZE
         or size > stream.outbound_flow_control_window
         or size > conn.outbound_flow_control_window
-        or stream.state_machine.state not in _SENDS_DATA
         or conn.state_machine.state is not _SERVER_OPEN
     ):
+        return False
+    state = stream.state_machine.state
+    if state is not _HALF_CLOSED_REMOTE and state is not _OPEN:
         return False
     buffer = conn._data_to_send
     buffer += _DATA_FRAME_HEADER.pack(size << 8, 0, stream.stream_id)
@@ -558,12 +762,13 @@ def send_data_frame(conn: h2.connection.H2Connection, stream: Any, data: bytes, 
     the cost per frame. Anything unusual takes h2's own path;
     tests/unit/test_h2_data_frames.py pins the bytes, windows and state to h2's.
     """
-    if stream.state_machine.state not in _SENDS_DATA or conn.state_machine.state is not _SERVER_OPEN:
+    state = stream.state_machine.state
+    if (state is not _HALF_CLOSED_REMOTE and state is not _OPEN) or conn.state_machine.state is not _SERVER_OPEN:
         conn.send_data(stream.stream_id, data, end_stream=end_stream)
         return
     flags = 0
     if end_stream:
-        stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+        sent_end_stream(stream.state_machine)
         flags = _END_STREAM
     size = len(data)
     buffer = conn._data_to_send

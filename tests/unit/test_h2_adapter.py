@@ -11,6 +11,7 @@ import random
 import re
 import struct
 import textwrap
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -18,6 +19,7 @@ import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
+import h2.stream
 import hpack
 import pytest
 from h2.errors import ErrorCodes
@@ -44,6 +46,7 @@ from gatewayd.testing.raw_h2 import FrameReader
 LIMITS = H2Limits(max_concurrent_streams=5, max_header_list_bytes=4096, initial_window_size=1 << 20)
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/x"), (b":authority", b"a")]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+REQUEST_CL = [*REQUEST, (b"content-length", b"4")]
 
 
 def client() -> h2.connection.H2Connection:
@@ -409,11 +412,20 @@ def test_frames_out_of_order_in_a_block_are_still_h2s_protocol_error() -> None:
 # --- ServerH2Connection: the frames of a plain request read without hyperframe ---------------
 
 
+def _stream_snapshot(conn: h2.connection.H2Connection, stream: h2.stream.H2Stream) -> tuple[object, ...]:
+    """Everything of an h2 stream that receiving a frame sets."""
+    machine = stream.state_machine
+    return (machine.state, machine.client, machine.headers_sent, machine.trailers_sent, machine.headers_received,
+            machine.trailers_received, machine.stream_closed_by, stream._inbound_window_manager.current_window_size,
+            stream._inbound_window_manager.max_window_size, stream.outbound_flow_control_window,
+            stream.max_outbound_frame_size, stream._expected_content_length, stream._actual_content_length,
+            stream.request_method, stream._authority, stream.config is conn.config)
+
+
 def _snapshot(conn: h2.connection.H2Connection) -> tuple[object, ...]:
     """What receiving changes in a connection: its state and receive window, the streams not
     closed (ours forgets closed ones at other times than stock h2) and the bytes h2 buffers."""
-    streams = {sid: (s.state_machine.state, s._inbound_window_manager.current_window_size)
-               for sid, s in conn.streams.items() if not s.closed}
+    streams = {sid: _stream_snapshot(conn, s) for sid, s in conn.streams.items() if not s.closed}
     return (conn.state_machine.state, conn._inbound_flow_control_window_manager.current_window_size,
             conn.highest_inbound_stream_id, streams, bytes(conn.incoming_buffer._data),
             len(conn.incoming_buffer._headers_buffer))
@@ -426,13 +438,28 @@ def _peer_sends(peer: h2.connection.H2Connection, rng: random.Random, opened: li
     sendable = [sid for sid in opened if can_send(peer, sid)]
     if action < 0.3 or not opened:
         sid = peer.get_next_available_stream_id()
-        headers = [*REQUEST, (b"content-length", b"4")] if rng.random() < 0.02 else REQUEST
+        # Mostly plain requests (the lean path), and the fields h2 treats apart.
+        kind = rng.random()
+        headers = (REQUEST_CL if kind < 0.01 else [*REQUEST, (b"content-length", b"5")] if kind < 0.02 else
+                   [*REQUEST, (b"cookie", b"a=1"), (b"x", b"y"), (b"cookie", b"b=2")] if kind < 0.06 else
+                   [*REQUEST, (b"x-fresh", b"%d" % rng.randint(0, 5))] if kind < 0.1 else
+                   [(b"x", b"y")] if kind < 0.12 else
+                   # h2 takes these for a response (a 1xx one is a protocol error)
+                   [(b":status", rng.choice([b"100", b"200"])), *REQUEST] if kind < 0.13 else REQUEST)
         kwargs = {"priority_weight": rng.randint(1, 256)} if rng.random() < 0.1 else {}
         if rng.random() < 0.1 and not kwargs:
             peer.max_outbound_frame_size = 7  # the block in HEADERS + CONTINUATION frames
-        peer.send_headers(sid, headers, end_stream=rng.random() < 0.3, **kwargs)
+        end_stream = rng.random() < 0.3
+        if headers[0][0] == b":status":  # h2's client will not send these: its encoder, a raw frame
+            flags = ["END_HEADERS", "END_STREAM"] if end_stream else ["END_HEADERS"]
+            peer._data_to_send += HeadersFrame(sid, peer.encoder.encode(headers), flags=flags).serialize()
+            peer.highest_outbound_stream_id = sid  # (a stream the client does not know: nothing more on it)
+        else:
+            peer.config.validate_outbound_headers = headers[:1] == REQUEST[:1]  # (it refuses the others)
+            peer.send_headers(sid, headers, end_stream=end_stream, **kwargs)
+            peer.config.validate_outbound_headers = True
+            opened.append(sid)
         peer.max_outbound_frame_size = 16384
-        opened.append(sid)
     elif action < 0.6 and sendable:
         sid = rng.choice(sendable)
         size = min(rng.choice([0, 1, 4, 5, 100, 3000]), peer.local_flow_control_window(sid))
@@ -453,6 +480,10 @@ def _peer_sends(peer: h2.connection.H2Connection, rng: random.Random, opened: li
         late = rng.choice([DataFrame(sid, b"late"), DataFrame(sid, b"late", flags=["END_STREAM"]),
                            WindowUpdateFrame(sid, window_increment=10), RstStreamFrame(sid, error_code=8)])
         peer._data_to_send += late.serialize()
+    elif action < 0.9007:
+        # A new stream's HEADERS out of order: an even id, or below the highest stream opened.
+        sid = rng.choice([peer.get_next_available_stream_id() + 1, max(1, rng.choice(opened) - 2)])
+        peer._data_to_send += HeadersFrame(sid, b"\x82\x86\x84", flags=["END_HEADERS"]).serialize()
     elif action < 0.904:
         sid = rng.choice(opened)
         wrong = rng.choice([DataFrame(sid, bytes(16385)), DataFrame(sid, bytes(1000), flags=["PADDED"], pad_length=0),
@@ -544,3 +575,93 @@ def test_plain_request_frames_skip_hyperframe(monkeypatch: pytest.MonkeyPatch) -
     kinds = [type(e).__name__ for e in events]
     assert kinds == ["RequestReceived", "DataReceived", "StreamEnded"] * 3 + ["PingReceived"]
     assert parsed == ["PingFrame"]  # only the PING went through h2's FrameBuffer
+
+
+def test_request_sessions_take_the_lean_paths_and_h2s_for_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sessions above compare something only if both ways of receiving ran in them.
+    taken: dict[tuple[str, str], int] = {}
+
+    def counting(handler: str, where: str) -> None:
+        original = getattr(h2.connection.H2Connection if where == "h2" else ServerH2Connection, handler)
+
+        def counted(conn: h2.connection.H2Connection, frame: Any) -> Any:
+            key = (handler, f"{where} for {type(conn).__name__}")
+            taken[key] = taken.get(key, 0) + 1
+            return original(conn, frame)
+
+        monkeypatch.setattr(h2.connection.H2Connection if where == "h2" else ServerH2Connection, handler, counted)
+
+    for handler in ("_receive_headers_frame", "_receive_data_frame"):
+        counting(handler, "h2")
+        counting(handler, "ours")
+    for seed in range(20):
+        _request_session(seed)
+    for handler in ("_receive_headers_frame", "_receive_data_frame"):
+        received = taken[handler, "ours for ServerH2Connection"]
+        lean = received - taken[handler, "h2 for ServerH2Connection"]  # not handed on to h2's handler
+        assert taken[handler, "h2 for H2Connection"] > 200  # (stock h2, for scale)
+        assert received - lean > 50 and lean > 100, taken
+
+
+# The transitions ServerH2Connection makes itself, as h2's tables have them.
+def test_the_lean_receive_paths_make_h2s_transitions() -> None:
+    from h2.connection import ConnectionInputs, H2ConnectionStateMachine
+    from h2.stream import H2StreamStateMachine, StreamInputs, _transitions
+
+    open_ = h2.connection.ConnectionState.SERVER_OPEN
+    for connection_input in (ConnectionInputs.RECV_HEADERS, ConnectionInputs.RECV_DATA):
+        assert H2ConnectionStateMachine._transitions[(open_, connection_input)] == (None, open_)
+    assert _transitions[(StreamState.IDLE, StreamInputs.RECV_HEADERS)] == (
+        H2StreamStateMachine.request_received, StreamState.OPEN)
+    assert _transitions[(StreamState.OPEN, StreamInputs.RECV_END_STREAM)] == (
+        H2StreamStateMachine.stream_half_closed, StreamState.HALF_CLOSED_REMOTE)
+    assert _transitions[(StreamState.OPEN, StreamInputs.RECV_DATA)] == (
+        H2StreamStateMachine.data_received, StreamState.OPEN)
+    # What those functions do, on a fresh machine: the attributes the lean paths set.
+    machine = H2StreamStateMachine(7)
+    [received] = machine.process_input(StreamInputs.RECV_HEADERS)
+    assert (machine.client, machine.headers_received, type(received), received.stream_id) == (
+        False, True, h2.events.RequestReceived, 7)
+    [data] = machine.process_input(StreamInputs.RECV_DATA)
+    assert (type(data), data.stream_id) == (h2.events.DataReceived, 7)
+    [ended] = machine.process_input(StreamInputs.RECV_END_STREAM)
+    assert (type(ended), ended.stream_id, machine.stream_closed_by) == (h2.events.StreamEnded, 7, None)
+    assert vars(machine) == {"state": StreamState.HALF_CLOSED_REMOTE, "stream_id": 7, "client": False,
+                             "headers_sent": None, "trailers_sent": None, "headers_received": True,
+                             "trailers_received": None, "stream_closed_by": None}
+
+
+@pytest.mark.parametrize(("length", "body"), [(b"5", b"12345"), (b"5", b"1234"), (b"5", b"123456"), (b"x5", b"12345"),
+                                              (b"0", b"")])
+def test_a_content_length_on_the_lean_path_is_h2s(length: bytes, body: bytes) -> None:
+    ours, stock = ServerH2Connection(server_config()), h2.connection.H2Connection(server_config())
+    peer = client()
+    preface = bytes(peer.data_to_send())  # (with the client preface)
+    for conn in (ours, stock):
+        conn.initiate_connection()
+        conn.local_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_STREAM_ID
+        conn.local_settings.acknowledge()
+        conn.receive_data(preface)
+    peer.receive_data(ours.data_to_send())
+    stock.data_to_send()
+    peer.config.validate_outbound_headers = False
+    for sid in (1, 3):  # the second block is the first one remembered
+        peer.send_headers(sid, [*REQUEST, (b"content-length", length)], end_stream=not body)
+        if body:
+            peer.send_data(sid, body[:3])
+            peer.send_data(sid, body[3:], end_stream=True)
+        data = bytes(peer.data_to_send())
+        outcomes = []
+        for conn in (ours, stock):
+            try:
+                outcomes.append(repr(conn.receive_data(data)))
+            except h2.exceptions.ProtocolError as e:
+                outcomes.append(f"{type(e).__name__}: {e}")
+        assert outcomes[0] == outcomes[1]
+        assert ours.data_to_send() == stock.data_to_send()  # with an error, the same GOAWAY
+        if outcomes[0].startswith(("InvalidBodyLengthError", "ProtocolError")):
+            assert (length, body) not in ((b"5", b"12345"), (b"0", b""))
+            return
+        assert _snapshot(ours) == _snapshot(stock)
+    assert (length, body) in ((b"5", b"12345"), (b"0", b""))
+    assert ours.streams[3]._expected_content_length == int(length)

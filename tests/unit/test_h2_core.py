@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import gc
 
+import h2.stream
 from h2.errors import ErrorCodes
-from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame, PingFrame, SettingsFrame
+from h2.stream import StreamClosedBy, StreamState
+from hyperframe.frame import ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, PingFrame, SettingsFrame
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
@@ -395,3 +397,82 @@ def test_the_peers_goaway_ends_running_calls_and_later_answers_send_nothing() ->
     stream.send_trailers([(b"grpc-status", b"14")])
     pair.turn()
     assert len(pair.client.frames) == before
+
+
+# --- finished streams forgotten by h2 at once -------------------------------------------------
+
+
+def test_a_finished_call_leaves_h2_holding_no_stream_and_late_frames_on_it_are_harmless() -> None:
+    pair = CorePair()
+    sid = pair.open(CHECK, CHECK_BODY)
+    pair.turn()
+    assert pair.client.responses[sid].grpc_status() == 0
+    conn = pair.core.h2
+    # Forgotten as stock h2 forgets a closed stream when the next one opens: remembered as closed by us.
+    assert sid not in conn.streams
+    assert conn._closed_streams[sid] == StreamClosedBy.SEND_END_STREAM
+    # What a client racing the end sends on that stream: ignored, or that stream reset; the connection lives.
+    pair.client.window_update(sid, 100)
+    pair.client.reset_stream(sid)
+    pair.pump()
+    assert pair.client.goaways == [] and not pair.closed
+    pair.client.write_frame(DataFrame(sid, b"late"))
+    pair.pump()
+    assert pair.client.responses[sid].reset == ErrorCodes.STREAM_CLOSED
+    assert pair.client.goaways == [] and not pair.closed
+    assert check(pair) == 0
+
+
+def test_a_stream_the_peer_resets_is_forgotten_and_late_frames_on_it_are_ignored() -> None:
+    pair = CorePair()
+    sid = pair.open(SLOW, SLOW_BODY)
+    pair.client.reset_stream(sid)
+    pair.pump()
+    conn = pair.core.h2
+    assert sid not in conn.streams and sid not in pair.core.streams
+    assert conn._closed_streams[sid] == StreamClosedBy.RECV_RST_STREAM
+    pair.client.window_update(sid, 100)
+    pair.client.write_frame(DataFrame(sid, b"late", flags=["END_STREAM"]))
+    pair.client.reset_stream(sid)
+    pair.pump()
+    assert pair.client.goaways == [] and not pair.closed
+    assert check(pair) == 0
+
+
+def test_an_answer_before_the_request_ended_resets_and_forgets_the_stream() -> None:
+    pair = CorePair()
+    sid = pair.client.open_stream(SLOW, end_stream=False)
+    pair.pump()
+    stream = pair.core.streams[sid]
+    stream.send_headers(200, [(b"content-type", b"application/grpc"), (b"grpc-status", b"0")], end_stream=True)
+    pair.turn()
+    assert pair.client.responses[sid].reset == ErrorCodes.NO_ERROR  # RFC 9113 8.1: stop sending
+    conn = pair.core.h2
+    assert sid not in conn.streams and conn._closed_streams[sid] == StreamClosedBy.SEND_RST_STREAM
+    pair.client.send_body(sid, SLOW_BODY, end_stream=True)  # already on its way: ignored
+    pair.pump()
+    assert pair.client.goaways == [] and not pair.closed
+    assert check(pair) == 0
+
+
+def test_forgotten_streams_are_remembered_as_h2s_size_limited_dict_remembers_them() -> None:
+    from h2.utilities import SizeLimitDict
+
+    from gatewayd.http2.h2adapter import ServerH2Connection, forget_if_closed, server_connection
+    from gatewayd.http2.limits import H2Limits
+
+    conn = server_connection(H2Limits())
+    stock = SizeLimitDict(size_limit=ServerH2Connection.MAX_CLOSED_STREAMS)
+    assert type(conn._closed_streams) is SizeLimitDict
+    assert conn._closed_streams._size_limit == ServerH2Connection.MAX_CLOSED_STREAMS
+    ways = [StreamClosedBy.SEND_END_STREAM, StreamClosedBy.RECV_RST_STREAM, StreamClosedBy.SEND_RST_STREAM]
+    sids = [*range(1, 2 * ServerH2Connection.MAX_CLOSED_STREAMS + 100, 2), 5, 7]  # past the limit, and again
+    for n, sid in enumerate(sids):
+        stream = h2.stream.H2Stream(sid, conn.config, 65535, 65535)
+        stream.state_machine.state = StreamState.CLOSED
+        stream.state_machine.stream_closed_by = ways[n % 3]
+        conn.streams[sid] = stream
+        assert not forget_if_closed(conn, sid) and sid not in conn.streams
+        stock[sid] = ways[n % 3]
+    assert list(conn._closed_streams.items()) == list(stock.items())
+    assert len(stock) == ServerH2Connection.MAX_CLOSED_STREAMS

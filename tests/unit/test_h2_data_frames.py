@@ -193,3 +193,50 @@ def test_send_same_data_writes_h2s_frames_and_windows(payload: bytes) -> None:
         ours.send_data(sid, b"end", end_stream=True)
         theirs.send_data(sid, b"end", end_stream=True)
     assert ours.data_to_send() == theirs.data_to_send()
+
+
+# --- handing received bytes back: the connection's window only, once the request has ended --------
+
+
+def test_acknowledging_the_data_that_ended_a_request_is_h2s_connection_window_update_alone() -> None:
+    from hyperframe.frame import WindowUpdateFrame
+
+    from gatewayd.http2.h2adapter import acknowledge_received
+    from gatewayd.testing.raw_h2 import FrameReader
+
+    updates = stream_updates = 0
+    for size in (1, 5, 1000, 16384, 32767, 40000, 60000):
+        ours, stock, client = (h2.connection.H2Connection(h2.config.H2Configuration(client_side=side))
+                               for side in (False, False, True))
+        for conn in (ours, stock, client):
+            conn.initiate_connection()
+        client.receive_data(ours.data_to_send())
+        stock.data_to_send()
+        preface = client.data_to_send()
+        for conn in (ours, stock):
+            conn.receive_data(preface)
+            conn.data_to_send()
+        for sid in (1, 3, 5):
+            client.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "a")])
+            for start in range(0, size, 16384):
+                client.send_data(sid, bytes(min(16384, size - start)), end_stream=start + 16384 >= size)
+                data = client.data_to_send()
+                events = ours.receive_data(data)
+                assert repr(events) == repr(stock.receive_data(data))
+                [event] = [e for e in events if isinstance(e, h2.events.DataReceived)]
+                ended = event.stream_ended is not None
+                acknowledge_received(ours, event.flow_controlled_length, sid, ended)
+                stock.acknowledge_received_data(event.flow_controlled_length, sid)
+                ours_frames = FrameReader().feed(ours.data_to_send())
+                stock_bytes = stock.data_to_send()
+                client.receive_data(stock_bytes)
+                stock_frames = FrameReader().feed(stock_bytes)
+                assert all(isinstance(f, WindowUpdateFrame) for f in stock_frames)
+                if ended:  # h2 also reopens the stream's window, which the client can no longer use
+                    stream_updates += sum(1 for f in stock_frames if f.stream_id)
+                    stock_frames = [f for f in stock_frames if f.stream_id == 0]
+                assert [f.serialize() for f in ours_frames] == [f.serialize() for f in stock_frames]
+                updates += len(ours_frames)
+            assert (ours._inbound_flow_control_window_manager.__dict__
+                    == stock._inbound_flow_control_window_manager.__dict__)
+    assert updates >= 3 and stream_updates >= 1  # windows handed back, and h2's useless one left out

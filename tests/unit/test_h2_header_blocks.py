@@ -12,6 +12,7 @@ through h2's own path.
 
 from __future__ import annotations
 
+import copy
 import random
 from typing import Any
 
@@ -348,3 +349,41 @@ def test_random_sessions_match_stock_h2(monkeypatch: pytest.MonkeyPatch) -> None
     assert blocks > 1000 and sum(lasted for _, lasted in sessions) >= 10, sessions
     fast = blocks - (len(slow) - blocks)  # the rest went to closed streams, 1xx, table size updates
     assert fast > 1000, (fast, blocks)
+
+
+# --- the send transitions made without h2's table ------------------------------------------
+
+
+def _machines() -> list[Any]:
+    """Stream state machines in every state and every combination of what was sent and by whom."""
+    from h2.stream import H2StreamStateMachine, StreamState
+
+    machines = []
+    for state in StreamState:
+        for client in (None, False, True):
+            for headers_sent in (None, True):
+                for trailers_sent in (None, True):
+                    machine = H2StreamStateMachine(5)
+                    machine.state, machine.client = state, client
+                    machine.headers_sent, machine.trailers_sent = headers_sent, trailers_sent
+                    machines.append(machine)
+    return machines
+
+
+@pytest.mark.parametrize("step", ["sent_headers", "sent_end_stream"])
+def test_send_transitions_are_h2s_process_input(step: str) -> None:
+    from h2.stream import StreamInputs
+
+    shortcut = getattr(h2adapter, step)
+    stream_input = StreamInputs.SEND_HEADERS if step == "sent_headers" else StreamInputs.SEND_END_STREAM
+    for machine in _machines():
+        stock = copy.copy(machine)
+        outcomes = []
+        for which, run in ((machine, shortcut), (stock, lambda m: m.process_input(stream_input))):
+            try:
+                run(which)
+                outcomes.append("ok")
+            except h2.exceptions.ProtocolError as e:
+                outcomes.append(type(e).__name__)
+        assert outcomes[0] == outcomes[1]
+        assert vars(machine) == vars(stock)
