@@ -271,10 +271,10 @@ class GatewayHTTPChannel(http.HTTPChannel):
         handler = app.handler_for(exchange)
         if handler is None:
             return False
-        # What twisted.web does for a request it handles (HTTPChannel.allContentReceived).
+        # What twisted.web does for a request it handles (HTTPChannel.allContentReceived), but the
+        # idle timeout is left running: timeoutConnection defers it while the answer is pending,
+        # and _direct_done pushes it back (a reset, not a cancelled and a new DelayedCall per call).
         self._cancel_deadline()
-        if self.timeOut:
-            self._savedTimeOut = self.setTimeout(None)
         self._handlingRequest = True
         self.setRawMode()
         self._direct = exchange
@@ -292,11 +292,18 @@ class GatewayHTTPChannel(http.HTTPChannel):
         if not self._waitingForTransport:
             self._networkProducer.resumeProducing()
         self._handlingRequest = False
-        if self._savedTimeOut:
-            self.setTimeout(self._savedTimeOut)
+        self.resetTimeout()
         data = b"".join(self._dataBuffer)
         self._dataBuffer = []
         self.setLineMode(data)
+
+    def timeoutConnection(self) -> None:
+        if self._direct is not None:
+            # The idle timeout is off while a direct answer is pending (twisted.web cancels it
+            # while it handles a request): start it over; the answer's end resets it again.
+            self.setTimeout(self.timeOut)
+            return
+        super().timeoutConnection()
 
     def _head_started(self) -> None:
         """A request head is being read: its deadline runs from now (if it is not running yet)."""

@@ -35,7 +35,6 @@ from gatewayd.transport.exchange import ExchangeHandler, HeaderList
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 # The whole head at once: the request line, then fields with token names and values without NUL, CR or LF.
 _HEAD = re.compile(rb"POST (/[!->@-~]*) HTTP/1\.1((?:\r\n" + _TCHAR + rb"+:[^\x00\r\n]*)*)")  # no "?": no query
-_FIELD = re.compile(r"\r\n([^:]+):[ \t]*(.*?)[ \t]*(?=\r\n|\Z)")  # (name, value), on a head _HEAD matched
 #: ``uri-host [ ":" port ]`` (RFC 9110 section 7.2): a reg-name or IP literal, digits for the port.
 HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _HOST_TEXT = re.compile(HOST.pattern.decode("latin-1"))
@@ -65,12 +64,15 @@ def read_rpc_request(data: bytes, max_head_bytes: int, max_headers: int, max_bod
     path = head[1].decode("latin-1")
     if not rpc_path_shape(path):
         return None
-    fields = _FIELD.findall(head[2].decode("latin-1"))
-    if len(fields) >= max_headers:
+    # Lines of token names and values without NUL, CR or LF (_HEAD matched them): split, not searched.
+    lines = head[2].decode("latin-1").split("\r\n")  # lines[0] is the empty text before the first CRLF
+    if len(lines) > max_headers:  # len(lines) - 1 fields
         return None
     headers: dict[str, str] = {}
-    for name, value in fields:
+    for index in range(1, len(lines)):
+        name, _, value = lines[index].partition(":")
         name = name.lower()
+        value = value.strip(" \t")
         seen = headers.get(name)
         if seen is None:
             headers[name] = value
@@ -189,18 +191,19 @@ class DirectExchange(PausableExchange):
         self._head, self._chunked, self._no_body = _head_for(status, headers, end_stream)
         if end_stream:
             self._finish(b"")
-        elif not self._producing:
-            self._producing = True
-            self.channel.registerProducer(self, True)
 
     def send_data(self, data: bytes, end_stream: bool = False) -> None:
         if self._finished:
             return
-        if self._paused:
-            self._buffered += len(data)
         if end_stream:
-            self._finish(data)
+            if self._paused:
+                self._buffered += len(data)
+            self._finish(data)  # a unary answer: head and body in one write, never a producer
         elif data:
+            if not self._producing:
+                self._start_producing()
+            if self._paused:
+                self._buffered += len(data)
             self._write(self._framed(data))
 
     def send_trailers(self, trailers: HeaderList) -> None:
@@ -239,11 +242,22 @@ class DirectExchange(PausableExchange):
             write_now(transport, direct_socket(transport), data)
 
     def _finish(self, data: bytes) -> None:
-        last = self._framed(data) if data else b""
-        self._write(last + b"0\r\n\r\n" if self._chunked else last)
+        if self._chunked:
+            self._write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n")
+        else:
+            self._write(b"" if self._no_body else data)
         self._finished = True
-        self._stop_producing()
+        if self._producing:
+            self._stop_producing()
         self._done(self)
+
+    def _start_producing(self) -> None:
+        """The first body bytes of a streamed answer: from now on the channel pauses and resumes us.
+        A unary answer (one write) never gets here. The socket may be full already (an earlier
+        answer's bytes): then we start paused, as the channel is."""
+        self._producing = True
+        self._paused = bool(self.channel._waitingForTransport)
+        self.channel.registerProducer(self, True)
 
     def _stop_producing(self) -> None:
         if self._producing:

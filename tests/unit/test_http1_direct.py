@@ -250,6 +250,55 @@ def test_the_idle_timeout_is_off_while_answering_and_back_after() -> None:
     assert c.transport.disconnecting
 
 
+def test_direct_calls_reset_the_one_idle_timeout_instead_of_replacing_it() -> None:
+    c = Channel(unary)
+    [idle] = c.clock.getDelayedCalls()
+    c.clock.advance(200)
+    c.send(rpc())
+    c.clock.advance(200)  # 400 s since the connection opened, 200 s since the answer
+    c.send(rpc())
+    assert c.clock.getDelayedCalls() == [idle] and idle.active()  # the same DelayedCall, pushed back
+    assert not c.transport.disconnecting
+    c.clock.advance(299.9)
+    assert not c.transport.disconnecting
+    c.clock.advance(0.1)  # 300 s after the last answer
+    assert c.transport.disconnecting
+    assert c.transport.value().count(b"HTTP/1.1 200 OK\r\n") == 2
+
+
+def test_a_unary_answer_never_registers_a_producer_a_streamed_one_does_once() -> None:
+    c = Channel(unary)
+    registered: list[object] = []
+    register = c.channel.registerProducer
+    c.channel.registerProducer = lambda p, s: (registered.append(p), register(p, s))  # type: ignore[method-assign]
+    c.send(rpc())
+    assert registered == [] and c.channel._requestProducer is None
+    c.app.script = None
+    c.send(rpc())
+    exchange = c.app.handlers[1].exchange
+    exchange.send_headers(200, [(b"content-type", b"application/connect+proto")])
+    assert registered == []
+    exchange.send_data(b"a")
+    exchange.send_data(b"b")
+    assert registered == [exchange] and c.channel._requestProducer is exchange
+    exchange.send_data(b"", end_stream=True)
+    assert c.channel._requestProducer is None
+
+
+def test_a_stream_starting_on_a_full_socket_starts_paused() -> None:
+    c = Channel()
+    c.send(rpc())
+    exchange = c.app.handlers[0].exchange
+    drained: list[int] = []
+    exchange.on_drain(lambda: drained.append(exchange.buffered_bytes))
+    exchange.send_headers(200, [(b"content-type", b"application/connect+proto")])
+    c.channel.pauseProducing()  # an earlier answer filled the socket before this body began
+    exchange.send_data(b"x" * 10)
+    assert exchange.buffered_bytes == 10
+    c.channel.resumeProducing()
+    assert drained == [0]
+
+
 def test_losing_the_connection_mid_answer_tells_the_handler_once() -> None:
     c = Channel()
     c.send(rpc())
