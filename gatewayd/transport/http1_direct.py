@@ -53,11 +53,40 @@ class RpcRequest:
         self.body = body
 
 
+_Read = tuple[str, dict[str, str], int, int]  # path, headers, body size, number of header fields
+_READ: dict[bytes, _Read] = {}
+_READ_KEPT = 256  # a client sends the same head again and again (the length aside): it is read once
+_READ_MAX_HEAD = 1024  # longer heads are read every time
+
+
 def read_rpc_request(data: bytes, max_head_bytes: int, max_headers: int, max_body_bytes: int) -> RpcRequest | None:
     """``data`` as one whole RPC request, or ``None`` when twisted.web should read it (see the module doc)."""
     end = data.find(b"\r\n\r\n")
     if end < 0 or end + 4 > max_head_bytes:
         return None
+    if end <= _READ_MAX_HEAD:
+        key = data[:end]
+        read = _READ.get(key)
+        if read is None:
+            read = _read_head(data, end)
+            if read is None:
+                return None
+            if len(_READ) >= _READ_KEPT:
+                _READ.clear()
+            _READ[key] = read
+    else:
+        read = _read_head(data, end)
+        if read is None:
+            return None
+    path, headers, size, fields = read
+    if fields >= max_headers or size > max_body_bytes or len(data) != end + 4 + size:
+        return None
+    return RpcRequest(path, headers.copy(), data[end + 4:])
+
+
+def _read_head(data: bytes, end: int) -> _Read | None:
+    """The head ``data[:end]`` as (path, headers, body size, fields), when it is one ``read_rpc_request``
+    takes whatever the limits; ``None`` otherwise."""
     head = _HEAD.fullmatch(data, 0, end)
     if head is None:
         return None
@@ -66,8 +95,6 @@ def read_rpc_request(data: bytes, max_head_bytes: int, max_headers: int, max_bod
         return None
     # Lines of token names and values without NUL, CR or LF (_HEAD matched them): split, not searched.
     lines = head[2].decode("latin-1").split("\r\n")  # lines[0] is the empty text before the first CRLF
-    if len(lines) > max_headers:  # len(lines) - 1 fields
-        return None
     headers: dict[str, str] = {}
     for index in range(1, len(lines)):
         name, _, value = lines[index].partition(":")
@@ -90,10 +117,7 @@ def read_rpc_request(data: bytes, max_head_bytes: int, max_headers: int, max_bod
     if host is None or not _HOST_TEXT.fullmatch(host) or length is None or not length.isascii() \
             or not length.isdigit() or len(length) > 12:
         return None
-    size = int(length)
-    if size > max_body_bytes or len(data) != end + 4 + size:
-        return None
-    return RpcRequest(path, headers, data[end + 4:])
+    return path, headers, int(length), len(lines) - 1
 
 
 def response_head(status: int, headers: HeaderList, chunked: bool) -> bytes:

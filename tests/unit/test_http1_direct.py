@@ -23,6 +23,7 @@ from twisted.web.resource import Resource
 
 from gatewayd.transport.exchange import Exchange
 from gatewayd.transport.http1 import GatewayHTTPChannel, GatewaySite, Http1Exchange
+from gatewayd.transport import http1_direct
 from gatewayd.transport.http1_direct import DirectExchange, read_rpc_request
 
 PATH = b"/pkg.Svc/Call"
@@ -219,6 +220,35 @@ def test_smuggling_shapes_to_an_rpc_path_are_still_400(request_bytes: bytes) -> 
 ])
 def test_requests_the_filter_leaves_to_twisted_web(request_bytes: bytes) -> None:
     assert read_rpc_request(request_bytes, 4096, 100, 1024) is None
+
+
+def test_a_head_read_before_gives_the_same_request_and_the_limits_still_apply() -> None:
+    request = rpc(b"body", extra=b"X-A: 1\r\nX-A:  2 \t\r\n")
+    first = read_rpc_request(request, 4096, 100, 1024)
+    assert first is not None
+    assert first.headers == {"host": "127.0.0.1:8080", "content-type": "application/proto", "x-a": "1, 2",
+                             "content-length": "4"}
+    first.headers["x-a"] = "changed"  # a handler's change stays its own
+    again = read_rpc_request(request, 4096, 100, 1024)
+    assert again is not None and (again.path, again.body) == ("/pkg.Svc/Call", b"body")
+    assert again.headers["x-a"] == "1, 2" and again.headers is not first.headers
+    assert read_rpc_request(request, 4096, 5, 1024) is None  # five fields: at the header limit
+    assert read_rpc_request(request, 4096, 6, 1024) is not None
+    assert read_rpc_request(request, 4096, 100, 3) is None  # over the body limit
+    assert read_rpc_request(request[:-1], 4096, 100, 1024) is None  # the body not all there
+    assert read_rpc_request(request + b"x", 4096, 100, 1024) is None  # bytes after it
+    assert read_rpc_request(request, 100, 100, 1024) is None  # over the head limit
+
+
+def test_heads_read_are_kept_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http1_direct, "_READ", {})
+    monkeypatch.setattr(http1_direct, "_READ_KEPT", 4)
+    for n in range(10):
+        assert read_rpc_request(rpc(b"x" * n), 4096, 100, 1024) is not None
+        assert len(http1_direct._READ) <= 4
+    long_head = rpc(extra=b"X-Long: " + b"y" * 1100 + b"\r\n")
+    assert read_rpc_request(long_head, 4096, 100, 1024) is not None
+    assert all(len(key) <= 1024 for key in http1_direct._READ)
 
 
 def test_a_request_that_is_no_rpc_is_served_by_the_resource_tree() -> None:
