@@ -21,9 +21,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
+from gatewayd.transport import http1_direct
 from gatewayd.transport.exchange import Exchange
 from gatewayd.transport.http1 import GatewayHTTPChannel, GatewaySite, Http1Exchange
-from gatewayd.transport import http1_direct
 from gatewayd.transport.http1_direct import DirectExchange, read_rpc_request
 
 PATH = b"/pkg.Svc/Call"
