@@ -19,6 +19,7 @@ from twisted.web.resource import IResource
 
 from gatewayd.rpc.wire import rpc_path_shape
 from gatewayd.transport.backpressure import PausableExchange
+from gatewayd.transport.direct_write import direct_socket
 from gatewayd.transport.exchange import HeaderList, HttpApplication
 from gatewayd.transport.http1_direct import HOST, DirectExchange, read_rpc_request
 
@@ -227,6 +228,7 @@ class GatewayHTTPChannel(http.HTTPChannel):
     _send_stall: Any = None
     _direct: DirectExchange | None = None
     _peer: str | None = None
+    _socket: Any = None  # direct_socket(transport), with _peer
 
     # -- reading the request head ----------------------------------------------------
 
@@ -263,10 +265,11 @@ class GatewayHTTPChannel(http.HTTPChannel):
         request = read_rpc_request(data, self.totalHeadersSize, self.maxHeaders, self.max_rpc_body_bytes)
         if request is None:
             return False
-        if self._peer is None:
+        if self._peer is None:  # once per connection
             address = self.transport.getPeer()  # type: ignore[union-attr]
             self._peer = getattr(address, "host", str(address))
-        exchange = DirectExchange(self, request, self._peer, self._direct_done)
+            self._socket = direct_socket(self.transport)
+        exchange = DirectExchange(self, request, self._peer, self._direct_done, self._socket)
         app: Any = self.app
         handler = app.handler_for(exchange)
         if handler is None:
@@ -293,9 +296,12 @@ class GatewayHTTPChannel(http.HTTPChannel):
             self._networkProducer.resumeProducing()
         self._handlingRequest = False
         self.resetTimeout()
-        data = b"".join(self._dataBuffer)
-        self._dataBuffer = []
-        self.setLineMode(data)
+        if self._dataBuffer:  # bytes that arrived while answering
+            data = b"".join(self._dataBuffer)
+            self._dataBuffer = []
+            self.setLineMode(data)
+        else:
+            self.line_mode = 1  # setLineMode without bytes
 
     def timeoutConnection(self) -> None:
         if self._direct is not None:

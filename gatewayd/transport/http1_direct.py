@@ -29,7 +29,7 @@ from twisted.web.http_headers import _nameEncoder
 
 from gatewayd.rpc.wire import rpc_path_shape
 from gatewayd.transport.backpressure import PausableExchange
-from gatewayd.transport.direct_write import direct_socket, write_now
+from gatewayd.transport.direct_write import write_now
 from gatewayd.transport.exchange import ExchangeHandler, HeaderList
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
@@ -188,22 +188,27 @@ class DirectExchange(PausableExchange):
     http2 = False
     method = "POST"
 
-    __slots__ = ("_chunked", "_done", "_finished", "_head", "_no_body", "_producing", "channel", "handler",
-                 "headers", "path", "peer")
+    __slots__ = ("_chunked", "_done", "_finished", "_head", "_no_body", "_producing", "_socket", "channel",
+                 "handler", "headers", "path", "peer")
 
-    def __init__(self, channel: Any, request: RpcRequest, peer: str, done: Callable[[DirectExchange], None]) -> None:
+    def __init__(self, channel: Any, request: RpcRequest, peer: str, done: Callable[[DirectExchange], None],
+                 socket: Any = None) -> None:
+        """``socket``: ``direct_socket(channel.transport)``, looked up once per connection."""
         self.channel = channel
         self.path = request.path
         self.headers = request.headers
         self.peer = peer
         self.handler: ExchangeHandler | None = None
         self._done = done
+        self._socket = socket
         self._head: bytes | None = None
         self._chunked = False
         self._no_body = False
         self._finished = False
         self._producing = False
-        super().__init__()
+        self._paused = False  # PausableExchange's state, set here (one exchange per call)
+        self._buffered = 0
+        self._drain = None
 
     @property
     def finished(self) -> bool:
@@ -262,8 +267,7 @@ class DirectExchange(PausableExchange):
             self._head = b""
             data = head + data
         if data:
-            transport = self.channel.transport
-            write_now(transport, direct_socket(transport), data)
+            write_now(self.channel.transport, self._socket, data)
 
     def _finish(self, data: bytes) -> None:
         if self._chunked:
