@@ -48,9 +48,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--protocol", choices=list(PROTOCOLS), default="grpc",
                         help="the client, in bench_execute's connections x streams for it")
+    parser.add_argument("--shape", default="", help="CONNSxSTREAMS instead of the protocol's (64x1: bench_reference's "
+                        "connect-h1-64)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     exit_on_sigterm()
+    shape: tuple[int, int] | None = None
+    if args.shape:
+        conns, streams = args.shape.lower().split("x")
+        shape = (int(conns), int(streams))
     work = Path(tempfile.mkdtemp(prefix="bench-instr-"))
     out = work / "callgrind.out"
     # Under valgrind the gateway needs minutes, not seconds, to listen and to answer /readyz.
@@ -64,11 +70,11 @@ def main() -> None:
         sessions.write_text(json.dumps(stack_module.login(stack.port, 8)))
         assert stack.gateway is not None
         pid = str(stack.gateway.pid)
-        loadgen(stack.port, sessions, args.protocol, 200, "user.profile.get", "")  # warm-up, not instrumented
+        loadgen(stack.port, sessions, args.protocol, 200, "user.profile.get", "", shape)  # warm-up, not instrumented
         subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
-        loadgen(stack.port, sessions, args.protocol, 200, "user.profile.get", "")  # warm-up, instrumented
+        loadgen(stack.port, sessions, args.protocol, 200, "user.profile.get", "", shape)  # warm-up, instrumented
         subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
-        result = loadgen(stack.port, sessions, args.protocol, args.requests, "user.profile.get", "")
+        result = loadgen(stack.port, sessions, args.protocol, args.requests, "user.profile.get", "", shape)
         subprocess.run(["callgrind_control", "-d", "measured", pid], check=True, capture_output=True)
     finally:
         stack.stop()
@@ -80,7 +86,9 @@ def main() -> None:
     total = int(summary.group(1))
     calls = max(1, result["answered"])
     crypto = _inclusive(annotated, "crypto_sign_open") + _inclusive(annotated, "crypto_sign")
-    emit({"bench": "instructions", "protocol": args.protocol, "requests": args.requests, "outcomes": result["outcomes"],
+    conns, streams = shape or PROTOCOLS[args.protocol]
+    emit({"bench": "instructions", "protocol": args.protocol, "shape": f"{conns}x{streams}",
+          "requests": args.requests, "outcomes": result["outcomes"],
           "instructions_per_call": round(total / calls),
           "crypto_instructions_per_call": round(crypto / calls),
           "other_instructions_per_call": round((total - crypto) / calls), "dump": str(dump)}, args.out)
