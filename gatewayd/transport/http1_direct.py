@@ -60,7 +60,12 @@ _READ_MAX_HEAD = 1024  # longer heads are read every time
 
 
 def read_rpc_request(data: bytes, max_head_bytes: int, max_headers: int, max_body_bytes: int) -> RpcRequest | None:
-    """``data`` as one whole RPC request, or ``None`` when twisted.web should read it (see the module doc)."""
+    """``data`` as one whole RPC request, or ``None`` when twisted.web should read it (see the module doc).
+
+    A client repeats its head byte for byte (a new Content-Length only with a new body
+    size), so a head read once is kept (``_READ``): the next request with it is only
+    checked against the limits, which are the caller's and never part of what is kept.
+    """
     end = data.find(b"\r\n\r\n")
     if end < 0 or end + 4 > max_head_bytes:
         return None
