@@ -19,6 +19,7 @@ from twisted.web.resource import IResource
 
 from gatewayd.rpc.wire import rpc_path_shape
 from gatewayd.transport.backpressure import PausableExchange
+from gatewayd.transport.direct_write import direct_socket
 from gatewayd.transport.exchange import HeaderList, HttpApplication
 from gatewayd.transport.http1_direct import HOST, DirectExchange, read_rpc_request
 
@@ -227,6 +228,7 @@ class GatewayHTTPChannel(http.HTTPChannel):
     _send_stall: Any = None
     _direct: DirectExchange | None = None
     _peer: str | None = None
+    _socket: Any = None  # direct_socket(transport), with _peer
 
     # -- reading the request head ----------------------------------------------------
 
@@ -263,18 +265,19 @@ class GatewayHTTPChannel(http.HTTPChannel):
         request = read_rpc_request(data, self.totalHeadersSize, self.maxHeaders, self.max_rpc_body_bytes)
         if request is None:
             return False
-        if self._peer is None:
+        if self._peer is None:  # once per connection
             address = self.transport.getPeer()  # type: ignore[union-attr]
             self._peer = getattr(address, "host", str(address))
-        exchange = DirectExchange(self, request, self._peer, self._direct_done)
+            self._socket = direct_socket(self.transport)
+        exchange = DirectExchange(self, request, self._peer, self._direct_done, self._socket)
         app: Any = self.app
         handler = app.handler_for(exchange)
         if handler is None:
             return False
-        # What twisted.web does for a request it handles (HTTPChannel.allContentReceived).
+        # What twisted.web does for a request it handles (HTTPChannel.allContentReceived), but the
+        # idle timeout is left running: timeoutConnection defers it while the answer is pending,
+        # and _direct_done pushes it back (a reset, not a cancelled and a new DelayedCall per call).
         self._cancel_deadline()
-        if self.timeOut:
-            self._savedTimeOut = self.setTimeout(None)
         self._handlingRequest = True
         self.setRawMode()
         self._direct = exchange
@@ -292,11 +295,21 @@ class GatewayHTTPChannel(http.HTTPChannel):
         if not self._waitingForTransport:
             self._networkProducer.resumeProducing()
         self._handlingRequest = False
-        if self._savedTimeOut:
-            self.setTimeout(self._savedTimeOut)
-        data = b"".join(self._dataBuffer)
-        self._dataBuffer = []
-        self.setLineMode(data)
+        self.resetTimeout()
+        if self._dataBuffer:  # bytes that arrived while answering
+            data = b"".join(self._dataBuffer)
+            self._dataBuffer = []
+            self.setLineMode(data)
+        else:
+            self.line_mode = 1  # setLineMode without bytes
+
+    def timeoutConnection(self) -> None:
+        if self._direct is not None:
+            # The idle timeout is off while a direct answer is pending (twisted.web cancels it
+            # while it handles a request): start it over; the answer's end resets it again.
+            self.setTimeout(self.timeOut)
+            return
+        super().timeoutConnection()
 
     def _head_started(self) -> None:
         """A request head is being read: its deadline runs from now (if it is not running yet)."""

@@ -29,13 +29,12 @@ from twisted.web.http_headers import _nameEncoder
 
 from gatewayd.rpc.wire import rpc_path_shape
 from gatewayd.transport.backpressure import PausableExchange
-from gatewayd.transport.direct_write import direct_socket, write_now
+from gatewayd.transport.direct_write import write_now
 from gatewayd.transport.exchange import ExchangeHandler, HeaderList
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 # The whole head at once: the request line, then fields with token names and values without NUL, CR or LF.
 _HEAD = re.compile(rb"POST (/[!->@-~]*) HTTP/1\.1((?:\r\n" + _TCHAR + rb"+:[^\x00\r\n]*)*)")  # no "?": no query
-_FIELD = re.compile(r"\r\n([^:]+):[ \t]*(.*?)[ \t]*(?=\r\n|\Z)")  # (name, value), on a head _HEAD matched
 #: ``uri-host [ ":" port ]`` (RFC 9110 section 7.2): a reg-name or IP literal, digits for the port.
 HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _HOST_TEXT = re.compile(HOST.pattern.decode("latin-1"))
@@ -54,23 +53,58 @@ class RpcRequest:
         self.body = body
 
 
+_Read = tuple[str, dict[str, str], int, int]  # path, headers, body size, number of header fields
+_READ: dict[bytes, _Read] = {}
+_READ_KEPT = 256  # a client sends the same head again and again (the length aside): it is read once
+_READ_MAX_HEAD = 1024  # longer heads are read every time
+
+
 def read_rpc_request(data: bytes, max_head_bytes: int, max_headers: int, max_body_bytes: int) -> RpcRequest | None:
-    """``data`` as one whole RPC request, or ``None`` when twisted.web should read it (see the module doc)."""
+    """``data`` as one whole RPC request, or ``None`` when twisted.web should read it (see the module doc).
+
+    A client repeats its head byte for byte (a new Content-Length only with a new body
+    size), so a head read once is kept (``_READ``): the next request with it is only
+    checked against the limits, which are the caller's and never part of what is kept.
+    """
     end = data.find(b"\r\n\r\n")
     if end < 0 or end + 4 > max_head_bytes:
         return None
+    if end <= _READ_MAX_HEAD:
+        key = data[:end]
+        read = _READ.get(key)
+        if read is None:
+            read = _read_head(data, end)
+            if read is None:
+                return None
+            if len(_READ) >= _READ_KEPT:
+                _READ.clear()
+            _READ[key] = read
+    else:
+        read = _read_head(data, end)
+        if read is None:
+            return None
+    path, headers, size, fields = read
+    if fields >= max_headers or size > max_body_bytes or len(data) != end + 4 + size:
+        return None
+    return RpcRequest(path, headers.copy(), data[end + 4:])
+
+
+def _read_head(data: bytes, end: int) -> _Read | None:
+    """The head ``data[:end]`` as (path, headers, body size, fields), when it is one ``read_rpc_request``
+    takes whatever the limits; ``None`` otherwise."""
     head = _HEAD.fullmatch(data, 0, end)
     if head is None:
         return None
     path = head[1].decode("latin-1")
     if not rpc_path_shape(path):
         return None
-    fields = _FIELD.findall(head[2].decode("latin-1"))
-    if len(fields) >= max_headers:
-        return None
+    # Lines of token names and values without NUL, CR or LF (_HEAD matched them): split, not searched.
+    lines = head[2].decode("latin-1").split("\r\n")  # lines[0] is the empty text before the first CRLF
     headers: dict[str, str] = {}
-    for name, value in fields:
+    for index in range(1, len(lines)):
+        name, _, value = lines[index].partition(":")
         name = name.lower()
+        value = value.strip(" \t")
         seen = headers.get(name)
         if seen is None:
             headers[name] = value
@@ -88,10 +122,7 @@ def read_rpc_request(data: bytes, max_head_bytes: int, max_headers: int, max_bod
     if host is None or not _HOST_TEXT.fullmatch(host) or length is None or not length.isascii() \
             or not length.isdigit() or len(length) > 12:
         return None
-    size = int(length)
-    if size > max_body_bytes or len(data) != end + 4 + size:
-        return None
-    return RpcRequest(path, headers, data[end + 4:])
+    return path, headers, int(length), len(lines) - 1
 
 
 def response_head(status: int, headers: HeaderList, chunked: bool) -> bytes:
@@ -162,22 +193,27 @@ class DirectExchange(PausableExchange):
     http2 = False
     method = "POST"
 
-    __slots__ = ("_chunked", "_done", "_finished", "_head", "_no_body", "_producing", "channel", "handler",
-                 "headers", "path", "peer")
+    __slots__ = ("_chunked", "_done", "_finished", "_head", "_no_body", "_producing", "_socket", "channel",
+                 "handler", "headers", "path", "peer")
 
-    def __init__(self, channel: Any, request: RpcRequest, peer: str, done: Callable[[DirectExchange], None]) -> None:
+    def __init__(self, channel: Any, request: RpcRequest, peer: str, done: Callable[[DirectExchange], None],
+                 socket: Any = None) -> None:
+        """``socket``: ``direct_socket(channel.transport)``, looked up once per connection."""
         self.channel = channel
         self.path = request.path
         self.headers = request.headers
         self.peer = peer
         self.handler: ExchangeHandler | None = None
         self._done = done
+        self._socket = socket
         self._head: bytes | None = None
         self._chunked = False
         self._no_body = False
         self._finished = False
         self._producing = False
-        super().__init__()
+        self._paused = False  # PausableExchange's state, set here (one exchange per call)
+        self._buffered = 0
+        self._drain = None
 
     @property
     def finished(self) -> bool:
@@ -189,18 +225,19 @@ class DirectExchange(PausableExchange):
         self._head, self._chunked, self._no_body = _head_for(status, headers, end_stream)
         if end_stream:
             self._finish(b"")
-        elif not self._producing:
-            self._producing = True
-            self.channel.registerProducer(self, True)
 
     def send_data(self, data: bytes, end_stream: bool = False) -> None:
         if self._finished:
             return
-        if self._paused:
-            self._buffered += len(data)
         if end_stream:
-            self._finish(data)
+            if self._paused:
+                self._buffered += len(data)
+            self._finish(data)  # a unary answer: head and body in one write, never a producer
         elif data:
+            if not self._producing:
+                self._start_producing()
+            if self._paused:
+                self._buffered += len(data)
             self._write(self._framed(data))
 
     def send_trailers(self, trailers: HeaderList) -> None:
@@ -235,15 +272,25 @@ class DirectExchange(PausableExchange):
             self._head = b""
             data = head + data
         if data:
-            transport = self.channel.transport
-            write_now(transport, direct_socket(transport), data)
+            write_now(self.channel.transport, self._socket, data)
 
     def _finish(self, data: bytes) -> None:
-        last = self._framed(data) if data else b""
-        self._write(last + b"0\r\n\r\n" if self._chunked else last)
+        if self._chunked:
+            self._write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n")
+        else:
+            self._write(b"" if self._no_body else data)
         self._finished = True
-        self._stop_producing()
+        if self._producing:
+            self._stop_producing()
         self._done(self)
+
+    def _start_producing(self) -> None:
+        """The first body bytes of a streamed answer: from now on the channel pauses and resumes us.
+        A unary answer (one write) never gets here. The socket may be full already (an earlier
+        answer's bytes): then we start paused, as the channel is."""
+        self._producing = True
+        self._paused = bool(self.channel._waitingForTransport)
+        self.channel.registerProducer(self, True)
 
     def _stop_producing(self) -> None:
         if self._producing:

@@ -21,6 +21,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
+from gatewayd.transport import http1_direct
 from gatewayd.transport.exchange import Exchange
 from gatewayd.transport.http1 import GatewayHTTPChannel, GatewaySite, Http1Exchange
 from gatewayd.transport.http1_direct import DirectExchange, read_rpc_request
@@ -221,6 +222,35 @@ def test_requests_the_filter_leaves_to_twisted_web(request_bytes: bytes) -> None
     assert read_rpc_request(request_bytes, 4096, 100, 1024) is None
 
 
+def test_a_head_read_before_gives_the_same_request_and_the_limits_still_apply() -> None:
+    request = rpc(b"body", extra=b"X-A: 1\r\nX-A:  2 \t\r\n")
+    first = read_rpc_request(request, 4096, 100, 1024)
+    assert first is not None
+    assert first.headers == {"host": "127.0.0.1:8080", "content-type": "application/proto", "x-a": "1, 2",
+                             "content-length": "4"}
+    first.headers["x-a"] = "changed"  # a handler's change stays its own
+    again = read_rpc_request(request, 4096, 100, 1024)
+    assert again is not None and (again.path, again.body) == ("/pkg.Svc/Call", b"body")
+    assert again.headers["x-a"] == "1, 2" and again.headers is not first.headers
+    assert read_rpc_request(request, 4096, 5, 1024) is None  # five fields: at the header limit
+    assert read_rpc_request(request, 4096, 6, 1024) is not None
+    assert read_rpc_request(request, 4096, 100, 3) is None  # over the body limit
+    assert read_rpc_request(request[:-1], 4096, 100, 1024) is None  # the body not all there
+    assert read_rpc_request(request + b"x", 4096, 100, 1024) is None  # bytes after it
+    assert read_rpc_request(request, 100, 100, 1024) is None  # over the head limit
+
+
+def test_heads_read_are_kept_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http1_direct, "_READ", {})
+    monkeypatch.setattr(http1_direct, "_READ_KEPT", 4)
+    for n in range(10):
+        assert read_rpc_request(rpc(b"x" * n), 4096, 100, 1024) is not None
+        assert len(http1_direct._READ) <= 4
+    long_head = rpc(extra=b"X-Long: " + b"y" * 1100 + b"\r\n")
+    assert read_rpc_request(long_head, 4096, 100, 1024) is not None
+    assert all(len(key) <= 1024 for key in http1_direct._READ)
+
+
 def test_a_request_that_is_no_rpc_is_served_by_the_resource_tree() -> None:
     c = Channel(unary)
     answer = c.send(rpc(path=b"/web.Page/x"))  # the app declines it
@@ -248,6 +278,55 @@ def test_the_idle_timeout_is_off_while_answering_and_back_after() -> None:
     unary(c.app.handlers[0].exchange)
     c.clock.advance(301)
     assert c.transport.disconnecting
+
+
+def test_direct_calls_reset_the_one_idle_timeout_instead_of_replacing_it() -> None:
+    c = Channel(unary)
+    [idle] = c.clock.getDelayedCalls()
+    c.clock.advance(200)
+    c.send(rpc())
+    c.clock.advance(200)  # 400 s since the connection opened, 200 s since the answer
+    c.send(rpc())
+    assert c.clock.getDelayedCalls() == [idle] and idle.active()  # the same DelayedCall, pushed back
+    assert not c.transport.disconnecting
+    c.clock.advance(299.9)
+    assert not c.transport.disconnecting
+    c.clock.advance(0.1)  # 300 s after the last answer
+    assert c.transport.disconnecting
+    assert c.transport.value().count(b"HTTP/1.1 200 OK\r\n") == 2
+
+
+def test_a_unary_answer_never_registers_a_producer_a_streamed_one_does_once() -> None:
+    c = Channel(unary)
+    registered: list[object] = []
+    register = c.channel.registerProducer
+    c.channel.registerProducer = lambda p, s: (registered.append(p), register(p, s))  # type: ignore[method-assign]
+    c.send(rpc())
+    assert registered == [] and c.channel._requestProducer is None
+    c.app.script = None
+    c.send(rpc())
+    exchange = c.app.handlers[1].exchange
+    exchange.send_headers(200, [(b"content-type", b"application/connect+proto")])
+    assert registered == []
+    exchange.send_data(b"a")
+    exchange.send_data(b"b")
+    assert registered == [exchange] and c.channel._requestProducer is exchange
+    exchange.send_data(b"", end_stream=True)
+    assert c.channel._requestProducer is None
+
+
+def test_a_stream_starting_on_a_full_socket_starts_paused() -> None:
+    c = Channel()
+    c.send(rpc())
+    exchange = c.app.handlers[0].exchange
+    drained: list[int] = []
+    exchange.on_drain(lambda: drained.append(exchange.buffered_bytes))
+    exchange.send_headers(200, [(b"content-type", b"application/connect+proto")])
+    c.channel.pauseProducing()  # an earlier answer filled the socket before this body began
+    exchange.send_data(b"x" * 10)
+    assert exchange.buffered_bytes == 10
+    c.channel.resumeProducing()
+    assert drained == [0]
 
 
 def test_losing_the_connection_mid_answer_tells_the_handler_once() -> None:

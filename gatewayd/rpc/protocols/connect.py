@@ -22,6 +22,8 @@ from gatewayd.rpc.wire import Refusal, WireProtocol, plain_refusal, status_metad
 from gatewayd.transport.exchange import Exchange, HeaderList
 
 _JSON = (b"content-type", b"application/json")
+_ACCEPT_GZIP = (b"accept-encoding", b"gzip")
+_GZIP = (b"content-encoding", b"gzip")
 _END_OK = encode_frame(b"{}", FLAG_CONNECT_END_STREAM)
 UNARY_CONTENT_TYPE = "application/proto"
 STREAM_CONTENT_TYPE = "application/connect+proto"
@@ -171,12 +173,14 @@ class ConnectUnary(_Connect):
         return super().check_method(method, path)
 
     def write_unary(self, exchange: Exchange, payload: bytes, extra: HeaderList) -> None:
-        headers = [self.content_type_header, (b"accept-encoding", b"gzip")]
         if self.response_gzip and len(payload) >= compression.COMPRESS_MIN_BYTES:
             payload = compression.gzip_bytes(payload)
-            headers.append((b"content-encoding", b"gzip"))
-        headers.append((b"content-length", b"%d" % len(payload)))
-        exchange.send_headers(200, headers + extra)
+            headers = [self.content_type_header, _ACCEPT_GZIP, _GZIP, (b"content-length", b"%d" % len(payload))]
+        else:
+            headers = [self.content_type_header, _ACCEPT_GZIP, (b"content-length", b"%d" % len(payload))]
+        if extra:
+            headers += extra
+        exchange.send_headers(200, headers)
         exchange.send_data(payload, end_stream=True)
 
     def write_error(self, exchange: Exchange, error: RpcError, started: bool, extra: HeaderList) -> None:
