@@ -27,7 +27,7 @@ from twisted.logger import Logger, LogPublisher, formatEvent, globalLogPublisher
 
 from gatewayd.config import AccessLogConfig, ConfigError
 from gatewayd.observability import access as access_module
-from gatewayd.observability.access import AccessLog, access_json_line
+from gatewayd.observability.access import AccessLog
 from gatewayd.observability.logs import (
     ERROR_REPORT_INTERVAL_S,
     LineBuffer,
@@ -44,7 +44,7 @@ from gatewayd.testing.wait import bounded
 
 RPC_KEYS = ["time", "level", "namespace", "message", "stage", "duration_ms", "kind", "peer", "protocol", "transport",
             "method", "status", "status_name", "bytes_in", "bytes_out", "device_session_id"]
-REST_KEYS = RPC_KEYS[:11] + ["path"] + RPC_KEYS[11:]
+REST_KEYS = [*RPC_KEYS[:11], "path", *RPC_KEYS[11:]]
 
 
 def rpc_fields(**changes: Any) -> dict[str, Any]:
