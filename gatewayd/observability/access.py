@@ -24,8 +24,9 @@ as above, where every observer formats each record again (twist's file log, flus
 line, and ``--log-json``'s). ``-`` (stdout), ``+`` (stderr) or a file path: gatewayd's own
 sink, the same JSON line ``--log-json`` writes for the record (keys, their order and values;
 ``access_json_line``) formatted here directly, buffered and written in chunks by a
-``LineBuffer`` (``observability/logs.py``: ``flush_interval_ms``, ``buffer_bytes``,
-``max_pending_bytes``, drops and write errors counted for ``/metrics``). A file is reopened on
+``LineBuffer`` (``observability/logs.py``: ``flush_interval_ms``, ``buffer_bytes``; a pipe or
+socket through a writer thread, bounded by ``max_pending_bytes``; drops and write errors
+counted for ``/metrics``). A file is reopened on
 SIGHUP (``reload.py`` calls ``reopen``) and a changed target is opened by the reload that reads it.
 """
 
@@ -66,21 +67,25 @@ NAMESPACE = "gatewayd.access"
 
 def open_sink(config: AccessLogConfig, clock: Any, counters: SinkCounters | None = None,
               threaded: bool = True) -> LineBuffer:
-    """The buffered writer for ``config.target`` (not empty); ``ConfigError`` when the file cannot be opened."""
+    """The buffered writer for ``config.target`` (not empty); ``ConfigError`` when the file cannot be opened.
+
+    A target that may block (a pipe, a socket such as the journal's stdout, a terminal) gets a
+    writer thread when ``threaded``; a regular file is written in the reactor thread.
+    """
     try:
         target = target_from_string(config.target)
     except OSError as e:
         raise ConfigError(f"access_log.target: cannot open {config.target}: {e.strerror or e}") from None
     return LineBuffer(target, clock, interval_s=config.flush_interval_ms / 1000.0, flush_bytes=config.buffer_bytes,
-                      max_pending_bytes=config.max_pending_bytes, counters=counters, threaded=threaded,
-                      what="access log")
+                      max_pending_bytes=config.max_pending_bytes, counters=counters,
+                      threaded=threaded and target.may_block(), what="access log")
 
 
 class AccessLog:
     """Writes the records; ``configure`` swaps the settings (SIGHUP reload) for requests that end after it.
 
-    ``clock`` (the reactor) times a target's flushes; ``threaded=False`` writes a target's chunks
-    in the calling thread (tests with a ``task.Clock``).
+    ``clock`` (the reactor) times a target's flushes; ``threaded=False`` writes every target's
+    chunks in the calling thread (tests with a ``task.Clock``), else only a regular file's.
     """
 
     def __init__(self, config: AccessLogConfig, sample: Callable[[], float] = random.random,

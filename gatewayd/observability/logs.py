@@ -36,6 +36,7 @@ import math
 import os
 import queue
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Mapping
@@ -203,6 +204,16 @@ class LogTarget:
         assert self.path is not None
         return open(self.path, "a", encoding="utf-8", buffering=1)  # closed by reopen() and close()
 
+    def may_block(self) -> bool:
+        """Whether a write can wait on a reader: a pipe, a socket (the journal's stdout) or a terminal.
+        A regular file (or ``/dev/null``) takes a write at once, into the page cache."""
+        try:
+            fd = self._stream.fileno()
+            mode = os.fstat(fd).st_mode
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a StringIO): never blocks
+            return False
+        return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
+
     def write(self, line: str) -> None:
         with self._lock:
             self._stream.write(line)
@@ -315,13 +326,15 @@ class LineBuffer:
 
     A chunk goes out when the buffer holds ``flush_bytes``, ``interval_s`` after a line arrived
     in an empty buffer (one ``callLater``; nothing runs while no line waits) and on ``close``.
-    With ``threaded`` (the default) a thread of its own does the writes, so a target that blocks
-    (a pipe nobody reads, a stalled disk) never holds up the reactor: the lines waiting
-    (buffered or handed to that thread) are bounded by ``max_pending_bytes``, and a line beyond
-    that is dropped and counted. A failed write loses its chunk (its lines counted as dropped),
-    is counted, and is logged at most once per ``ERROR_REPORT_INTERVAL_S``; the lines after it
-    are written as usual. Sizes are counted in characters (bytes, for ASCII lines).
-    ``clock`` is the reactor (its ``callFromThread`` when threaded).
+    With ``threaded`` a thread of its own does the writes, so a target that blocks (a pipe or
+    socket nobody reads) never holds up the reactor: the lines waiting (buffered or handed to
+    that thread) are bounded by ``max_pending_bytes``, and a line beyond that is dropped and
+    counted. Without, the caller's thread writes (a regular file: ``LogTarget.may_block``):
+    no thread to wake per chunk, which on a busy core costs the reactor its turn on the CPU.
+    A failed write loses its chunk (its lines counted as dropped), is counted, and is logged at
+    most once per ``ERROR_REPORT_INTERVAL_S``; the lines after it are written as usual. Sizes
+    are counted in characters (bytes, for ASCII lines). ``clock`` is the reactor (its
+    ``callFromThread`` when threaded).
     """
 
     def __init__(self, target: LogTarget, clock: Any, *, interval_s: float, flush_bytes: int,

@@ -327,20 +327,33 @@ def test_a_file_target_is_reopened_after_rotation(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_the_writer_thread_reopens_in_order_and_close_writes_everything(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
-    access = AccessLog(AccessLogConfig(target=str(path), flush_interval_ms=60_000.0), clock=reactor)
-    assert access.sink is not None and access.sink._thread is not None
-    thread = access.sink._thread
+    sink = LineBuffer(target_from_string(str(path)), reactor, interval_s=60.0, flush_bytes=1 << 16,
+                      max_pending_bytes=1 << 20, threaded=True)
+    assert sink._thread is not None
     for n in range(50):
-        access._emit(**rpc_fields(bytes_in=n))
+        sink.add(f"{n}\n")
     path.rename(tmp_path / "access.log.1")
-    access.reopen()
+    sink.reopen()  # in order with the chunks: the 50 before go to the old file
     for n in range(50, 60):
-        access._emit(**rpc_fields(bytes_in=n))
-    await access.close()  # long before the 60 s interval: close writes what waits
-    assert not thread.is_alive()
-    assert [json.loads(x)["bytes_in"] for x in (tmp_path / "access.log.1").read_text().splitlines()] == list(
-        range(50))
-    assert [json.loads(x)["bytes_in"] for x in path.read_text().splitlines()] == list(range(50, 60))
+        sink.add(f"{n}\n")
+    await bounded(sink.close(), 10.0)  # long before the 60 s interval: close writes what waits
+    assert not sink._thread.is_alive()
+    assert (tmp_path / "access.log.1").read_text().split() == [str(n) for n in range(50)]
+    assert path.read_text().split() == [str(n) for n in range(50, 60)]
+
+
+def test_a_thread_only_for_targets_that_may_block(tmp_path: Path) -> None:
+    """A regular file (or /dev/null) is written in the reactor thread; a pipe gets a writer thread."""
+    file_log = AccessLog(AccessLogConfig(target=str(tmp_path / "a.log")), clock=Clock())
+    null_log = AccessLog(AccessLogConfig(target="/dev/null"), clock=Clock())
+    assert file_log.sink is not None and file_log.sink._thread is None
+    assert null_log.sink is not None and null_log.sink._thread is None
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "w") as pipe:
+        assert LogTarget(stream=pipe).may_block()
+    assert not LogTarget(stream=io.StringIO()).may_block()
+    file_log.close()
+    null_log.close()
 
 
 def test_a_reload_swaps_the_target_and_closes_the_old_one(tmp_path: Path) -> None:
