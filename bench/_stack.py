@@ -3,7 +3,10 @@
 Layout (see bench/README.md): the gateway alone on core 0; the reference
 backend, Redis and the load generator on core 1. Budgets are raised far above
 the offered load so the rate-limit stage runs (store round trips included)
-but never rejects: we measure the pipeline, not the budgets.
+but never rejects: we measure the pipeline, not the budgets. The access log is on, as in
+production: through its own writer to ``access.log`` in the work folder (``[access_log] target``,
+what the systemd unit sets up); ``GATEWAYD_ACCESS_LOG_TARGET='""'`` in the environment puts it
+back through twist's log (the default, and what was measured before 2026-12-03 session 4).
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ message_type = {BIG}
 login_ip = {BIG}
 send_email = {BIG}
 confirm_challenge = {BIG}
+[access_log]
+target = "{work / 'access.log'}"
 """)
         stack.gateway = start("gatewayd", [*gateway_twist, "gatewayd", "--config", str(config)], SERVER_CORE, work,
                               env)

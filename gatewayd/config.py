@@ -151,6 +151,12 @@ class DevConfig:
 class AccessLogConfig:
     enabled: bool = True
     sample_rate: float = 1.0  # share of successful requests written; failures always are
+    # "": through the twisted logger (twist's log, --log-json); "-" stdout, "+" stderr or a file path:
+    # gatewayd's own buffered JSON-lines writer (observability/access.py).
+    target: str = ""
+    flush_interval_ms: float = 100.0  # a target's records are written at most this long after they end
+    buffer_bytes: int = 65536  # ...or as soon as this much is waiting
+    max_pending_bytes: int = 4194304  # a target that does not keep up: records beyond this are dropped
 
 
 @dataclass(frozen=True)
@@ -296,8 +302,7 @@ def _validate(config: Config) -> Config:
         raise ConfigError("server.tls_certificate and server.tls_private_key: set both or neither")
     if config.log.level not in ("debug", "info", "warn", "error", "critical"):
         raise ConfigError(f"log.level: expected debug, info, warn, error or critical, got {config.log.level!r}")
-    if config.access_log.sample_rate > 1.0:
-        raise ConfigError("access_log.sample_rate: must be between 0 and 1")
+    _validate_access_log(config.access_log)
     _validate_tracing(config.tracing)
     _validate_backend_tls(config.backend)
     for name in ("ip", "session", "user", "message_type"):
@@ -305,6 +310,34 @@ def _validate(config: Config) -> Config:
         if budget.rate <= 0 or budget.burst < 1:
             raise ConfigError(f"limits.{name}: rate must be > 0 and burst >= 1")
     return config
+
+
+ACCESS_LOG_STREAMS = {"-": "stdout", "+": "stderr"}
+ACCESS_LOG_MAX_FLUSH_INTERVAL_MS = 60_000.0
+
+
+def _validate_access_log(access: AccessLogConfig) -> None:
+    if access.sample_rate > 1.0:
+        raise ConfigError("access_log.sample_rate: must be between 0 and 1")
+    target = access.target
+    if target and target not in ACCESS_LOG_STREAMS:
+        scheme = target.split(":", 1)[0]
+        if target.strip() != target or "\n" in target or "\x00" in target:
+            raise ConfigError(f"access_log.target: not a usable file path: {target!r}")
+        if target.lower() in ("stdout", "stderr", "journal", "journald", "syslog") or (
+                ":" in target and scheme.isalpha() and len(scheme) > 1 and not target.startswith("/")):
+            raise ConfigError(f"access_log.target: unknown kind of target {target!r}: expected \"\" (the "
+                              "twisted logger), \"-\" (stdout), \"+\" (stderr) or a file path")
+        if target.endswith("/") or os.path.isdir(target):
+            raise ConfigError(f"access_log.target: {target!r} is a directory, expected a file path")
+    if access.flush_interval_ms > ACCESS_LOG_MAX_FLUSH_INTERVAL_MS:
+        raise ConfigError(f"access_log.flush_interval_ms: at most {ACCESS_LOG_MAX_FLUSH_INTERVAL_MS:.0f}, "
+                          f"got {access.flush_interval_ms}")
+    if access.buffer_bytes < 1:
+        raise ConfigError("access_log.buffer_bytes: must be at least 1")
+    if access.max_pending_bytes < access.buffer_bytes:
+        raise ConfigError(f"access_log.max_pending_bytes: must be at least access_log.buffer_bytes "
+                          f"({access.buffer_bytes}), got {access.max_pending_bytes}")
 
 
 def _validate_tracing(tracing: TracingConfig) -> None:

@@ -3,7 +3,8 @@
 Applied to calls that start after the reload, while open connections and event
 streams stay as they are: the signing key and published keys (``[keys]``), the TLS
 certificate and key, budgets (``[limits]``, ``[public]``), CORS origins, routes, the
-access log, heartbeats and the log level. Every other key (listen address, stores,
+access log (a changed ``target`` is opened before anything is applied; SIGHUP also reopens
+its file), heartbeats and the log level. Every other key (listen address, stores,
 backend, size limits...) needs a restart: a change to one is logged as a warning and
 the running value stays.
 
@@ -116,12 +117,18 @@ class Reloader:
         """Handle SIGHUP in the reactor thread, chaining the handler that was there (``--log-json`` reopens)."""
 
         def on_sighup(signum: int, frame: Any) -> None:
-            reactor.callFromThread(self.reload)
+            reactor.callFromThread(self.sighup)
             previous = self._previous_handler
             if callable(previous):
                 previous(signum, frame)
 
         self._previous_handler = signal.signal(signal.SIGHUP, on_sighup)
+
+    def sighup(self) -> bool:
+        """Reopen the access log's file (for logrotate, whether the reload succeeds or not), then reload."""
+        if self.service.gateway is not None:
+            self.service.gateway.access_log.reopen()
+        return self.reload()
 
     def reload(self) -> bool:
         """Apply the file as it is now; False (and one error logged) when it is refused."""
@@ -136,6 +143,7 @@ class Reloader:
             new = self.overrides(config_module.load(self.path))
             keyring = _keyring(new)
             tls = tls_options(new) if service.tls is not None and new.server.tls_certificate else None
+            gateway.access_log.prepare(new.access_log)  # last: opens a changed target, used by reconfigure
         except ConfigError as e:
             log.error("configuration reload refused, the running configuration stays: {reason}", reason=str(e))
             return False

@@ -112,7 +112,10 @@ class Gateway:
         self.keyring = load_keyring(config)
         key = self.keyring.signer
         self.metrics = GatewayMetrics()
-        self.access_log = AccessLog(config.access_log)
+        try:
+            self.access_log = AccessLog(config.access_log, clock=reactor)  # opens access_log.target, if any
+        except ConfigError as e:
+            raise StartupError(str(e)) from None
         self.tracing = build_tracing(config)  # None when tracing is off
         self.stores = build_stores(config.stores, reactor, observer=self.metrics.observe_store)
         backend = config.backend
@@ -337,11 +340,28 @@ class GatewayService(Service):
         if self.metrics_service is not None:
             # Last: scrapes keep working while connections drain.
             await self.metrics_service.stopService()
+        await _access_log_closed(self.reactor, gateway.access_log)
         log.info("gatewayd stopped")
         if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
             # twist re-raises the signal that stopped the reactor once it exits; a SIGTERM
             # that drained cleanly is a normal stop, and PROTOCOL.md section 7 says exit 0.
             self.reactor._exitSignal = None
+
+
+ACCESS_LOG_CLOSE_TIMEOUT_S = 5.0
+
+
+async def _access_log_closed(reactor: Any, access_log: AccessLog) -> None:
+    """Write the access log's last records (every call has ended); give up on a target blocked that long."""
+    closed = access_log.close()
+    timer = reactor.callLater(ACCESS_LOG_CLOSE_TIMEOUT_S, closed.cancel)
+    try:
+        await closed
+    except defer.CancelledError:
+        log.warn("shutting down: the access log's target took over {timeout} s, records left unwritten",
+                 timeout=ACCESS_LOG_CLOSE_TIMEOUT_S)
+    if timer.active():
+        timer.cancel()
 
 
 def _http1_drained(protocol: Any) -> defer.Deferred[None]:

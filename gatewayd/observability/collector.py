@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, State
 from prometheus_client.registry import Collector
 
 from gatewayd.observability.stats import (
+    AccessLogStats,
     ConnectionStats,
     DispatcherStats,
     HubStats,
@@ -97,6 +98,16 @@ BACKEND_POOL: Sequence[Family[PoolStatsLike]] = (
      lambda s: s.refused),
 )
 
+ACCESS_LOG: Sequence[Family[AccessLogStats]] = (
+    (_C, "gatewayd_access_log_records_dropped",
+     "Access log records never written by its target (access_log.target): the target did not keep up "
+     "(access_log.max_pending_bytes), or their write failed.", lambda s: s.records_dropped),
+    (_C, "gatewayd_access_log_write_errors", "Failed writes (or reopens) of the access log's target.",
+     lambda s: s.write_errors),
+    (_G, "gatewayd_access_log_pending_bytes", "Access log bytes waiting to be written to its target.",
+     lambda s: s.pending_bytes),
+)
+
 
 def _families(source: StatsSource[S] | None, table: Sequence[Family[S]]) -> Iterator[Any]:
     if source is None:
@@ -135,3 +146,4 @@ class GatewayCollector(Collector):
                 value={name: name == state for name in PUSH_CONSUMER_STATES},
             )
         yield from _families(s.backend_pool, BACKEND_POOL)
+        yield from _families(s.access_log, ACCESS_LOG)

@@ -30,6 +30,7 @@ def attach(gateway: Gateway, metrics: GatewayMetrics) -> None:
         push=gateway.push,
         resync=gateway.resync,
         backend_pool=gateway.backend,
+        access_log=gateway.access_log,
         calls_in_flight=gateway.rpc.active,
     )
     metrics.registry.register(GatewayCollector(sources))

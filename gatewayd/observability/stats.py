@@ -78,6 +78,16 @@ class ResyncStats:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLogStats:
+    """The access log's own sink (``[access_log] target``): records dropped (the target did not keep
+    up, or their write failed), failed writes, characters waiting to be written."""
+
+    records_dropped: int
+    write_errors: int
+    pending_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatsSources:
     """What ``GatewayCollector`` reads; a part left ``None`` is left out of the scrape."""
 
@@ -87,6 +97,7 @@ class StatsSources:
     push: StatsSource[PushConsumerStats] | None = None
     resync: StatsSource[ResyncStats] | None = None
     backend_pool: StatsSource[PoolStatsLike] | None = None
+    access_log: StatsSource[AccessLogStats] | None = None
     calls_in_flight: Sized | None = None
 
 

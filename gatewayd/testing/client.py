@@ -173,6 +173,7 @@ class RunningGateway:
         await gateway.push.stop()
         await gateway.backend.close()
         await gateway.stores.close()
+        await gateway.access_log.close()
 
     async def stop_backend(self) -> None:
         """Stop the backend's listeners and drop the gateway's kept-alive backend connections."""

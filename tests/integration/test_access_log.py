@@ -1,12 +1,14 @@
 """The access log (PROTOCOL.md section 8): one record per RPC over gRPC, gRPC-Web and Connect, and
 per public REST request, against a whole in-process gateway; rejections name their stage; nothing
-secret is written; sampling and the off switch."""
+secret is written; sampling and the off switch; its own file target on a real twist process
+(``tests/unit/test_access_sink.py`` has the sink's details)."""
 
 from __future__ import annotations
 
 import base64
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,8 @@ from gatewayd.testing.client import (
     signed_execute_request,
     start_gateway,
 )
+from gatewayd.testing.devprocess import start_dev_process
+from gatewayd.testing.wait import until
 
 SEND_CODE = "/api/v1/public/auth/send-email-code"
 RPC_FIELDS = {"kind", "peer", "protocol", "transport", "method", "status", "status_name", "stage", "duration_ms",
@@ -162,3 +166,52 @@ def test_a_record_is_the_event_logger_info_would_emit() -> None:
     assert event == expected
     assert event_as_record(ours[0] | {"log_time": 0.0})["message"] == (
         "::1 rest POST /api/v1/public/{x} 400 stage=validation 12.3ms in=1 out=2 session=ds_1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_twist_process_writes_records_to_its_target_reopens_swaps_and_flushes_at_stop(
+        tmp_path: Path) -> None:
+    """``[access_log] target`` on a real ``twist gatewayd`` process: records are JSON lines in the file
+    (not in twist's log); SIGHUP reopens it after a rename (logrotate); a reload naming another file
+    moves the records there; records still buffered at a clean stop (a 60 s interval) are written."""
+    first, second = tmp_path / "access.log", tmp_path / "other.log"
+    gw = start_dev_process(tmp_path, config_text=f'[access_log]\ntarget = "{first}"\nflush_interval_ms = 10.0\n')
+    client: GatewayClient | None = None
+    try:
+        assert gw.config is not None
+        key, session = await login(gw.url, new_email("sink"))
+        client = GatewayClient(gw.url, "grpc", key=key, session=session, timeout_s=10.0)
+
+        def records(path: Path) -> list[dict[str, Any]]:
+            return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+        def executed(path: Path) -> list[dict[str, Any]]:
+            return [r for r in records(path) if r.get("method") == EXECUTE_COMMAND_PATH]
+
+        await client.execute("user.profile.get")
+        await until(lambda: len(executed(first)) == 1, lambda: f"the record in {first}: {records(first)}", timeout=20)
+        [record] = executed(first)
+        assert list(record)[:4] == ["time", "level", "namespace", "message"] and set(record) >= RPC_FIELDS
+        assert (record["namespace"], record["status_name"]) == ("gatewayd.access", "ok")
+        assert record["device_session_id"] == session.device_session_id
+        assert EXECUTE_COMMAND_PATH not in gw.text()  # not through twist's log as well
+
+        first.rename(tmp_path / "access.log.1")  # logrotate
+        gw.sighup()
+        await until(lambda: gw.text().count("configuration reloaded") == 1, "the reload", timeout=20)
+        await client.execute("user.profile.get")
+        await until(lambda: len(executed(first)) == 1, "a record in the reopened file", timeout=20)
+        assert len(executed(tmp_path / "access.log.1")) == 1
+
+        gw.config.write_text(f'[access_log]\ntarget = "{second}"\nflush_interval_ms = 60000.0\n')
+        gw.sighup()
+        await until(lambda: gw.text().count("configuration reloaded") == 2, "the second reload", timeout=20)
+        await client.execute("user.notes.list")
+        assert executed(second) == []  # buffered: 60 s to go
+    finally:
+        if client is not None:
+            await client.close()
+        gw.stop()
+    assert gw.process.returncode == 0, gw.text()
+    assert len(executed(first)) == 1
+    assert [r["status_name"] for r in executed(second)] == ["ok"]  # written at the clean stop

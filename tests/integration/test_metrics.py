@@ -13,6 +13,7 @@ from twisted.internet import reactor
 
 from gatewayd.client import DeviceKey, GatewayClient, RpcCallError, VerifiedEvent
 from gatewayd.client.client import DeviceSession
+from gatewayd.config import AccessLogConfig
 from gatewayd.observability import GatewayMetrics, MetricsService
 from gatewayd.rpc.codes import Code
 from gatewayd.testing.client import (
@@ -303,6 +304,25 @@ async def test_the_backend_pool_shows_its_connections(gateway: RunningGateway, c
     assert value(samples, "gatewayd_backend_pool_waiting") == 0
     assert value(samples, "gatewayd_backend_pool_waiting_max") == 1024
     assert value(samples, "gatewayd_backend_pool_refused_total") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_access_log_sink_counts_what_it_drops(gateway: RunningGateway, clients: Any, tmp_path: Any) -> None:
+    samples = await scrape(gateway)
+    assert value(samples, "gatewayd_access_log_records_dropped_total") == 0
+    assert value(samples, "gatewayd_access_log_write_errors_total") == 0
+    assert ("gatewayd_access_log_pending_bytes", frozenset()) in samples
+    access = gateway.gateway.access_log
+    # A bound no record fits in: every record is dropped and counted, none written.
+    access.configure(AccessLogConfig(target=str(tmp_path / "access.log"), buffer_bytes=10, max_pending_bytes=10))
+    client, _, _ = await clients("grpc")
+    await client.execute("user.profile.get")
+    await client.execute("user.profile.get")
+    samples = await scrape(gateway)
+    assert value(samples, "gatewayd_access_log_records_dropped_total") >= 2
+    assert value(samples, "gatewayd_access_log_pending_bytes") == 0
+    await access.close()
+    assert (tmp_path / "access.log").read_text() == ""
 
 
 def test_store_and_backend_failures_get_bounded_reasons() -> None:

@@ -1,5 +1,6 @@
-"""What a reload applies, in process: CORS origins, routes, budgets, access log, heartbeats, log level
-and the TLS certificate (new connections get the new one); a refused file changes nothing."""
+"""What a reload applies, in process: CORS origins, routes, budgets, access log (its target too),
+heartbeats, log level and the TLS certificate (new connections get the new one); a refused file
+changes nothing."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ ip = {{ rate = 3.0, burst = 4 }}
 "user.only.this" = {{ method = "GET", path = "profile" }}
 [access_log]
 sample_rate = 0.25
+target = "{tmp_path}/access.log"
 [log]
 level = "warn"
 """)
@@ -72,6 +74,8 @@ level = "warn"
         assert list(route._routes) == ["user.only.this"]
         assert service.config.limits.ip.rate == 3.0
         assert gateway.access_log.config.sample_rate == 0.25
+        sink = gateway.access_log.sink
+        assert sink is not None and sink.target.path == tmp_path / "access.log"
         assert gateway.heartbeats.interval_s == 25.0
         assert service.config.server.max_message_bytes == running.server.max_message_bytes  # needs a restart
         assert service.level_gate.predicate.logLevelForNamespace("gatewayd").name == "warn"
@@ -83,6 +87,12 @@ level = "warn"
         route = next(s for s in gateway.pipeline.stages if isinstance(s, RouteStage))
         assert list(route._routes) == ["user.only.this"]
         assert gateway.cors.allows("https://app.example")
+
+        # An access log file that cannot be opened refuses the reload, before anything is applied.
+        path.write_text(f'[access_log]\ntarget = "{tmp_path}/no/such/dir/access.log"\n'
+                        '[routes]\n"x.y" = { method = "GET", path = "x" }\n')
+        assert not reloader.reload()
+        assert gateway.access_log.sink is sink and list(route._routes) == ["user.only.this"]
     finally:
         if port is not None:
             await port.stopListening()

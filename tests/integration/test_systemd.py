@@ -126,15 +126,25 @@ def test_unit_logs_only_redacted_json_lines(tmp_path: Path) -> None:
     config.write_text(f'[server]\nlisten = "tcp:{port}:interface=127.0.0.1"\n[keys]\nsigning_key = "{key}"\n')
     argv = [TWIST if a == INSTALLED_TWIST else str(config) if a == "/etc/gatewayd/gatewayd.toml" else a
             for a in argv]
+    environment = [x.removeprefix("Environment=") for x in (CONF / "gatewayd.service").read_text().splitlines()
+                   if x.startswith("Environment=")]
+    assert environment == ["GATEWAYD_ACCESS_LOG_TARGET=-"]  # the access log's own writer, to the journal
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAYD_")}
+    env.update(x.split("=", 1) for x in environment)
     out = tmp_path / "stdout"
     with out.open("wb") as stdout:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
-                                   cwd=tmp_path)
+                                   cwd=tmp_path, env=env)
     try:
         deadline = time.monotonic() + 20
         while "gatewayd listening on" not in out.read_text(errors="replace"):
             assert process.poll() is None and time.monotonic() < deadline, out.read_text(errors="replace")
             time.sleep(0.05)
+        # One recorded request (an unknown RPC path: refused before any backend is needed).
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/no.Such/Method", b"{}", {"content-type": "application/json"})
+        assert conn.getresponse().status == 404
+        conn.close()
     finally:
         _stop(process)
     assert process.stderr is not None
@@ -147,6 +157,9 @@ def test_unit_logs_only_redacted_json_lines(tmp_path: Path) -> None:
         assert {"time", "level", "namespace", "message"} <= set(record), record
         assert "log_format" not in record, record  # twist's observer copies the format string and fields
     assert any("gatewayd stopped" in json.loads(raw)["message"] for raw in lines)
+    [access] = [json.loads(raw) for raw in lines if json.loads(raw)["namespace"] == "gatewayd.access"]
+    assert (access["level"], access["kind"], access["method"], access["stage"]) == (
+        "info", "rpc", "/no.Such/Method", "request")
 
 
 def test_unit_reloads_with_sighup() -> None:

@@ -38,6 +38,16 @@ def test_shipped_file_lists_every_key_with_its_default() -> None:
         ({"routes": {"x.y": {"method": "TRACE", "path": "x"}}}, "routes.x.y.method"),
         ({"routes": {"x.y": {"method": "GET", "path": "/abs"}}}, "routes.x.y.path"),
         ({"nonsense": {}}, "nonsense"),
+        ({"access_log": {"target": "syslog:local0"}}, "access_log.target: unknown kind of target"),
+        ({"access_log": {"target": "udp://10.0.0.1:514"}}, "access_log.target: unknown kind of target"),
+        ({"access_log": {"target": "stdout"}}, "access_log.target: unknown kind of target"),
+        ({"access_log": {"target": "/var/log/"}}, "access_log.target: '/var/log/' is a directory"),
+        ({"access_log": {"target": " access.log"}}, "access_log.target: not a usable file path"),
+        ({"access_log": {"target": 1}}, "access_log.target: expected a string"),
+        ({"access_log": {"flush_interval_ms": -1}}, "access_log.flush_interval_ms: must not be negative"),
+        ({"access_log": {"flush_interval_ms": 600000}}, "access_log.flush_interval_ms: at most 60000"),
+        ({"access_log": {"buffer_bytes": 0}}, "access_log.buffer_bytes: must be at least 1"),
+        ({"access_log": {"buffer_bytes": 100, "max_pending_bytes": 99}}, "access_log.max_pending_bytes"),
     ],
 )
 def test_bad_values_name_the_key(data: dict, named: str) -> None:
@@ -52,6 +62,17 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     loaded = config.load(path, environ={"GATEWAYD_SERVER_LISTEN": "tcp:2", "GATEWAYD_STORES_TIMEOUT_S": "2.5"})
     assert loaded.server.listen == "tcp:2"
     assert loaded.stores.timeout_s == 2.5
+
+
+def test_access_log_targets(tmp_path: Path) -> None:
+    for target in ("", "-", "+", "access.log", "/var/log/gatewayd/access.log", str(tmp_path / "a:b.log"),
+                   "./logs/access.log"):
+        assert config.from_mapping({"access_log": {"target": target}}).access_log.target == target
+    assert config.from_mapping({"access_log": {"flush_interval_ms": 0}}).access_log.flush_interval_ms == 0.0
+    with pytest.raises(config.ConfigError, match="is a directory"):
+        config.from_mapping({"access_log": {"target": str(tmp_path)}})
+    loaded = config.load(None, environ={"GATEWAYD_ACCESS_LOG_TARGET": "-"})  # what the systemd unit sets
+    assert loaded.access_log.target == "-"
 
 
 def test_unreadable_or_invalid_file_is_a_config_error(tmp_path: Path) -> None:
