@@ -334,10 +334,7 @@ class ServerH2Connection(h2.connection.H2Connection):
         event = RequestReceived(stream_id=sid)
         events: list[Any] = [event]
         if end_stream:
-            machine.state = _HALF_CLOSED_REMOTE
-            ended = StreamEnded(stream_id=sid)
-            event.stream_ended = ended
-            events.append(ended)
+            _ended_by_peer(machine, event, events)
         if getattr(decoder, "content_length", True):
             stream._initialize_content_length(headers)  # (h2's: may raise ProtocolError)
         event.headers = headers  # type: ignore[assignment]  # (the decoder's new list, as h2's list(...) of it)
@@ -369,10 +366,7 @@ class ServerH2Connection(h2.connection.H2Connection):
             stream._track_content_length(length, end_stream)  # (h2's: may raise InvalidBodyLengthError)
         events: list[Any] = [event]
         if end_stream:
-            machine.state = _HALF_CLOSED_REMOTE
-            ended = StreamEnded(stream_id=sid)
-            event.stream_ended = ended
-            events.append(ended)
+            _ended_by_peer(machine, event, events)
         event.data = frame.data
         event.flow_controlled_length = length
         return [], events
@@ -798,3 +792,11 @@ def send_same_data(conn: h2.connection.H2Connection, streams: list[Any], data: b
     # header, data, header, data, ...: the data between the headers, and once more at the end
     conn._data_to_send += data.join(headers) + data
     conn.outbound_flow_control_window -= size * len(streams)
+
+
+def _ended_by_peer(machine: Any, event: Any, events: list[Any]) -> None:
+    """The END_STREAM of a lean receive path: HALF_CLOSED_REMOTE and h2's StreamEnded after ``event``."""
+    machine.state = _HALF_CLOSED_REMOTE
+    ended = StreamEnded(stream_id=event.stream_id)
+    event.stream_ended = ended
+    events.append(ended)

@@ -39,7 +39,7 @@ import signal
 import stat
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -462,20 +462,18 @@ class LineBuffer:
     # -- either thread (no reactor state touched from the writer thread) ---------------------
 
     def _reopen(self, report: bool = True) -> BaseException | None:
-        try:
-            self.target.reopen()
-        except Exception as e:
-            if report:
-                self._write_failed(e, 0, "reopen")
-            return e
-        return None
+        return self._on_target(self.target.reopen, "reopen", report)
 
     def _close_target(self, report: bool = True) -> BaseException | None:
+        return self._on_target(self.target.close, "close", report)
+
+    def _on_target(self, action: Callable[[], object], what: str, report: bool) -> BaseException | None:
+        """Run ``action`` on the target: the error it raised (reported unless ``report`` is false), or ``None``."""
         try:
-            self.target.close()
+            action()
         except Exception as e:
             if report:
-                self._write_failed(e, 0, "close")
+                self._write_failed(e, 0, what)
             return e
         return None
 
