@@ -31,7 +31,7 @@ from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 from gatewayd.signing import EMPTY_SHA256, GatewayKey, request_signing_input_of, sha256
 from gatewayd.stores.base import RateDecision, Stores, StoreUnavailable
-from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore
+from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore, MemoryStores
 
 START = 1_764_230_000.0
 START_MS = int(START * 1000)
@@ -135,7 +135,7 @@ class Rig:
     """A Pipeline on a Clock, with a session table, spy stores and a fake backend."""
 
     def __init__(self, limits: LimitsConfig = GENEROUS, routes: Mapping[str, Route] = ROUTES,
-                 observe: bool = False, rate: Any = None) -> None:
+                 observe: bool = False, rate: Any = None, memory_stores: bool = False) -> None:
         self.clock = Clock()
         self.clock.advance(START)
         self.device = Device(self.clock)
@@ -151,7 +151,9 @@ class Rig:
         self.pipeline = Pipeline(
             clock=self.clock,
             sessions=self.cache,
-            stores=Stores(self.replay, self.rate),  # type: ignore[arg-type]
+            # memory_stores: the real MemoryStores, whose answers the replay stage takes without a Deferred.
+            stores=(MemoryStores(self.replay.inner, self.rate.inner) if memory_stores
+                    else Stores(self.replay, self.rate)),  # type: ignore[arg-type]
             backend=self.backend,
             routes=routes,
             signer=ResponseSigner(self.key, self.clock),
