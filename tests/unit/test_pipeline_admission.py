@@ -13,10 +13,10 @@ from twisted.internet.task import Clock
 
 from gatewayd.config import Budget, Config, LimitsConfig
 from gatewayd.devmode import dev_config
-from gatewayd.rpc.codes import Code
 from gatewayd.pipeline.context import RequestContext
 from gatewayd.pipeline.rate_limit import BudgetPlan
 from gatewayd.pipeline.replay import ReplayStage
+from gatewayd.rpc.codes import Code
 from gatewayd.stores.base import Admission, StoreUnavailable
 from gatewayd.stores.memory import MemoryRateLimiter, MemoryReplayStore, MemoryStores
 from tests.unit.test_pipeline_stages import GENEROUS, Device, Rig
