@@ -229,7 +229,7 @@ def _run_stages(stages: Sequence[Stage], index: int, ctx: RequestContext, observ
             # (called, paused and result are what Deferred.__await__ reads too.)
             if pending is not None and (not pending.called or pending.paused or isinstance(pending.result, Failure)):
                 if pending.called and not pending.paused:  # it had already failed: a rejection at once
-                    refused: Failure = pending.result
+                    refused: Any = pending.result
                     pending.addErrback(_handled)  # raised here instead
                     refused.raiseException()
                 return pending.addBoth(_resume, stages, index, ctx, observe, timer, finish, start)
