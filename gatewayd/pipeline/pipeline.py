@@ -24,7 +24,7 @@ from gatewayd._proto.gateway.v1.gateway_pb2 import (
 )
 from gatewayd.backend.rest import Session
 from gatewayd.config import LimitsConfig, Route
-from gatewayd.pipeline.context import SUBSCRIBE_MESSAGE_TYPE, Clock, RequestContext, Stage
+from gatewayd.pipeline.context import SUBSCRIBE_MESSAGE_TYPE, Clock, Envelope, RequestContext, Stage
 from gatewayd.pipeline.envelope import EnvelopeStage
 from gatewayd.pipeline.freshness import FreshnessStage
 from gatewayd.pipeline.payload_hash import PayloadHashStage
@@ -136,7 +136,7 @@ class Pipeline:
         """The UnaryHandler of ExecuteCommand: the signed response, or ``RpcError``."""
         ctx = RequestContext(
             call,
-            request.envelope if request.HasField("envelope") else None,
+            Envelope(request.envelope) if request.HasField("envelope") else None,
             request.payload_bytes,
             request.signature,
         )
@@ -146,7 +146,7 @@ class Pipeline:
         """Stages 1-6 for SubscribeEvents (message_type ``gateway.subscribe``, empty payload)."""
         ctx = RequestContext(
             call,
-            request.envelope if request.HasField("envelope") else None,
+            Envelope(request.envelope) if request.HasField("envelope") else None,
             b"",
             request.signature,
             subscription=True,

@@ -654,3 +654,16 @@ def test_rate_limits_answered_later(deny: set[str], fail: Exception | None, expe
         if expected == Code.RESOURCE_EXHAUSTED:
             assert error.metadata == {"retry-after": "3"}
         assert rig.backend.calls == []
+
+
+def test_the_envelope_the_stages_read_is_every_field_of_the_request_envelope_read_once() -> None:
+    from gatewayd.pipeline.context import Envelope
+
+    device = Device(Clock())
+    request = device.command(request_id="r-é", timestamp_ms=START_MS)
+    names = {field.name for field in RequestEnvelope.DESCRIPTOR.fields}
+    assert set(Envelope.__slots__) == names  # a field added to the proto must be added here too
+    snapshot = Envelope(request.envelope)
+    assert {name: getattr(snapshot, name) for name in names} == {
+        name: getattr(request.envelope, name) for name in names
+    }
