@@ -34,7 +34,7 @@ _LENGTH = struct.Struct(">I")
 
 def frame(*parts: bytes) -> bytes:
     """Length-prefix and concatenate ``parts``."""
-    out = bytearray()  # appending in place: no intermediate bytes per part (this runs twice per call)
+    out = bytearray()  # appending in place: no intermediate bytes per part
     pack = _LENGTH.pack
     for part in parts:
         out += pack(len(part))
@@ -43,7 +43,7 @@ def frame(*parts: bytes) -> bytes:
 
 
 def _int(value: int) -> bytes:
-    return str(int(value)).encode()
+    return b"%d" % value  # decimal ASCII, as str(int(value)).encode()
 
 
 def sha256(data: bytes) -> bytes:
@@ -51,6 +51,19 @@ def sha256(data: bytes) -> bytes:
 
 
 EMPTY_SHA256 = sha256(b"")
+
+# The signing inputs below are ``frame(...)`` of their parts, written out as one join with the
+# constant parts framed once (they run twice per call): ``frame`` is their definition and
+# tests/unit/test_signing_vectors.py pins them to it and to the published vectors.
+_pack = _LENGTH.pack
+_REQUEST_HEAD = frame(REQUEST_CONTEXT)
+_RESPONSE_HEAD = frame(RESPONSE_CONTEXT)
+_EVENT_HEAD = frame(EVENT_CONTEXT)
+_VERSION_1 = frame(b"1")
+
+
+def _version(protocol_version: int) -> bytes:
+    return _VERSION_1 if protocol_version == 1 else frame(_int(protocol_version))
 
 
 def request_signing_input(
@@ -62,15 +75,18 @@ def request_signing_input(
     payload_hash: bytes,
 ) -> bytes:
     """The bytes a device signs for one request."""
-    return frame(
-        REQUEST_CONTEXT,
-        _int(protocol_version),
-        device_session_id.encode(),
-        request_id.encode(),
-        _int(timestamp_ms),
-        message_type.encode(),
-        payload_hash,
+    pack = _pack
+    session, request, timestamp, kind = (
+        device_session_id.encode(), request_id.encode(), b"%d" % timestamp_ms, message_type.encode()
     )
+    return b"".join((
+        _REQUEST_HEAD, _version(protocol_version),
+        pack(len(session)), session,
+        pack(len(request)), request,
+        pack(len(timestamp)), timestamp,
+        pack(len(kind)), kind,
+        pack(len(payload_hash)), payload_hash,
+    ))
 
 
 def response_signing_input(
@@ -83,30 +99,43 @@ def response_signing_input(
     key_id: str,
 ) -> bytes:
     """The bytes the gateway signs for one response (the caller's session id included)."""
-    return frame(
-        RESPONSE_CONTEXT,
-        _int(protocol_version),
-        device_session_id.encode(),
-        request_id.encode(),
-        _int(timestamp_ms),
-        result_code.encode(),
-        payload_hash,
-        key_id.encode(),
+    return framed_response_signing_input(
+        protocol_version, device_session_id, request_id, timestamp_ms, result_code, payload_hash, frame(key_id.encode())
     )
+
+
+def framed_response_signing_input(
+    protocol_version: int,
+    device_session_id: str,
+    request_id: str,
+    timestamp_ms: int,
+    result_code: str,
+    payload_hash: bytes,
+    framed_key_id: bytes,
+) -> bytes:
+    """``response_signing_input`` with the key id already framed (``frame(key_id.encode())``,
+    the same for every response a key signs)."""
+    pack = _pack
+    session, request, timestamp, code = (
+        device_session_id.encode(), request_id.encode(), b"%d" % timestamp_ms, result_code.encode()
+    )
+    return b"".join((
+        _RESPONSE_HEAD, _version(protocol_version),
+        pack(len(session)), session,
+        pack(len(request)), request,
+        pack(len(timestamp)), timestamp,
+        pack(len(code)), code,
+        pack(len(payload_hash)), payload_hash,
+        framed_key_id,
+    ))
 
 
 def event_signing_input(
     event_type: str, event_id: str, timestamp_ms: int, payload_hash: bytes, key_id: str
 ) -> bytes:
     """The bytes the gateway signs once per event."""
-    return frame(
-        EVENT_CONTEXT,
-        event_type.encode(),
-        event_id.encode(),
-        _int(timestamp_ms),
-        payload_hash,
-        key_id.encode(),
-    )
+    return b"".join((_EVENT_HEAD, frame(event_type.encode(), event_id.encode(), _int(timestamp_ms), payload_hash,
+                                        key_id.encode())))
 
 
 class RequestFields(Protocol):
@@ -229,6 +258,7 @@ class GatewayKey:
         self._signing_key = signing_key
         self.public_key = bytes(signing_key.verify_key)
         self.key_id = key_id_for(self.public_key)
+        self.framed_key_id = frame(self.key_id.encode())  # the last part of every response signing input
         # libsodium's 64-byte secret key (seed and public key), for crypto_sign without SigningKey's objects.
         self._secret = crypto_sign_seed_keypair(bytes(signing_key))[1]
 

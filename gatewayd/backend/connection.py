@@ -17,6 +17,16 @@ Promises:
 - Anything malformed, an answer over the body limit, bytes nobody asked for,
   or the connection lost before an answer is complete: the exchange fails
   with ``BackendUnavailable`` and the connection is closed, never reused.
+- An answer's head that ``httptools`` has already parsed (``AnswerHeads``:
+  byte for byte, up to the blank line, from the start of an answer) is not
+  parsed again: an answer that arrives whole in one read, with that head and
+  a body of the length it had then, is what ``httptools`` made of it then
+  (status, keep-alive; the body is the rest of the bytes). A backend sends
+  the same head over and over (its ``Date`` changes once a second), so this
+  skips the parser's nine Python callbacks per answer. Only heads whose
+  answer's body was the raw rest of the read are remembered: an answer
+  delimited by ``Content-Length`` (not chunked, not by the connection's end,
+  no interim answer before it, nothing after it).
 """
 
 from __future__ import annotations
@@ -32,6 +42,24 @@ from gatewayd.backend.answers import BackendAnswer, BackendUnavailable
 from gatewayd.transport.direct_write import direct_socket, write_now
 
 _DELIMITING = (b"content-length", b"transfer-encoding")
+_END_OF_HEAD = b"\r\n\r\n"
+MAX_HEADS = 256
+
+
+class AnswerHeads:
+    """Answer heads ``httptools`` parsed, with what it made of them: head bytes -> (status,
+    keep-alive, body length). Bounded: past ``MAX_HEADS`` it starts over. One per pool."""
+
+    __slots__ = ("known",)
+
+    def __init__(self) -> None:
+        self.known: dict[bytes, tuple[int, bool, int]] = {}
+
+    def remember(self, head: bytes, status: int, keep_alive: bool, body_length: int) -> None:
+        known = self.known
+        if len(known) >= MAX_HEADS:
+            known.clear()
+        known[head] = (status, keep_alive, body_length)
 
 
 class Exchange(TypingProtocol):
@@ -57,8 +85,10 @@ class ConnectionOwner(TypingProtocol):
 class BackendConnection(Protocol):
     """A ``Protocol`` for one pooled connection; ``send`` one request, get one answer."""
 
-    def __init__(self, owner: ConnectionOwner, max_body_bytes: int) -> None:
+    def __init__(self, owner: ConnectionOwner, max_body_bytes: int, heads: AnswerHeads | None = None) -> None:
         self._owner = owner
+        self._heads = AnswerHeads() if heads is None else heads
+        self._fresh = False  # an exchange waits and no byte of its answer has come yet
         self._max_body_bytes = max_body_bytes
         self._parser = httptools.HttpResponseParser(self)
         self._exchange: Exchange | None = None
@@ -87,6 +117,7 @@ class BackendConnection(Protocol):
         self._chunks = []
         self._delimited = self._headers_done = self._keep_alive = self._received_any = False
         self._answer = self._error = None
+        self._fresh = True
         self.requests_sent += 1
         write_now(self.transport, self._direct, request)
 
@@ -115,6 +146,27 @@ class BackendConnection(Protocol):
             self.abort()
             return
         self._received_any = True
+        if self._fresh:
+            self._fresh = False
+            end = data.find(_END_OF_HEAD) + 4
+            if end > 3:
+                known = self._heads.known.get(data[:end])
+                if known is not None and len(data) - end == known[2]:
+                    # A head httptools parsed before, with a body of the length it had: the same answer.
+                    self._finish(BackendAnswer(known[0], data[end:]), reusable=known[1])
+                    return
+                self._parse(data)
+                answer = self._answer
+                if (answer is not None and self._error is None and self._exchange is not None
+                        and answer.body == data[end:]):
+                    # Exactly one answer, delimited by Content-Length: its head decides all there is.
+                    self._heads.remember(data[:end], answer.status, self._keep_alive, len(answer.body))
+                self._handle()
+                return
+        self._parse(data)
+        self._handle()
+
+    def _parse(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -122,6 +174,8 @@ class BackendConnection(Protocol):
         except httptools.HttpParserError:
             if self._error is None:
                 self._error = BackendUnavailable("backend answer is not valid HTTP/1.1")
+
+    def _handle(self) -> None:
         if self._answer is not None:
             self._finish(self._answer, reusable=self._keep_alive and self._error is None)
         elif self._error is not None:

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gatewayd.backend.answers import BackendAnswer, BackendUnavailable
-from gatewayd.backend.connection import BackendConnection
+from gatewayd.backend.connection import AnswerHeads, BackendConnection
 
 log = Logger()
 
@@ -71,9 +71,10 @@ class _ConnectionFactory(Factory):
     def __init__(self, pool: ConnectionPool, max_body_bytes: int) -> None:
         self.pool = pool
         self.max_body_bytes = max_body_bytes
+        self.heads = AnswerHeads()  # shared by the pool's connections
 
     def buildProtocol(self, addr: Any) -> BackendConnection:
-        return BackendConnection(self.pool, self.max_body_bytes)
+        return BackendConnection(self.pool, self.max_body_bytes, self.heads)
 
 
 class _Request:

@@ -78,12 +78,13 @@ def _quote_segments(path: str) -> str:
     return "/".join(_quote_segment(segment) for segment in path.split("/"))
 
 
-def _header_value(value: str) -> bytes:
+def _header_text(value: str) -> str:
     """A header value that cannot end the header or the head (as twisted.web's Headers sanitizes)."""
-    raw = value.encode()
-    if b"\r" in raw or b"\n" in raw:
-        raw = raw.replace(b"\r\n", b" ").replace(b"\r", b" ").replace(b"\n", b" ")
-    return raw
+    return value.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+
+
+#: Route heads kept (one per Route object; a reload makes new ones).
+_MAX_ROUTE_HEADS = 1024
 
 
 def _decode_key(value: str) -> bytes:
@@ -197,7 +198,7 @@ class BackendClient:
         self._route_head = (
             b" HTTP/1.1\r\nHost: " + host + b"\r\nContent-Type: application/json\r\nAccept: application/json\r\n"
         )
-        self._route_lines: dict[Route, bytes] = {}
+        self._route_heads: dict[int, tuple[Route, bytes, bool]] = {}  # id(route) -> (route, head, is GET)
         self._public_pool = _QuietPool(reactor, max_persistent=max_connections)
         agent = Agent.usingEndpointFactory(reactor, _OneEndpoint(endpoint), pool=self._public_pool)
         self._public = HTTPClient(agent, data_to_body_producer=lambda data: request_body(reactor, data))
@@ -226,20 +227,29 @@ class BackendClient:
 
         ``headers``: extra header lines, each ending in CRLF, values already safe (trace context).
         """
-        line = self._route_lines.get(route)
-        if line is None:
-            target = self._path_base + USER_PATH + _quote_segments(route.path)
-            line = self._route_lines[route] = route.method.encode("ascii") + b" " + target.encode("ascii")
-        get = route.method == "GET"
-        head = b"".join((
-            line, self._route_head, headers,
-            b"X-User-Id: ", _header_value(user_id),
-            b"\r\nX-Device-Session-Id: ", _header_value(device_session_id),
-            b"\r\nX-Request-Id: ", _header_value(request_id),
-            # A GET carries no body (and so no Content-Length), as Agent sent it.
-            b"\r\n\r\n" if get else b"\r\nContent-Length: %d\r\n\r\n" % len(payload),
-        ))
-        return self.pool.request(head if get else head + payload, get, "route")
+        prepared = self._route_heads.get(id(route))
+        if prepared is None or prepared[0] is not route:
+            prepared = self._prepare(route)
+        identity = f"X-User-Id: {user_id}\r\nX-Device-Session-Id: {device_session_id}\r\nX-Request-Id: {request_id}\r\n"
+        if identity.count("\r") != 3 or identity.count("\n") != 3:
+            # A value that could end the header or the head (as twisted.web's Headers sanitizes).
+            identity = (f"X-User-Id: {_header_text(user_id)}\r\nX-Device-Session-Id: {_header_text(device_session_id)}"
+                        f"\r\nX-Request-Id: {_header_text(request_id)}\r\n")
+        if prepared[2]:  # A GET carries no body (and so no Content-Length), as Agent sent it.
+            return self.pool.request(b"".join((prepared[1], headers, identity.encode(), b"\r\n")), True, "route")
+        return self.pool.request(
+            b"".join((prepared[1], headers, identity.encode(), b"Content-Length: %d\r\n\r\n" % len(payload), payload)),
+            False, "route",
+        )
+
+    def _prepare(self, route: Route) -> tuple[Route, bytes, bool]:
+        """``route``'s request line and fixed headers, built once (by identity: routes are not hashed per call)."""
+        if len(self._route_heads) >= _MAX_ROUTE_HEADS:
+            self._route_heads.clear()  # reloads made new Route objects: start over, bounded
+        target = self._path_base + USER_PATH + _quote_segments(route.path)
+        line = route.method.encode("ascii") + b" " + target.encode("ascii")
+        prepared = self._route_heads[id(route)] = (route, line + self._route_head, route.method == "GET")
+        return prepared
 
     def post_json(
         self, path: str, body: bytes, headers: Mapping[str, str] | None = None

@@ -86,6 +86,7 @@ class ClientTraceBackend:
 
     def __init__(self, backend: BackendClient) -> None:
         self._backend = backend
+        self._call_route = backend.call_route
 
     def get_session(self, device_session_id: str, call: Call | None = None) -> Deferred[Session | None]:
         """``BackendClient.get_session`` for ``call`` (a ``SessionCache`` lookup)."""
@@ -97,5 +98,8 @@ class ClientTraceBackend:
         call: Call | None = None,
     ) -> Deferred[BackendAnswer]:
         """``BackendClient.call_route`` for ``call`` (the pipeline's ``RouteCaller``)."""
-        headers = b"" if call is None else client_trace_headers(call.metadata)
-        return self._backend.call_route(route, payload, user_id, device_session_id, request_id, headers)
+        # client_trace_headers(call.metadata), without the call for a call that sent no traceparent.
+        if call is None or TRACEPARENT not in call.metadata:
+            return self._call_route(route, payload, user_id, device_session_id, request_id)
+        headers = client_trace_headers(call.metadata)
+        return self._call_route(route, payload, user_id, device_session_id, request_id, headers)

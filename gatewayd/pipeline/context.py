@@ -17,6 +17,22 @@ from gatewayd.stores.base import RateDecision
 SUBSCRIBE_MESSAGE_TYPE = "gateway.subscribe"
 
 
+class Envelope:
+    """A ``RequestEnvelope``'s six fields, read once: the stages read them ~26 times per call, and
+    each read of a protobuf (upb) field builds a new Python object."""
+
+    __slots__ = ("device_session_id", "message_type", "payload_hash", "protocol_version", "request_id",
+                 "timestamp_ms")
+
+    def __init__(self, envelope: RequestEnvelope) -> None:
+        self.protocol_version: int = envelope.protocol_version
+        self.device_session_id: str = envelope.device_session_id
+        self.request_id: str = envelope.request_id
+        self.timestamp_ms: int = envelope.timestamp_ms
+        self.message_type: str = envelope.message_type
+        self.payload_hash: bytes = envelope.payload_hash
+
+
 @dataclass(slots=True)
 class RequestContext:
     """One request on its way through the stages.
@@ -28,7 +44,7 @@ class RequestContext:
     """
 
     call: Call
-    envelope: RequestEnvelope | None
+    envelope: Envelope | RequestEnvelope | None
     payload: bytes
     signature: bytes
     subscription: bool = False
@@ -37,7 +53,7 @@ class RequestContext:
     response: ExecuteCommandResponse | None = None
 
     @property
-    def env(self) -> RequestEnvelope:
+    def env(self) -> Envelope | RequestEnvelope:
         """The envelope, for stages that run after the envelope stage accepted it."""
         if self.envelope is None:
             raise RpcError(Code.INTERNAL, "stage order: no envelope")

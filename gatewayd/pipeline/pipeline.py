@@ -24,7 +24,7 @@ from gatewayd._proto.gateway.v1.gateway_pb2 import (
 )
 from gatewayd.backend.rest import Session
 from gatewayd.config import LimitsConfig, Route
-from gatewayd.pipeline.context import SUBSCRIBE_MESSAGE_TYPE, Clock, RequestContext, Stage
+from gatewayd.pipeline.context import SUBSCRIBE_MESSAGE_TYPE, Clock, Envelope, RequestContext, Stage
 from gatewayd.pipeline.envelope import EnvelopeStage
 from gatewayd.pipeline.freshness import FreshnessStage
 from gatewayd.pipeline.payload_hash import PayloadHashStage
@@ -136,7 +136,7 @@ class Pipeline:
         """The UnaryHandler of ExecuteCommand: the signed response, or ``RpcError``."""
         ctx = RequestContext(
             call,
-            request.envelope if request.HasField("envelope") else None,
+            Envelope(request.envelope) if request.HasField("envelope") else None,
             request.payload_bytes,
             request.signature,
         )
@@ -146,7 +146,7 @@ class Pipeline:
         """Stages 1-6 for SubscribeEvents (message_type ``gateway.subscribe``, empty payload)."""
         ctx = RequestContext(
             call,
-            request.envelope if request.HasField("envelope") else None,
+            Envelope(request.envelope) if request.HasField("envelope") else None,
             b"",
             request.signature,
             subscription=True,
@@ -171,7 +171,7 @@ class Pipeline:
                 return succeed(finish(ctx))
             except BaseException:
                 return fail()
-        return waiting  # fires with finish(ctx) (_Waiting notes the session and finishes)
+        return waiting  # fires with finish(ctx) (_resume notes the session and finishes)
 
 
 def _note_session(ctx: RequestContext) -> None:
@@ -204,106 +204,80 @@ def _rejected(stage: Stage, ctx: RequestContext, error: BaseException | None) ->
 
 def _run_stages(stages: Sequence[Stage], index: int, ctx: RequestContext, observe: StageObserver | None,
                 timer: Callable[[], float], finish: Callable[[RequestContext], Any],
-                resume: _Waiting | None = None) -> Deferred[Any] | None:
+                start: float | None = None) -> Deferred[Any] | None:
     """Run ``stages[index:]``: ``None`` when all passed at once, the first rejection raised
-    when one refused at once, else a Deferred of ``finish(ctx)`` after the rest (``_Waiting.done``).
+    when one refused at once, else the waiting stage's own Deferred, which goes on to fire
+    with ``finish(ctx)`` after the rest (``_resume``), or with the first rejection.
 
     A stage that answers at once (``None``, or a Deferred that has already fired
     with a value, as the memory stores' do) costs no coroutine frame and no
     callback: the run moves on in the same call, as ``await`` on a fired
-    Deferred would. Each stage is reported to ``observe`` once, when it has
-    decided, with the time from its start.
+    Deferred would. A stage that waits gets ``_resume`` as its next callback, and
+    its Deferred is the run's: no Deferred of our own to fire. A later stage that
+    waits too is returned from ``_resume``, which chains the first Deferred to it
+    (Twisted's own chaining), so cancelling the run's Deferred cancels whichever
+    stage is waiting at the time. Each stage is reported to ``observe`` once, when
+    it has decided, with the time from its start (``start``: when the previous one ended).
     """
     count = len(stages)
-    start = timer() if observe is not None else 0.0
+    if observe is not None and start is None:
+        start = timer()
     while index < count:
         stage = stages[index]
         try:
             pending = stage.check(ctx)
             # (called, paused and result are what Deferred.__await__ reads too.)
             if pending is not None and (not pending.called or pending.paused or isinstance(pending.result, Failure)):
-                waiting = resume if resume is not None else _Waiting(stages, ctx, observe, timer, finish)
-                waiting.index, waiting.start = index, start
-                pending.addBoth(waiting.arrived)
-                if waiting.refused is not None:  # a Deferred that had already failed
-                    refused, waiting.refused = waiting.refused, None
+                if pending.called and not pending.paused:  # it had already failed: a rejection at once
+                    refused: Any = pending.result
+                    pending.addErrback(_handled)  # raised here instead
                     refused.raiseException()
-                return waiting.wait(pending)
+                return pending.addBoth(_resume, stages, index, ctx, observe, timer, finish, start)
         except BaseException as e:
             outcome = _rejected(stage, ctx, e)
             if observe is not None:
-                observe(stage.name, timer() - start, outcome)
+                observe(stage.name, timer() - start, outcome)  # type: ignore[operator]
             raise
         if observe is not None:
             # One clock read ends this stage and starts the next (the observer's own time, well under
             # the smallest histogram bucket, goes to the next stage).
             end = timer()
-            observe(stage.name, end - start, "ok")
+            observe(stage.name, end - start, "ok")  # type: ignore[operator]
             start = end
         index += 1
     return None
 
 
-class _Waiting:
-    """A run suspended on a stage's Deferred; resumes the stages after it once it fires.
+def _handled(_: Failure) -> None:
+    """An errback that consumes a failure which was raised instead."""
 
-    One per run that waits at all: ``done`` is the run's Deferred (it fires with
-    ``finish(ctx)``, the session noted first, or with the rejection), and cancelling it
-    cancels whichever stage is waiting at the time.
+
+def _resume(result: Any, stages: Sequence[Stage], index: int, ctx: RequestContext, observe: StageObserver | None,
+            timer: Callable[[], float], finish: Callable[[RequestContext], Any], start: float | None) -> Any:
+    """The callback of a waiting stage's Deferred: observe its decision, then run the stages after it.
+
+    Returns ``finish(ctx)`` (the session noted first), the rejection, or the Deferred of a later
+    stage that waits in turn (the run's Deferred then waits on it, cancellation included).
     """
-
-    __slots__ = ("ctx", "done", "finish", "index", "observe", "pending", "refused", "stages", "start", "timer")
-
-    def __init__(self, stages: Sequence[Stage], ctx: RequestContext, observe: StageObserver | None,
-                 timer: Callable[[], float], finish: Callable[[RequestContext], Any]) -> None:
-        self.stages = stages
-        self.ctx = ctx
-        self.finish = finish
-        self.observe = observe
-        self.timer = timer
-        self.index = 0
-        self.start = 0.0
-        self.refused: Failure | None = None
-        self.pending: Deferred[Any] | None = None  # the stage's Deferred while it is waited on
-        self.done: Deferred[Any] | None = None
-
-    def wait(self, pending: Deferred[Any]) -> Deferred[Any]:
-        self.pending = pending
-        if self.done is None:
-            self.done = Deferred(self._cancel)
-        return self.done
-
-    def arrived(self, result: Any) -> None:
-        if self.pending is None:  # fired within addBoth: a failure, which _run_stages raises
-            self.refused = result
-            return
-        self.pending = None
-        done = self.done
-        assert done is not None
-        stage = self.stages[self.index]
-        failed = isinstance(result, Failure)
-        outcome = _rejected(stage, self.ctx, result.value if failed else None)
-        if self.observe is not None:
-            self.observe(stage.name, self.timer() - self.start, outcome)
-        if failed:
-            _note_session(self.ctx)
-            done.errback(result)
-            return
-        try:
-            rest = _run_stages(self.stages, self.index + 1, self.ctx, self.observe, self.timer, self.finish, self)
-            if rest is not None:
-                return  # waiting again, on a later stage
-            _note_session(self.ctx)
-            value = self.finish(self.ctx)
-        except BaseException:
-            _note_session(self.ctx)
-            done.errback()
-            return
-        done.callback(value)
-
-    def _cancel(self, _: Deferred[Any]) -> None:
-        if self.pending is not None:
-            self.pending.cancel()
+    stage = stages[index]
+    failed = isinstance(result, Failure)
+    outcome = _rejected(stage, ctx, result.value if failed else None)
+    end = 0.0
+    if observe is not None:
+        end = timer()
+        observe(stage.name, end - start, outcome)  # type: ignore[operator]
+    if failed:
+        _note_session(ctx)
+        return result
+    try:
+        rest = _run_stages(stages, index + 1, ctx, observe, timer, finish, end)
+    except BaseException:
+        _note_session(ctx)
+        raise
+    if rest is not None:
+        return rest  # waiting again, on a later stage
+    _note_session(ctx)
+    return finish(ctx)
 
 
 def gateway_methods(pipeline: Pipeline, subscribe: StreamHandler) -> list[Method]:

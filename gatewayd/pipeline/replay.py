@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -12,7 +13,7 @@ from gatewayd.pipeline.context import RequestContext
 from gatewayd.pipeline.rate_limit import BudgetPlan
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
-from gatewayd.stores.base import Admission, StoreUnavailable
+from gatewayd.stores.base import Admission, RateDecision, StoreUnavailable
 
 
 def replay_key(device_session_id: str, request_id: str) -> str:
@@ -23,6 +24,11 @@ class Admitter(Protocol):
     """What this stage needs of the stores (``gatewayd.stores.base.Stores``)."""
 
     def admit(self, replay_key: str, ttl_s: float, budgets: Any) -> Deferred[Admission]: ...
+
+
+SyncAdmit = Callable[[str, float, Any], "tuple[RateDecision, ...] | None"]
+"""``admit_now(replay_key, ttl_s, budgets)`` of stores that answer at once (``MemoryStores``): the
+budgets' decisions, ``None`` for a replayed key; raises ``StoreUnavailable``."""
 
 
 class ReplayStage:
@@ -45,11 +51,26 @@ class ReplayStage:
         self._stores = stores
         self._ttl_s = 2.0 * window_s
         self._plan = plan
+        # Stores that answer at once (memory) are asked without a Deferred, unless ``admit`` was
+        # replaced on the instance (tracing's span per call): then that one is what must be called.
+        admit_now: SyncAdmit | None = getattr(stores, "admit_now", None)
+        self._admit_now = None if "admit" in getattr(stores, "__dict__", ()) else admit_now
 
     def check(self, ctx: RequestContext) -> Deferred[None] | None:
         env = ctx.env
         budgets: tuple[tuple[str, Budget], ...] = self._plan.budgets(ctx)
-        d: Deferred[Any] = self._stores.admit(replay_key(env.device_session_id, env.request_id), self._ttl_s, budgets)
+        key = f"replay:{env.device_session_id}:{env.request_id}"  # replay_key()
+        admit_now = self._admit_now
+        if admit_now is not None:
+            try:
+                decisions = admit_now(key, self._ttl_s, budgets)
+            except StoreUnavailable:
+                raise RpcError(Code.UNAVAILABLE, "replay or rate limit store unavailable") from None
+            if decisions is None:
+                raise RpcError(Code.ALREADY_EXISTS, "request_id already used")
+            ctx.budgets = decisions
+            return None
+        d: Deferred[Any] = self._stores.admit(key, self._ttl_s, budgets)
         if d.called and not d.paused and not isinstance(d.result, Failure):
             # The memory stores answer at once: decide now, without a callback (as _run_stages reads it too).
             admission: Any = d.result

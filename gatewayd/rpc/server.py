@@ -66,17 +66,19 @@ class RpcApplication:
         path = exchange.path
         if exchange.method == "OPTIONS" and rpc_path_shape(path):
             return _Preflight(self, exchange)
-        selected = select(exchange.method, path, exchange.headers, exchange.http2, self.methods.get(path) is not None)
+        method = self.methods.get(path)
+        selected = select(exchange.method, path, exchange.headers, exchange.http2, method is not None)
         if selected is None:
             return None
         if isinstance(selected, Refusal):
             return _Refused(exchange, selected)
-        method = self.methods.get(path)
-        if method is not None and method.bidi and selected.framed:
+        if method is None:
+            return ServerCall(self, exchange, selected)
+        if method.bidi and selected.framed:
             from gatewayd.rpc.bidi import BidiServerCall
 
             return BidiServerCall(self, exchange, selected)
-        return ServerCall(self, exchange, selected)
+        return ServerCall(self, exchange, selected, method)
 
     def notify(self, call: Call, code: Code, started: float) -> None:
         if self.observers:
@@ -110,11 +112,13 @@ class ServerCall:
         "streaming",
     )
 
-    def __init__(self, app: RpcApplication, exchange: Exchange, proto: WireProtocol) -> None:
+    def __init__(self, app: RpcApplication, exchange: Exchange, proto: WireProtocol,
+                 method: Method | None = None) -> None:
+        """``method``: the method table's entry for the path, when the caller has looked it up already."""
         self.app = app
         self.exchange = exchange
         self.proto = proto
-        self.method: Method | None = app.methods.get(exchange.path)
+        self.method: Method | None = method if method is not None else app.methods.get(exchange.path)
         self.cors_headers: HeaderList = app.cors.response_headers(exchange.headers.get("origin"))
         self.finished = False
         self.streaming = False

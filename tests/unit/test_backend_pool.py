@@ -460,3 +460,96 @@ def test_a_succeeding_endpoint_that_answers_synchronously_is_fine() -> None:
     for _ in range(3):
         pool.request(GET)
     assert (pool.stats.open, pool.stats.in_use, pool.stats.waiting) == (3, 3, 0)
+
+
+# --- answer heads parsed once (AnswerHeads) -------------------------------------------------------------
+
+
+class _NoParser:
+    """Stands in for httptools' parser where an answer must be decided from a remembered head."""
+
+    def feed_data(self, data: bytes) -> None:
+        raise AssertionError("parsed again")
+
+
+def test_a_head_parsed_once_is_not_parsed_again_and_gives_the_same_answer() -> None:
+    rig = Rig(max_connections=1)
+    head = b"HTTP/1.1 201 Created\r\nServer: b\r\nContent-Length: 5\r\n\r\n"
+    first = rig.request()
+    rig.wire.answer(0, head + b"first")
+    assert outcome(first) == BackendAnswer(201, b"first")
+    assert rig.pool._factory.heads.known == {head: (201, True, 5)}
+    connection = rig.wire.connections[0][0]
+    parser, connection._parser = connection._parser, _NoParser()
+    second = rig.request()
+    rig.wire.answer(0, head + b"again")
+    assert outcome(second) == BackendAnswer(201, b"again")
+    assert not rig.wire.aborted(0) and rig.pool.stats.open == 1
+    # Another body length, or a head not seen before: httptools again.
+    connection._parser = parser
+    for answer, expected in [(head + b"longer", BackendAnswer(201, b"longe")), (OK, BackendAnswer(200, b"ok"))]:
+        call = rig.request()
+        rig.wire.answer(0, answer)
+        assert outcome(call) == expected
+        if answer != OK:
+            assert rig.wire.aborted(0)  # a byte after the answer: retired, as before
+            break
+
+
+REMEMBERED = [
+    OK,
+    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n",
+    b"HTTP/1.1 500 Internal Server Error\r\ncontent-length:  3 \r\nX-A: \xe9\r\n\r\nbad",
+]
+NOT_REMEMBERED = [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\nContent-Length: 6\n\nab\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n\r\nto the end",
+    OK + b"HTTP/1.1 200 OK\r\n",
+    OK + OK,
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000,
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok",
+    b"garbage\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+]
+
+
+@pytest.mark.parametrize("answer", REMEMBERED + NOT_REMEMBERED)
+def test_an_answer_from_a_remembered_head_is_what_httptools_made_of_it(answer: bytes) -> None:
+    """Each answer arrives twice in one read, on fresh connections of one pool: the second time
+    (from the remembered head, if it was remembered) the caller sees exactly the same, and the
+    connection is kept or retired the same. Only Content-Length answers, alone in their read,
+    are remembered."""
+    rig = Rig(max_connections=1, max_body_bytes=1000)
+    seen = []
+    for index in range(2):
+        while rig.pool.stats.open:  # the next request takes a fresh connection
+            rig.pool._drop(rig.wire.connections[-1][0])
+        call = rig.request()
+        connection = rig.wire.connections[index][0]
+        if index == 1 and answer in REMEMBERED:
+            connection._parser = _NoParser()  # decided from the remembered head alone
+        rig.wire.answer(index, answer)
+        result = outcome(call)
+        if isinstance(result, Failure):
+            result = ("unavailable", str(result.value))
+        seen.append((result, rig.wire.aborted(index), connection._fresh))
+    assert seen[0] == seen[1]
+    assert bool(rig.pool._factory.heads.known) == (answer in REMEMBERED)
+
+
+def test_remembered_heads_are_bounded() -> None:
+    from gatewayd.backend.connection import MAX_HEADS, AnswerHeads
+
+    heads = AnswerHeads()
+    for n in range(MAX_HEADS + 10):
+        heads.remember(b"HTTP/1.1 200 OK\r\nX-N: %d\r\n\r\n" % n, 200, True, 0)
+    assert len(heads.known) <= MAX_HEADS

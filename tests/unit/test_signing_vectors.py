@@ -116,3 +116,21 @@ def test_sign_and_verify_agree_with_pynacls_objects() -> None:
     bad_signatures: list[Any] = [signature[:63], signature + b"\0", bytearray(signature), None, b""]
     for bad_signature in bad_signatures:
         assert not signing.verify(key.public_key, message, bad_signature)
+
+
+@pytest.mark.parametrize("version", [1, 0, 2, 10, 2**31])
+@pytest.mark.parametrize("text", ["", "ds_1", "é-ü-日本", "x" * 300])
+def test_signing_inputs_are_frame_of_their_parts(version: int, text: str) -> None:
+    """The signing inputs are written out as one join with their constant parts framed once; they
+    stay ``frame(...)`` of the parts PROTOCOL.md section 2 lists, whatever the lengths and version."""
+    digest, stamp = bytes(range(32)), 1_700_000_000_123
+    utf8 = text.encode()
+    assert signing.request_signing_input(version, text, text + "r", stamp, text + "t", digest) == signing.frame(
+        b"gatewayd/v1/request", str(version).encode(), utf8, utf8 + b"r", b"1700000000123", utf8 + b"t", digest)
+    response = signing.frame(b"gatewayd/v1/response", str(version).encode(), utf8, utf8 + b"r", b"1700000000123",
+                             utf8 + b"c", digest, b"k" + utf8)
+    assert signing.response_signing_input(version, text, text + "r", stamp, text + "c", digest, "k" + text) == response
+    assert signing.framed_response_signing_input(
+        version, text, text + "r", stamp, text + "c", digest, signing.frame(b"k" + utf8)) == response
+    assert signing.event_signing_input(text, text + "e", stamp, digest, "k") == signing.frame(
+        b"gatewayd/v1/event", utf8, utf8 + b"e", b"1700000000123", digest, b"k")

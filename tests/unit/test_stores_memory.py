@@ -207,3 +207,31 @@ def test_consuming_several_budgets_at_once_decides_as_one_consume_each() -> None
         assert at_once.consume_each_now(budgets) == expected
     assert not expected[0].allowed and expected[0].retry_after_s > 0  # the tight budget ran out
     assert len(at_once) == len(one_by_one) == 2
+
+
+def test_consume_each_now_matches_consume_now_as_buckets_fill_drain_and_are_forgotten() -> None:
+    """The inline fast path of ``consume_each_now`` (a known key, allowed) decides exactly as
+    ``consume_now``: same decisions and the same theoretical arrival times, over a random walk
+    of the clock across refills, denials, swept keys and rates not exact in binary."""
+    import random
+
+    rng = random.Random(13)
+    budgets = [Budget(rate=0.1, burst=3), Budget(rate=3.0, burst=5), Budget(rate=1e6, burst=1_000_000),
+               Budget(rate=7.3, burst=1)]
+    keys = ["a", "b", "c", "d", "e"]
+    clock_one, clock_all = Clock(), Clock()
+    one_by_one, at_once = MemoryRateLimiter(clock_one, max_keys=4), MemoryRateLimiter(clock_all, max_keys=4)
+    denied = 0
+    for _ in range(2000):
+        step = rng.choice([0.0, 0.0, 0.001, 0.05, 0.3, 2.0, 40.0])
+        clock_one.advance(step)
+        clock_all.advance(step)
+        pairs = [(rng.choice(keys), rng.choice(budgets)) for _ in range(rng.randint(1, 4))]
+        one_by_one._deadlines.sweep(clock_one.seconds(), 2 * len(pairs) - 2)  # consume_each sweeps once for all
+        expected = tuple(one_by_one.consume_now(key, budget) for key, budget in pairs[:1]) + tuple(
+            one_by_one._spend(key, budget, 1, clock_one.seconds()) for key, budget in pairs[1:]
+        )
+        assert at_once.consume_each_now(pairs) == expected
+        assert at_once._deadlines.entries == one_by_one._deadlines.entries
+        denied += sum(not d.allowed for d in expected)
+    assert denied > 100

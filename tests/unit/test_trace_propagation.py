@@ -59,3 +59,28 @@ def test_a_tracestate_too_long_or_not_printable_is_dropped_alone() -> None:
     assert client_trace_headers({"traceparent": VALID, "tracestate": "a=b\r\nX-Evil: 1"}) == only_parent
     assert client_trace_headers({"traceparent": VALID, "tracestate": "a=\u00e9"}) == only_parent
     assert client_trace_headers({"traceparent": VALID, "tracestate": ""}) == only_parent
+
+
+@pytest.mark.parametrize(("metadata", "lines"), [
+    ({}, b""),
+    ({"tracestate": "a=1"}, b""),  # a tracestate alone is not passed on
+    ({"traceparent": "garbage", "tracestate": "a=1"}, b""),
+    ({"traceparent": VALID}, f"traceparent: {VALID}\r\n".encode()),
+    ({"traceparent": VALID, "tracestate": "a=1"}, f"traceparent: {VALID}\r\ntracestate: a=1\r\n".encode()),
+    (None, b""),  # no call at all
+])
+def test_the_pipelines_backend_requests_carry_the_clients_trace_context(metadata: dict[str, str] | None,
+                                                                        lines: bytes) -> None:
+    from gatewayd.config import Route
+    from gatewayd.observability.propagation import ClientTraceBackend
+    from gatewayd.rpc.call import Call
+    from tests.unit.test_backend_requests import client
+
+    backend, recorder = client()
+    calls = ClientTraceBackend(backend)
+    call = None if metadata is None else Call("/gateway.v1.Gateway/ExecuteCommand", "grpc", metadata, "peer")
+    calls.call_route(Route("POST", "notes"), b"{}", "u", "s", "r", call)
+    calls.get_session("s", call)
+    route_request, session_request = recorder.requests[0][0], recorder.requests[1][0]
+    assert route_request.split(b"Accept: application/json\r\n")[1].startswith(lines + b"X-User-Id: u\r\n")
+    assert session_request.endswith(b"Accept: application/json\r\n" + lines + b"\r\n")
