@@ -75,18 +75,8 @@ def request_signing_input(
     payload_hash: bytes,
 ) -> bytes:
     """The bytes a device signs for one request."""
-    pack = _pack
-    session, request, timestamp, kind = (
-        device_session_id.encode(), request_id.encode(), b"%d" % timestamp_ms, message_type.encode()
-    )
-    return b"".join((
-        _REQUEST_HEAD, _version(protocol_version),
-        pack(len(session)), session,
-        pack(len(request)), request,
-        pack(len(timestamp)), timestamp,
-        pack(len(kind)), kind,
-        pack(len(payload_hash)), payload_hash,
-    ))
+    return _signing_input(_REQUEST_HEAD, protocol_version, device_session_id, request_id, timestamp_ms,
+                          message_type, payload_hash, b"")
 
 
 def response_signing_input(
@@ -115,18 +105,26 @@ def framed_response_signing_input(
 ) -> bytes:
     """``response_signing_input`` with the key id already framed (``frame(key_id.encode())``,
     the same for every response a key signs)."""
+    return _signing_input(_RESPONSE_HEAD, protocol_version, device_session_id, request_id, timestamp_ms,
+                          result_code, payload_hash, framed_key_id)
+
+
+def _signing_input(head: bytes, protocol_version: int, device_session_id: str, request_id: str,
+                   timestamp_ms: int, name: str, payload_hash: bytes, tail: bytes) -> bytes:
+    """A request's or response's signing input: ``head``, the version, the four fields and the payload
+    hash each framed, then ``tail`` (already framed), written out as one join."""
     pack = _pack
-    session, request, timestamp, code = (
-        device_session_id.encode(), request_id.encode(), b"%d" % timestamp_ms, result_code.encode()
+    session, request, timestamp, label = (
+        device_session_id.encode(), request_id.encode(), b"%d" % timestamp_ms, name.encode()
     )
     return b"".join((
-        _RESPONSE_HEAD, _version(protocol_version),
+        head, _version(protocol_version),
         pack(len(session)), session,
         pack(len(request)), request,
         pack(len(timestamp)), timestamp,
-        pack(len(code)), code,
+        pack(len(label)), label,
         pack(len(payload_hash)), payload_hash,
-        framed_key_id,
+        tail,
     ))
 
 
