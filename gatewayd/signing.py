@@ -58,7 +58,6 @@ EMPTY_SHA256 = sha256(b"")
 _pack = _LENGTH.pack
 _REQUEST_HEAD = frame(REQUEST_CONTEXT)
 _RESPONSE_HEAD = frame(RESPONSE_CONTEXT)
-_EVENT_HEAD = frame(EVENT_CONTEXT)
 _VERSION_1 = frame(b"1")
 
 
@@ -132,8 +131,14 @@ def event_signing_input(
     event_type: str, event_id: str, timestamp_ms: int, payload_hash: bytes, key_id: str
 ) -> bytes:
     """The bytes the gateway signs once per event."""
-    return b"".join((_EVENT_HEAD, frame(event_type.encode(), event_id.encode(), _int(timestamp_ms), payload_hash,
-                                        key_id.encode())))
+    return frame(
+        EVENT_CONTEXT,
+        event_type.encode(),
+        event_id.encode(),
+        _int(timestamp_ms),
+        payload_hash,
+        key_id.encode(),
+    )
 
 
 class RequestFields(Protocol):

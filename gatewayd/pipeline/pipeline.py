@@ -220,8 +220,8 @@ def _run_stages(stages: Sequence[Stage], index: int, ctx: RequestContext, observ
     it has decided, with the time from its start (``start``: when the previous one ended).
     """
     count = len(stages)
-    if observe is not None and start is None:
-        start = timer()
+    if start is None:
+        start = timer() if observe is not None else 0.0
     while index < count:
         stage = stages[index]
         try:
@@ -236,13 +236,13 @@ def _run_stages(stages: Sequence[Stage], index: int, ctx: RequestContext, observ
         except BaseException as e:
             outcome = _rejected(stage, ctx, e)
             if observe is not None:
-                observe(stage.name, timer() - start, outcome)  # type: ignore[operator]
+                observe(stage.name, timer() - start, outcome)
             raise
         if observe is not None:
             # One clock read ends this stage and starts the next (the observer's own time, well under
             # the smallest histogram bucket, goes to the next stage).
             end = timer()
-            observe(stage.name, end - start, "ok")  # type: ignore[operator]
+            observe(stage.name, end - start, "ok")
             start = end
         index += 1
     return None
@@ -253,7 +253,7 @@ def _handled(_: Failure) -> None:
 
 
 def _resume(result: Any, stages: Sequence[Stage], index: int, ctx: RequestContext, observe: StageObserver | None,
-            timer: Callable[[], float], finish: Callable[[RequestContext], Any], start: float | None) -> Any:
+            timer: Callable[[], float], finish: Callable[[RequestContext], Any], start: float) -> Any:
     """The callback of a waiting stage's Deferred: observe its decision, then run the stages after it.
 
     Returns ``finish(ctx)`` (the session noted first), the rejection, or the Deferred of a later
@@ -265,7 +265,7 @@ def _resume(result: Any, stages: Sequence[Stage], index: int, ctx: RequestContex
     end = 0.0
     if observe is not None:
         end = timer()
-        observe(stage.name, end - start, outcome)  # type: ignore[operator]
+        observe(stage.name, end - start, outcome)
     if failed:
         _note_session(ctx)
         return result

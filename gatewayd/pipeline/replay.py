@@ -59,16 +59,14 @@ class ReplayStage:
     def check(self, ctx: RequestContext) -> Deferred[None] | None:
         env = ctx.env
         budgets: tuple[tuple[str, Budget], ...] = self._plan.budgets(ctx)
-        key = f"replay:{env.device_session_id}:{env.request_id}"  # replay_key()
+        key = replay_key(env.device_session_id, env.request_id)
         admit_now = self._admit_now
         if admit_now is not None:
             try:
                 decisions = admit_now(key, self._ttl_s, budgets)
             except StoreUnavailable:
-                raise RpcError(Code.UNAVAILABLE, "replay or rate limit store unavailable") from None
-            if decisions is None:
-                raise RpcError(Code.ALREADY_EXISTS, "request_id already used")
-            ctx.budgets = decisions
+                raise _unavailable() from None
+            _decided(decisions, ctx)
             return None
         d: Deferred[Any] = self._stores.admit(key, self._ttl_s, budgets)
         if d.called and not d.paused and not isinstance(d.result, Failure):
@@ -80,12 +78,21 @@ class ReplayStage:
 
     @staticmethod
     def _admitted(admission: Admission, ctx: RequestContext) -> None:
-        if not admission.fresh:
-            raise RpcError(Code.ALREADY_EXISTS, "request_id already used")
-        ctx.budgets = admission.decisions
+        _decided(admission.decisions if admission.fresh else None, ctx)
 
     @staticmethod
     def _failed(failure: Failure) -> Failure:
         if failure.check(StoreUnavailable):
-            raise RpcError(Code.UNAVAILABLE, "replay or rate limit store unavailable")
+            raise _unavailable()
         return failure
+
+
+def _decided(decisions: tuple[RateDecision, ...] | None, ctx: RequestContext) -> None:
+    """The stores' answer: the budgets' decisions for a fresh request id, ``None`` for a replayed one."""
+    if decisions is None:
+        raise RpcError(Code.ALREADY_EXISTS, "request_id already used")
+    ctx.budgets = decisions
+
+
+def _unavailable() -> RpcError:
+    return RpcError(Code.UNAVAILABLE, "replay or rate limit store unavailable")

@@ -7,7 +7,7 @@ from twisted.internet.defer import Deferred
 from gatewayd.pipeline.context import RequestContext
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
-from gatewayd.signing import request_signing_input, verify
+from gatewayd.signing import request_signing_input_of, verify
 
 
 class SignatureStage:
@@ -16,11 +16,6 @@ class SignatureStage:
     name = "signature"
 
     def check(self, ctx: RequestContext) -> Deferred[None] | None:
-        env = ctx.env
-        message = request_signing_input(  # request_signing_input_of(env)
-            env.protocol_version, env.device_session_id, env.request_id, env.timestamp_ms, env.message_type,
-            env.payload_hash,
-        )
-        if not verify(ctx.caller.client_public_key, message, ctx.signature):
+        if not verify(ctx.caller.client_public_key, request_signing_input_of(ctx.env), ctx.signature):
             raise RpcError(Code.UNAUTHENTICATED, "bad signature")
         return None

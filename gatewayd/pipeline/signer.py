@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from gatewayd._proto.gateway.v1.gateway_pb2 import ExecuteCommandResponse, GatewayEvent
 from gatewayd.pipeline.context import Clock, now_ms
 from gatewayd.signing import GatewayKey, event_signing_input, framed_response_signing_input, sha256
@@ -40,10 +38,8 @@ class ResponseSigner(_Signer):
     ) -> ExecuteCommandResponse:
         """The response to ``request_id``, stamped with the gateway's time; signed over the
         response signing input with the caller's ``device_session_id``."""
+        payload_hash, timestamp, key_id = self._stamp(payload)
         key = self._key
-        timestamp = int(self._clock.seconds() * 1000)  # now_ms
-        payload_hash = hashlib.sha256(payload).digest()  # signing.sha256
-        key_id = key.key_id
         signature = key.sign(
             framed_response_signing_input(
                 RESPONSE_PROTOCOL_VERSION, device_session_id, request_id, timestamp, result_code,

@@ -163,22 +163,9 @@ class MemoryRateLimiter:
     def consume_each_now(self, budgets: Sequence[tuple[str, Budget]]) -> tuple[RateDecision, ...]:
         """``consume_now(key, budget)`` for each pair in order, at one instant (one clock read, one sweep)."""
         now = self._clock.seconds()
-        deadlines = self._deadlines
-        deadlines.sweep(now, _SWEEP_STEP * len(budgets))
-        entries = deadlines.entries
-        decisions = []
-        for key, budget in budgets:
-            # _spend(key, budget, 1, now), inline for a known key that is allowed (nearly every call).
-            interval = 1.0 / budget.rate
-            tat = entries.get(key)
-            if tat is not None:
-                new_tat = (tat if tat > now else now) + interval
-                if new_tat - budget.burst * interval - now <= _EPSILON:
-                    entries[key] = new_tat
-                    decisions.append(ALLOWED)
-                    continue
-            decisions.append(self._spend(key, budget, 1, now))
-        return tuple(decisions)
+        self._deadlines.sweep(now, _SWEEP_STEP * len(budgets))
+        spend = self._spend
+        return tuple([spend(key, budget, 1, now) for key, budget in budgets])
 
     def _spend(self, key: str, budget: Budget, cost: int, now: float) -> RateDecision:
         deadlines = self._deadlines

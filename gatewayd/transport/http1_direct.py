@@ -211,9 +211,7 @@ class DirectExchange(PausableExchange):
         self._no_body = False
         self._finished = False
         self._producing = False
-        self._paused = False  # PausableExchange's state, set here (one exchange per call)
-        self._buffered = 0
-        self._drain = None
+        super().__init__()
 
     @property
     def finished(self) -> bool:
@@ -275,13 +273,10 @@ class DirectExchange(PausableExchange):
             write_now(self.channel.transport, self._socket, data)
 
     def _finish(self, data: bytes) -> None:
-        if self._chunked:
-            self._write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n")
-        else:
-            self._write(b"" if self._no_body else data)
+        last = self._framed(data) if data else b""
+        self._write(last + b"0\r\n\r\n" if self._chunked else last)
         self._finished = True
-        if self._producing:
-            self._stop_producing()
+        self._stop_producing()
         self._done(self)
 
     def _start_producing(self) -> None:
