@@ -112,8 +112,15 @@ def cpu_seconds(pid: int) -> float:
     On a shared machine this is the robust number: req/s depends on what else runs,
     CPU per request much less.
     """
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU time ``pid`` (all its threads) has used so far, in seconds: the system part is
+    the kernel's work on its behalf (system calls, and on loopback the peer's TCP receive path too)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def listen_overflows() -> int:

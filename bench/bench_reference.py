@@ -15,10 +15,14 @@ core 0, ``bench/loadgen.py`` alone on core 1; ``split``: servers on core 0,
 backends and the load generator on core 1. Settings: gRPC at 64 and 128 calls
 in flight (4 connections x 16 / x 32 streams) on both servers; Connect unary
 over h2c (4 x 16) and over HTTP/1.1 (64 connections) on gatewayd only
-(absolute rate; the reference speaks no Connect). Each (setting, server) runs
-``--repeats`` times, the servers alternating, each run a timed window
-(``--duration`` after ``--warmup``) of distinct pre-signed requests. One ratio
-line per setting is printed and every run is appended to ``--out``.
+(absolute rate; the reference speaks no Connect), each repeat of a Connect
+setting beside a gatewayd gRPC-64 run of its own (server
+``gatewayd-grpc-64-beside`` in ``--out``), whose rate its target is. Each
+(setting, server) runs ``--repeats`` times, the sides alternating and their
+order flipping every repeat, each run a timed window (``--duration`` after
+``--warmup``) of distinct pre-signed requests. One ratio line per setting is
+printed and every run is appended to ``--out``; CPU per call is charged in
+full and also split out: ``*_sys_us`` is the kernel's part.
 """
 
 from __future__ import annotations
@@ -68,8 +72,10 @@ class Setting:
         return self.connections * self.streams
 
 
+GRPC64 = Setting("grpc-64", "grpc", 4, 16, True)
+BESIDE = "gatewayd-grpc-64-beside"  # the gRPC-64 runs a Connect setting is compared with
 SETTINGS = [
-    Setting("grpc-64", "grpc", 4, 16, True),
+    GRPC64,
     Setting("grpc-128", "grpc", 4, 32, True),
     Setting("connect-h2c-64", "connect-h2", 4, 16, False),
     Setting("connect-h1-64", "connect-h1", 64, 1, False),
@@ -177,6 +183,7 @@ def loadgen(server: Server, setting: Setting, duration: float, warmup: float, re
         raise SystemExit(f"loadgen failed against {server.name}: {out.stderr[-2000:]}")
     r: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     r["server_cpu_us"], r["backend_cpu_us"] = r.pop("cpu_us")
+    r["server_sys_us"], r["backend_sys_us"] = r.pop("sys_us")
     r["listen_overflows"] = listen_overflows() - overflows
     # Fraction of the run the server's threads sat runnable without a CPU (the neighbours' share).
     r["server_runq"] = (runqueue_seconds(server.proc.pid) - waited) / (time.monotonic() - t0)
@@ -206,7 +213,8 @@ def context_switches(pid: int) -> tuple[int, int]:
     return voluntary, involuntary
 
 
-KEYS = ("ok_rps", "p50_ms", "p99_ms", "max_ms", "max_over_p50", "server_cpu_us", "backend_cpu_us", "client_cpu",
+KEYS = ("ok_rps", "p50_ms", "p99_ms", "max_ms", "max_over_p50", "server_cpu_us", "server_sys_us", "backend_cpu_us",
+        "backend_sys_us", "client_cpu",
         "listen_overflows", "backend_time_wait", "server_runq", "server_vcsw_per_call", "server_ivcsw_per_call")
 
 
@@ -223,11 +231,12 @@ def paired(gw: list[dict[str, Any]], ref: list[dict[str, Any]]) -> str:
 
 
 def ratio_line(arrangement: str, setting: Setting, gw: list[dict[str, Any]], ref: list[dict[str, Any]],
-               grpc64: list[dict[str, Any]]) -> str:
+               beside: list[dict[str, Any]]) -> str:
     def side(runs: list[dict[str, Any]]) -> str:
         return (f"{median(runs, 'ok_rps'):.0f} ok/s, p50 {median(runs, 'p50_ms'):.1f} / p99 "
                 f"{median(runs, 'p99_ms'):.1f} / max {median(runs, 'max_ms'):.1f} ms (max/p50 "
-                f"{median(runs, 'max_over_p50'):.1f}x), {median(runs, 'server_cpu_us'):.0f} µs CPU/call, "
+                f"{median(runs, 'max_over_p50'):.1f}x), {median(runs, 'server_cpu_us'):.0f} µs CPU/call "
+                f"({median(runs, 'server_sys_us'):.0f} in the kernel), "
                 f"{median(runs, 'server_vcsw_per_call'):.2f}/{median(runs, 'server_ivcsw_per_call'):.2f} "
                 "waits/preemptions per call"
                 + (f", listen overflows {sum(r['listen_overflows'] for r in runs)}"
@@ -238,8 +247,10 @@ def ratio_line(arrangement: str, setting: Setting, gw: list[dict[str, Any]], ref
         line += (f" | reference {side(ref)} | ratio {median(gw, 'ok_rps') / median(ref, 'ok_rps'):.2f}x ok/s, "
                  f"{median(ref, 'server_cpu_us') / median(gw, 'server_cpu_us'):.2f}x CPU/call"
                  f" (repeat by repeat: {paired(gw, ref)})")
-    elif grpc64:
-        line += f" | vs gatewayd gRPC-64: {median(gw, 'ok_rps') / median(grpc64, 'ok_rps'):.2f}x ok/s"
+    elif beside:
+        rates = [c["ok_rps"] / g["ok_rps"] for c, g in zip(gw, beside, strict=True)]
+        line += (f" | gatewayd gRPC-64 beside it {side(beside)} | rate vs gRPC-64 repeat by repeat: "
+                 f"{' '.join(f'{x:.2f}' for x in rates)}, median {statistics.median(rates):.2f}x")
     return line
 
 
@@ -270,23 +281,28 @@ def main() -> None:
             key = GatewayKey.load(key_file)
             checks = {s.name: sanity(s, key) for s in servers}
             print(f"[{arrangement}] sanity: {checks}", flush=True)
-            gw_grpc64: list[dict[str, Any]] = []
             for setting in (s for s in SETTINGS if s.name in args.settings):
-                sides = [s for s in servers if s.name == "gatewayd" or setting.reference]
-                runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in sides}
-                for _ in range(args.repeats):
-                    for server in sides:  # alternate, so a change in the machine's load hits both sides
-                        r = loadgen(server, setting, args.duration, args.warmup, requests)
+                # Each side is (name, server, setting). A Connect setting (no reference) runs beside a
+                # gatewayd gRPC-64 run of its own in every repeat: its target is gRPC's rate, and the
+                # machine's speed moves too much between settings to compare with gRPC-64's runs.
+                sides = [(s.name, s, setting) for s in servers if s.name == "gatewayd" or setting.reference]
+                if not setting.reference:
+                    sides.append((BESIDE, servers[0], GRPC64))
+                runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in sides}
+                for repeat in range(args.repeats):
+                    # Alternate, so a change in the machine's load hits both sides; the order flips
+                    # every repeat, so a steady drift does not favour the side that runs first.
+                    for name, server, run_setting in sides[::-1] if repeat % 2 else sides:
+                        r = loadgen(server, run_setting, args.duration, args.warmup, requests)
                         if r["unused_requests"] == 0:
-                            print(f"warning: {server.name} used every pre-signed request: raise --max-rate",
-                                  flush=True)
-                        runs[server.name].append(r)
+                            print(f"warning: {name} used every pre-signed request: raise --max-rate", flush=True)
+                        runs[name].append(r)
                 if args.profile:
-                    for server in sides:
-                        out = work / f"profile-{setting.name}-{server.name}.txt"
+                    for name, server, run_setting in sides:
+                        out = work / f"profile-{setting.name}-{name}.txt"
                         prof = Profiler(server.proc.pid, out)
                         prof.start()
-                        loadgen(server, setting, args.duration, args.warmup, requests)
+                        loadgen(server, run_setting, args.duration, args.warmup, requests)
                         prof.stop()
                         out.with_suffix(".summary").write_text(summarize(out))
                         print(f"profile: {out.with_suffix('.summary')}", flush=True)
@@ -297,9 +313,8 @@ def main() -> None:
                           "warmup_s": args.warmup, "repeats": args.repeats,
                           "outcomes": [r["outcomes"] for r in rs], "sanity": checks.get(name),
                           **{k: [r[k] for r in rs] for k in KEYS}}, args.out)
-                if setting.name == "grpc-64":
-                    gw_grpc64 = runs["gatewayd"]
-                line = ratio_line(arrangement, setting, runs["gatewayd"], runs.get("reference", []), gw_grpc64)
+                line = ratio_line(arrangement, setting, runs["gatewayd"], runs.get("reference", []),
+                                  runs.get(BESIDE, []))
                 lines.append(line)
                 print(line, flush=True)
         finally:

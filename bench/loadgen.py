@@ -98,12 +98,13 @@ class CpuWindow:
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
-        self.marks: list[tuple[float, float, list[float]]] = []  # (perf_counter, own cpu, cpu per pid)
+        # (perf_counter, own cpu, (user, system) cpu per pid)
+        self.marks: list[tuple[float, float, list[tuple[float, float]]]] = []
 
     def mark(self) -> None:
-        from bench._common import cpu_seconds
+        from bench._common import cpu_split
 
-        self.marks.append((time.perf_counter(), sum(os.times()[:2]), [cpu_seconds(p) for p in self.pids]))
+        self.marks.append((time.perf_counter(), sum(os.times()[:2]), [cpu_split(p) for p in self.pids]))
 
 
 class H2Client(asyncio.Protocol):
@@ -280,7 +281,8 @@ def timed_result(args: argparse.Namespace, stats: Stats, window: CpuWindow) -> d
             "rps": len(lat) / seconds, "ok_rps": outcomes.get("ok", 0) / seconds,
             "mean_ms": sum(lat) / max(1, len(lat)), "p50_ms": p50, "p99_ms": percentile(lat, 99),
             "max_ms": max(lat, default=0.0), "max_over_p50": max(lat, default=0.0) / p50 if lat else 0.0,
-            "cpu_us": [1e6 * (b - a) / max(1, len(lat)) for a, b in zip(cpu0, cpu1, strict=True)],
+            "cpu_us": [1e6 * (sum(b) - sum(a)) / max(1, len(lat)) for a, b in zip(cpu0, cpu1, strict=True)],
+            "sys_us": [1e6 * (b[1] - a[1]) / max(1, len(lat)) for a, b in zip(cpu0, cpu1, strict=True)],
             "client_cpu": (own1 - own0) / seconds, "outcomes": dict(outcomes),
             "outcomes_all": dict(stats.outcomes), "unused_requests": args.requests - len(stats.calls)}
 
