@@ -148,12 +148,14 @@ def run(gateway: Any, connection: BackendConnection, headers: dict[str, str], ba
     app = gateway.rpc
     handler_for = app.handler_for
     received = connection.dataReceived
+    flush = connection.flush  # the end of the reactor turn, which writes the backend request
     start = time.perf_counter()
     for frame in batch:
         exchange = FakeExchange(headers)
         handler: Any = handler_for(exchange)
         handler.body_received(frame)
         handler.body_complete()
+        flush()
         received(ANSWER)
     elapsed = time.perf_counter() - start
     if exchange.trailers is None or (b"grpc-status", b"0") not in exchange.trailers:

@@ -9,6 +9,11 @@ Promises:
   goes through Twisted's write buffer. That saves registering the socket for
   writability and the reactor turn to write it, twice per request. Bytes and
   their order are the same either way.
+- With a ``TurnWrites`` (the pool's), a request is written when the reactor
+  turn that sent it ends, with the other requests of that turn: a backend on
+  the same core wakes once for them all instead of taking the core once per
+  request (measured: ~1/3 less backend CPU per call, bench/README.md). A
+  request abandoned, or whose connection closed, before then is never written.
 - Bodies delimited by ``Content-Length``, chunked, or by the connection's end
   (HTTP/1.0 style, complete as far as HTTP can tell); interim ``1xx``
   answers are skipped.
@@ -40,6 +45,7 @@ from twisted.python.failure import Failure
 
 from gatewayd.backend.answers import BackendAnswer, BackendUnavailable
 from gatewayd.transport.direct_write import direct_socket, write_now
+from gatewayd.transport.turn_writes import TurnWrites
 
 _DELIMITING = (b"content-length", b"transfer-encoding")
 _END_OF_HEAD = b"\r\n\r\n"
@@ -85,8 +91,11 @@ class ConnectionOwner(TypingProtocol):
 class BackendConnection(Protocol):
     """A ``Protocol`` for one pooled connection; ``send`` one request, get one answer."""
 
-    def __init__(self, owner: ConnectionOwner, max_body_bytes: int, heads: AnswerHeads | None = None) -> None:
+    def __init__(self, owner: ConnectionOwner, max_body_bytes: int, heads: AnswerHeads | None = None,
+                 turn: TurnWrites | None = None) -> None:
         self._owner = owner
+        self._turn = turn
+        self._held = b""  # a request waiting for the end of the turn
         self._heads = AnswerHeads() if heads is None else heads
         self._fresh = False  # an exchange waits and no byte of its answer has come yet
         self._max_body_bytes = max_body_bytes
@@ -119,11 +128,22 @@ class BackendConnection(Protocol):
         self._answer = self._error = None
         self._fresh = True
         self.requests_sent += 1
-        write_now(self.transport, self._direct, request)
+        if self._turn is None:
+            write_now(self.transport, self._direct, request)
+        else:
+            self._held = request
+            self._turn.add(self)
+
+    def flush(self) -> None:
+        """The end of the turn: write the request held since ``send``, unless it was dropped."""
+        request, self._held = self._held, b""
+        if request and not self.closed:
+            write_now(self.transport, self._direct, request)
 
     def abandon(self) -> None:
         """Stop the exchange in progress (cancelled or timed out): its answer is never read."""
         self._exchange = None
+        self._held = b""
         self.abort()
         self._owner.connection_free(self, False)
 
@@ -146,6 +166,11 @@ class BackendConnection(Protocol):
             self.abort()
             return
         self._received_any = True
+        if self._held:
+            # An answer to a request still waiting for the end of the turn: nobody asked for it.
+            self._held = b""
+            self._fail(BackendUnavailable("backend answered a request it was not sent"))
+            return
         if self._fresh:
             self._fresh = False
             end = data.find(_END_OF_HEAD) + 4

@@ -27,6 +27,9 @@ Promises:
 - ``observer(operation, seconds, failure)``, when given, hears of every
   request once it is settled (answered, failed, timed out or cancelled),
   before the caller's callbacks run.
+- A request is written when the reactor turn that made it ends, with the
+  turn's other requests (``BackendConnection``): a backend on the same core
+  serves them in one wake-up.
 - ``stats`` tells the limit, the open, in-use and opening connections, the
   waiting requests and how many were refused (``/metrics``).
 """
@@ -45,6 +48,7 @@ from twisted.python.failure import Failure
 
 from gatewayd.backend.answers import BackendAnswer, BackendUnavailable
 from gatewayd.backend.connection import AnswerHeads, BackendConnection
+from gatewayd.transport.turn_writes import TurnWrites
 
 log = Logger()
 
@@ -68,13 +72,14 @@ class PoolStats:
 class _ConnectionFactory(Factory):
     noisy = False  # no "Starting factory" log line per connection
 
-    def __init__(self, pool: ConnectionPool, max_body_bytes: int) -> None:
+    def __init__(self, pool: ConnectionPool, max_body_bytes: int, turn: TurnWrites) -> None:
         self.pool = pool
         self.max_body_bytes = max_body_bytes
         self.heads = AnswerHeads()  # shared by the pool's connections
+        self.turn = turn
 
     def buildProtocol(self, addr: Any) -> BackendConnection:
-        return BackendConnection(self.pool, self.max_body_bytes, self.heads)
+        return BackendConnection(self.pool, self.max_body_bytes, self.heads, self.turn)
 
 
 class _Request:
@@ -174,7 +179,7 @@ class ConnectionPool:
             raise ValueError("max_connections must be at least 1")
         self._reactor = reactor
         self._endpoint = endpoint
-        self._factory = _ConnectionFactory(self, max_body_bytes)
+        self._factory = _ConnectionFactory(self, max_body_bytes, TurnWrites.for_clock(reactor))
         self.max_connections = max_connections
         self.max_waiting = max_waiting
         self.timeout_s = timeout_s

@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
-from weakref import WeakKeyDictionary
 
 import h2.errors
 import h2.events
@@ -55,6 +54,7 @@ from gatewayd.http2.request_headers import parse_request_headers_cached
 from gatewayd.http2.send_timeout import SendTimeout
 from gatewayd.http2.stream import H2Stream, push_all
 from gatewayd.transport.exchange import ExchangeHandler, HttpApplication
+from gatewayd.transport.turn_writes import TurnWrites
 
 log = Logger()
 
@@ -81,44 +81,6 @@ class ConnectionIO(Protocol):
 
     def abort(self) -> None:
         """Close now, dropping unsent bytes; ``connection_lost`` follows."""
-
-
-class TurnWrites:
-    """The connections of one clock that have bytes to write this turn, written by one delayed call.
-
-    A fan-out touches hundreds of connections in a turn: one timer for all of them
-    instead of one each. ``for_clock`` gives every connection on a clock (the
-    reactor) the same one.
-    """
-
-    __slots__ = ("__weakref__", "_call", "_clock", "_pending")
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._pending: list[ServerConnectionCore] = []
-        self._call: IDelayedCall | None = None
-
-    @classmethod
-    def for_clock(cls, clock: IReactorTime) -> TurnWrites:
-        writes = _TURN_WRITES.get(clock)
-        if writes is None:
-            writes = _TURN_WRITES[clock] = cls(clock)
-        return writes
-
-    def add(self, core: ServerConnectionCore) -> None:
-        """Have ``core.flush()`` run once this reactor turn is done."""
-        self._pending.append(core)
-        if self._call is None:
-            self._call = self._clock.callLater(0, self._write)
-
-    def _write(self) -> None:
-        self._call = None
-        pending, self._pending = self._pending, []
-        for core in pending:
-            core.flush()
-
-
-_TURN_WRITES: WeakKeyDictionary[IReactorTime, TurnWrites] = WeakKeyDictionary()
 
 
 class ServerConnectionCore:

@@ -37,6 +37,7 @@ class Wire:
         self.connect_at_once = connect_at_once
         self.refuse = False
         self.attempts = 0
+        self.clock: Clock | None = None  # the pool's, for ``written``
 
     def connect(self, factory: Any) -> Deferred[Any]:
         self.attempts += 1
@@ -64,13 +65,18 @@ class Wire:
             d.errback(ConnectionRefusedError())
 
     def written(self, index: int) -> bytes:
-        """What the pool wrote on connection ``index`` so far (then forgotten)."""
+        """What the pool wrote on connection ``index`` so far (then forgotten), once the turn is over."""
+        if self.clock is not None:
+            self.clock.advance(0)  # requests are written at the end of the reactor turn
         transport = self.connections[index][1]
         data = transport.value()
         transport.clear()
         return data
 
     def answer(self, index: int, data: bytes) -> None:
+        """The backend answers on connection ``index``: in a later turn than the request's."""
+        if self.clock is not None:
+            self.clock.advance(0)
         self.connections[index][0].dataReceived(data)
 
     def lose(self, index: int, reason: Exception | None = None) -> None:
@@ -86,6 +92,7 @@ class Rig:
                  max_body_bytes: int = 1000, connect_at_once: bool = True) -> None:
         self.clock = Clock()
         self.wire = Wire(connect_at_once)
+        self.wire.clock = self.clock
         self.pool = ConnectionPool(self.clock, self.wire, max_connections=max_connections,
                                    max_waiting=max_waiting, timeout_s=timeout_s, max_body_bytes=max_body_bytes)
 
@@ -185,6 +192,7 @@ def test_one_timer_serves_every_request_and_settled_ones_are_not_kept() -> None:
     """All requests share one timeout, so one timer (for the oldest unsettled request) is enough."""
     rig = Rig(max_connections=2, timeout_s=2.0)
     calls = [rig.request() for _ in range(5)]
+    rig.clock.advance(0)  # the turn ends: the two requests on connections are written
     assert len(rig.clock.getDelayedCalls()) == 1
     rig.wire.answer(0, OK)
     rig.wire.answer(1, OK)
@@ -443,6 +451,35 @@ def test_an_answer_delivered_synchronously_reaches_a_caller_that_reuses_the_conn
     assert rig.wire.written(0) == GET + GET and rig.wire.attempts == 1
     rig.wire.answer(0, OK)
     assert outcome(second[0]) == BackendAnswer(200, b"ok")
+
+
+def test_requests_of_one_turn_are_written_together_when_it_ends() -> None:
+    rig = Rig(max_connections=3)
+    calls = [rig.request(GET), rig.request(POST), rig.request(GET)]
+    assert [t.value() for _, t in rig.wire.connections] == [b"", b"", b""]
+    assert len(rig.clock.getDelayedCalls()) == 2  # the deadline timer and one for the turn's writes
+    rig.clock.advance(0)
+    assert [rig.wire.written(i) for i in range(3)] == [GET, POST, GET]
+    for i in range(3):
+        rig.wire.answer(i, OK)
+    assert [outcome(c) for c in calls] == [BackendAnswer(200, b"ok")] * 3
+
+
+def test_a_request_cancelled_before_its_turn_ends_is_never_written() -> None:
+    rig = Rig(max_connections=2)
+    cancelled, kept = rig.request(), rig.request(POST)
+    cancelled.cancel()
+    assert outcome(cancelled).check(CancelledError)
+    assert rig.wire.written(0) == b"" and rig.wire.aborted(0)
+    assert rig.wire.written(1) == POST and outcome(kept) is None
+
+
+def test_an_answer_before_the_request_went_out_is_refused() -> None:
+    rig = Rig(max_connections=1)
+    call = rig.request()
+    rig.wire.connections[0][0].dataReceived(OK)  # the same turn: nothing has been written yet
+    assert unavailable(call) == "backend answered a request it was not sent"
+    assert rig.wire.aborted(0) and rig.wire.written(0) == b""
 
 
 def test_a_succeeding_endpoint_that_answers_synchronously_is_fine() -> None:

@@ -17,13 +17,13 @@ from twisted.logger import capturedLogs, formatEvent
 
 from gatewayd._proto.gateway.v1 import gateway_pb2
 from gatewayd.config import ServerConfig
-from gatewayd.http2.core import TurnWrites
 from gatewayd.http2.h2adapter import max_header_block_bytes
 from gatewayd.http2.stream import H2Stream
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.framing import encode_frame
 from gatewayd.rpc.server import ServerCall
 from gatewayd.testing.harness import CHECK, ECHO, SLOW, STREAM, check_request, echo_request
+from gatewayd.transport.turn_writes import TurnWrites
 from tests.unit.h2_memory import CorePair
 
 MAX_STREAM_ID = 2**31 - 1
