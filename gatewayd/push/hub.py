@@ -82,18 +82,27 @@ class Subscription:
 
     ``live`` turns False when the hub forgets the stream; a fan-out under way
     checks it before each send. ``connection`` groups the streams of one
-    connection in a fan-out (``connection_of``).
+    connection in a fan-out (``connection_of``). Cancelling ``done`` (the call
+    ended: client gone, deadline, overflow) unregisters a subscription made by
+    ``Hub.register``; whatever else ends it has unregistered it already.
     """
 
-    __slots__ = ("connection", "device_session_id", "done", "live", "stream", "user_id")
+    __slots__ = ("connection", "device_session_id", "done", "hub", "live", "stream", "user_id")
 
-    def __init__(self, user_id: str, device_session_id: str, stream: ServerStream) -> None:
+    def __init__(self, user_id: str, device_session_id: str, stream: ServerStream, hub: Hub | None = None) -> None:
         self.user_id = user_id
         self.device_session_id = device_session_id
         self.stream = stream
         self.connection = connection_of(stream)
         self.live = True
-        self.done: defer.Deferred[None] = defer.Deferred()
+        self.hub = hub
+        # (A canceller, not an unregistering callback: one bound method per stream instead of
+        # a callback's four tuples, fewer objects for every GC pass to walk.)
+        self.done: defer.Deferred[None] = defer.Deferred(self._cancelled if hub is not None else None)
+
+    def _cancelled(self, _: defer.Deferred[None]) -> None:
+        if self.hub is not None:
+            self.hub.unregister(self)
 
 
 class _Fanout:
@@ -186,7 +195,7 @@ class Hub:
             if verdict is _UNKNOWN:
                 self.subscriptions_refused += 1
                 raise UNCERTAIN
-        sub = Subscription(user_id, device_session_id, stream)
+        sub = Subscription(user_id, device_session_id, stream, self)
         # (get, then create on a miss: setdefault would build an empty dict or set on every call.)
         sessions = self._users.get(user_id)
         if sessions is None:

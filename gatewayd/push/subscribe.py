@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from gatewayd._proto.gateway.v1.gateway_pb2 import SubscribeEventsRequest
 from gatewayd.pipeline.pipeline import Pipeline, VerifiedCaller
 from gatewayd.pipeline.signer import EventSigner
-from gatewayd.push.hub import Hub, Subscription
+from gatewayd.push.hub import Hub
 from gatewayd.push.revocations import Ticket
 from gatewayd.rpc.call import Call, Encoded, ServerStream
 
@@ -75,8 +75,8 @@ class SubscribeEvents:
         if stream.closed:  # the greeting overflowed the stream's buffer: the call has ended
             hub.unregister(sub)
             return None
-        # Cancelling the call's Deferred cancels this one (it waits on it), which unregisters too.
-        return sub.done.addBoth(_unregistered, hub, sub)
+        # The call waits on the subscription's end; cancelling it (client gone, deadline) unregisters.
+        return sub.done
 
     def _server_time(self) -> Encoded:
         """The signed ``gateway.server_time`` event for this millisecond.
@@ -94,7 +94,3 @@ class SubscribeEvents:
         self._greeting = (now_ms, event)
         return event
 
-
-def _unregistered(result: Any, hub: Hub, sub: Subscription) -> Any:
-    hub.unregister(sub)
-    return result
