@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import CLIENT_CORE, PYTHON, cpu_seconds, emit, exit_on_sigterm, percentile, rss_kib
+from bench._common import CLIENT_CORE, PYTHON, cpu_seconds, cpu_split, emit, exit_on_sigterm, percentile, rss_kib
 from bench._stack import login, start_stack
 from bench.gc_stats import snapshot
 from bench.gc_stats import summarize as summarize_gc
@@ -156,6 +156,7 @@ def main() -> None:
             time.sleep(1.0)  # py-spy attaching
         opening = time.perf_counter()
         cpu0 = cpu_seconds(gw)
+        sys0 = cpu_split(gw)[1]
         deadline = time.perf_counter() + args.timeout
         for _ in range(args.procs):
             subs.append(subprocess.Popen(
@@ -165,6 +166,7 @@ def main() -> None:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent))
         ready = [json.loads(read_line(p, deadline)) for p in subs]
         open_cpu = cpu_seconds(gw) - cpu0
+        open_sys = cpu_split(gw)[1] - sys0
         if args.profile:
             prof.stop()
             (work / "profile-open.summary").write_text(summarize_profile(prof.out))
@@ -213,6 +215,7 @@ def main() -> None:
           "opened": opened, "live": live,
           "open_failures": [r["open_failures"] for r in ready], "open_s": max(r["open_s"] for r in ready),
           "cpu_us_per_open": 1e6 * open_cpu / max(1, opened),
+          "cpu_us_per_open_sys": 1e6 * open_sys / max(1, opened),  # of which the kernel's
           "cpu_us_per_delivery": 1e6 * publish_cpu / max(1, live * args.events),
           "rss_before_kib": rss_before, "rss_after_kib": rss_after,
           "rss_kib_per_stream": (rss_after - rss_before) / max(1, opened),

@@ -109,6 +109,14 @@ class SessionCache:
             self._start(device_session_id, flight, call)
         return waiter
 
+    def fresh_entry(self, device_session_id: str) -> tuple[float, Session | None] | None:
+        """``(expires_at, session)`` while the cached answer is younger than its TTL (what ``get``
+        would answer at once, without its Deferred), else ``None``: ``get`` looks it up."""
+        entry = self._entries.get(device_session_id)
+        if entry is not None and entry[0] > self._clock.seconds():
+            return entry
+        return None
+
     def invalidate(self, device_session_id: str) -> None:
         """Forget one session now, including an answer still on its way."""
         self._remove(device_session_id)

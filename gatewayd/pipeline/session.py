@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -28,9 +29,21 @@ class SessionStage:
 
     def __init__(self, sessions: SessionSource) -> None:
         self._sessions = sessions
+        # A cache that tells its fresh answers at once (``SessionCache.fresh_entry``) is asked that
+        # first, without a Deferred; not when ``get`` was replaced on the instance (then that is
+        # what must be called).
+        fresh: Callable[[str], tuple[float, Session | None] | None] | None = getattr(sessions, "fresh_entry", None)
+        self._fresh = None if "get" in getattr(sessions, "__dict__", ()) else fresh
 
     def check(self, ctx: RequestContext) -> Deferred[None] | None:
-        d: Deferred[Any] = self._sessions.get(ctx.env.device_session_id, ctx.call)
+        device_session_id = ctx.env.device_session_id
+        fresh = self._fresh
+        if fresh is not None:
+            entry = fresh(device_session_id)
+            if entry is not None:  # what get() would answer at once
+                self._found(entry[1], ctx)
+                return None
+        d: Deferred[Any] = self._sessions.get(device_session_id, ctx.call)
         if d.called and not d.paused and not isinstance(d.result, Failure):
             # A cache hit (already fired): decide now, without a callback (as _run_stages reads it too).
             found: Any = d.result

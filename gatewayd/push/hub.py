@@ -40,12 +40,14 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from gatewayd.http2.stream import H2Stream
 from gatewayd.observability.stats import HubStats
 from gatewayd.push.fanout import send_together
 from gatewayd.push.revocations import Revocations, Ticket, Verdict
 from gatewayd.rpc.call import Encoded, ServerStream
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
+from gatewayd.rpc.server import ServerCall
 
 log = Logger()
 
@@ -67,6 +69,9 @@ def connection_of(stream: ServerStream) -> object:
     """What ``stream`` is written through: its exchange's connection when it has one
     (an HTTP/2 stream's ``conn``), else the stream itself (HTTP/1.1: one call per connection).
     A wrapper that holds the call as ``stream`` (``heartbeat.BeatingStream``) is looked through."""
+    if type(stream) is ServerCall:  # the usual case, without getattr's misses (each one an exception inside)
+        exchange = stream.exchange
+        return exchange.conn if type(exchange) is H2Stream else stream
     inner = getattr(stream, "stream", stream)
     connection = getattr(getattr(inner, "exchange", None), "conn", None)
     return stream if connection is None else connection
@@ -77,18 +82,27 @@ class Subscription:
 
     ``live`` turns False when the hub forgets the stream; a fan-out under way
     checks it before each send. ``connection`` groups the streams of one
-    connection in a fan-out (``connection_of``).
+    connection in a fan-out (``connection_of``). Cancelling ``done`` (the call
+    ended: client gone, deadline, overflow) unregisters a subscription made by
+    ``Hub.register``; whatever else ends it has unregistered it already.
     """
 
-    __slots__ = ("connection", "device_session_id", "done", "live", "stream", "user_id")
+    __slots__ = ("connection", "device_session_id", "done", "hub", "live", "stream", "user_id")
 
-    def __init__(self, user_id: str, device_session_id: str, stream: ServerStream) -> None:
+    def __init__(self, user_id: str, device_session_id: str, stream: ServerStream, hub: Hub | None = None) -> None:
         self.user_id = user_id
         self.device_session_id = device_session_id
         self.stream = stream
         self.connection = connection_of(stream)
         self.live = True
-        self.done: defer.Deferred[None] = defer.Deferred()
+        self.hub = hub
+        # (A canceller, not an unregistering callback: one bound method per stream instead of
+        # a callback's four tuples, fewer objects for every GC pass to walk.)
+        self.done: defer.Deferred[None] = defer.Deferred(self._cancelled if hub is not None else None)
+
+    def _cancelled(self, _: defer.Deferred[None]) -> None:
+        if self.hub is not None:
+            self.hub.unregister(self)
 
 
 class _Fanout:
@@ -181,11 +195,24 @@ class Hub:
             if verdict is _UNKNOWN:
                 self.subscriptions_refused += 1
                 raise UNCERTAIN
-        sub = Subscription(user_id, device_session_id, stream)
-        sessions = self._users.setdefault(user_id, {})
-        sessions.setdefault(device_session_id, set()).add(sub)
-        self._by_connection.setdefault(user_id, {}).setdefault(sub.connection, {})[sub] = None
-        self._in_order.pop(user_id, None)
+        sub = Subscription(user_id, device_session_id, stream, self)
+        # (get, then create on a miss: setdefault would build an empty dict or set on every call.)
+        sessions = self._users.get(user_id)
+        if sessions is None:
+            sessions = self._users[user_id] = {}
+        subs = sessions.get(device_session_id)
+        if subs is None:
+            subs = sessions[device_session_id] = set()
+        subs.add(sub)
+        connections = self._by_connection.get(user_id)
+        if connections is None:
+            connections = self._by_connection[user_id] = {}
+        group = connections.get(sub.connection)
+        if group is None:
+            group = connections[sub.connection] = {}
+        group[sub] = None
+        if self._in_order:
+            self._in_order.pop(user_id, None)
         self._session_user[device_session_id] = user_id
         self._count += 1
         if verdict is _RECHECK and self.on_recheck is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -12,7 +11,7 @@ from twisted.python.failure import Failure
 from gatewayd._proto.gateway.v1.gateway_pb2 import SubscribeEventsRequest
 from gatewayd.pipeline.pipeline import Pipeline, VerifiedCaller
 from gatewayd.pipeline.signer import EventSigner
-from gatewayd.push.hub import Hub, Subscription
+from gatewayd.push.hub import Hub
 from gatewayd.push.revocations import Ticket
 from gatewayd.rpc.call import Call, Encoded, ServerStream
 
@@ -51,6 +50,16 @@ class SubscribeEvents:
         except BaseException:
             revocations.release(ticket)
             raise
+        if verified.called and not verified.paused and not isinstance(verified.result, Failure):
+            # Verified at once (memory stores, a cached session: most opens): go on now, as addBoth
+            # would, without its callback run and the Deferred chained to the subscription's.
+            # (called, paused and result are what Deferred.__await__ reads too.)
+            caller: Any = verified.result
+            try:
+                waiting = self._verified(caller, ticket, stream)
+            except BaseException:
+                return defer.fail()
+            return defer.succeed(None) if waiting is None else waiting
         return verified.addBoth(self._verified, ticket, stream)
 
     def _verified(self, caller: VerifiedCaller | Failure, ticket: Ticket, stream: ServerStream) -> Any:
@@ -66,8 +75,8 @@ class SubscribeEvents:
         if stream.closed:  # the greeting overflowed the stream's buffer: the call has ended
             hub.unregister(sub)
             return None
-        # Cancelling the call's Deferred cancels this one (it waits on it), which unregisters too.
-        return sub.done.addBoth(_unregistered, hub, sub)
+        # The call waits on the subscription's end; cancelling it (client gone, deadline) unregisters.
+        return sub.done
 
     def _server_time(self) -> Encoded:
         """The signed ``gateway.server_time`` event for this millisecond.
@@ -80,12 +89,8 @@ class SubscribeEvents:
         if greeting is not None and greeting[0] == now_ms:
             return greeting[1]
         self._counter += 1
-        payload = json.dumps({"server_time_ms": now_ms}, separators=(",", ":")).encode()
+        payload = b'{"server_time_ms":%d}' % now_ms  # json.dumps(..., separators=(",", ":")), byte for byte
         event = Encoded(self.signer.sign(SERVER_TIME_EVENT, f"{self._prefix}{self._counter}", payload, now_ms))
         self._greeting = (now_ms, event)
         return event
 
-
-def _unregistered(result: Any, hub: Hub, sub: Subscription) -> Any:
-    hub.unregister(sub)
-    return result

@@ -271,3 +271,30 @@ def test_streams_registered_or_gone_between_events_are_counted_from_the_next_eve
 def test_batch_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Hub(Clock(), fanout_batch=0)
+
+
+def test_cancelling_a_subscriptions_done_unregisters_it_and_nothing_more_is_sent() -> None:
+    from twisted.internet.defer import CancelledError
+
+    rig = Rig(streams=3, batch=100)
+    gone = rig.subs[1]
+    outcomes: list[Any] = []
+    gone.done.addBoth(outcomes.append)
+    gone.done.cancel()  # the call ended (client gone, deadline, overflow)
+    assert outcomes[0].check(CancelledError)
+    assert not gone.live and len(rig.hub) == 2
+    rig.hub.publish(USER, "", event("e1"))
+    rig.drain()
+    assert [s.received for s in rig.streams] == [["e1"], [], ["e1"]]
+    gone.done.cancel()  # once ended, cancelling again changes nothing
+    assert len(rig.hub) == 2
+
+
+def test_a_subscription_made_outside_the_hub_has_no_canceller() -> None:
+    from twisted.internet.defer import CancelledError
+
+    sub = Subscription(USER, "ds_0", Stream([]))
+    outcomes: list[Any] = []
+    sub.done.addBoth(outcomes.append)
+    sub.done.cancel()
+    assert outcomes[0].check(CancelledError) and sub.live

@@ -24,12 +24,13 @@ from gatewayd._proto.gateway.v1.gateway_pb2 import GatewayEvent, SubscribeEvents
 from gatewayd.config import ServerConfig
 from gatewayd.http2.core import ServerConnectionCore
 from gatewayd.push.fanout import send_together
-from gatewayd.push.hub import Hub, Subscription
+from gatewayd.push.hub import Hub, Subscription, connection_of
 from gatewayd.rpc.call import Call, Encoded, ServerStream
 from gatewayd.rpc.codes import Code
 from gatewayd.rpc.errors import RpcError
 from gatewayd.rpc.framing import encode_frame
 from gatewayd.rpc.methods import Method, MethodTable
+from gatewayd.rpc.server import ServerCall
 from gatewayd.transport.server import build_factory
 
 PATH = "/test.Events/Subscribe"
@@ -206,3 +207,22 @@ class _Wrapper:
 
     def send(self, message: Any) -> None:
         self.stream.send(message)
+
+
+def test_a_grpc_call_over_http2_is_grouped_by_its_core_a_wrapper_by_the_call_it_wraps() -> None:
+    server = _Server(1 << 20)
+    call = server.subs[0].stream
+    assert type(call) is ServerCall
+    assert [sub.connection for sub in server.subs] == [server.core] * STREAMS
+    assert connection_of(_Wrapper(call)) is server.core
+
+
+def test_a_call_over_http1_is_its_own_connection() -> None:
+    class Http1Exchange:  # no ``conn``: an HTTP/1.1 exchange carries one call
+        pass
+
+    call = ServerCall.__new__(ServerCall)
+    call.exchange = Http1Exchange()  # type: ignore[assignment]
+    assert connection_of(call) is call
+    wrapper = _Wrapper(call)
+    assert connection_of(wrapper) is wrapper  # (as before: the stream registered, when no connection)

@@ -225,3 +225,48 @@ def test_zero_ttl_caches_nothing(backend: Backend, clock: Clock) -> None:
     backend.answer("ds_1", session())
     cache.get("ds_1")
     assert backend.lookups == ["ds_1", "ds_1"] and len(cache) == 0
+
+
+@pytest.mark.parametrize("answer", [session(), session(status="revoked"), None])
+def test_fresh_entry_is_what_get_answers_at_once_and_nothing_once_expired(
+    cache: SessionCache, backend: Backend, clock: Clock, answer: Session | None
+) -> None:
+    assert cache.fresh_entry("ds_1") is None  # nothing cached: get() would look it up
+    fired(cache.get("ds_1"))
+    backend.answer("ds_1", answer)
+    entry = cache.fresh_entry("ds_1")
+    assert entry is not None and entry[1] is answer and fired(cache.get("ds_1")) == [answer]
+    clock.advance(entry[0] - clock.seconds())  # the TTL is up: get() would look it up again
+    assert cache.fresh_entry("ds_1") is None
+    assert len(backend.lookups) == 1
+
+
+def test_the_session_stage_answers_a_fresh_entry_without_a_lookup_and_asks_get_otherwise(
+    cache: SessionCache, backend: Backend, clock: Clock
+) -> None:
+    from gatewayd.pipeline.context import RequestContext
+    from gatewayd.pipeline.session import SessionStage
+    from gatewayd.rpc.errors import RpcError
+
+    class Env:
+        device_session_id = "ds_1"
+
+    def ctx() -> RequestContext:
+        return RequestContext(None, Env(), b"", b"")  # type: ignore[arg-type]
+
+    stage = SessionStage(cache)
+    first = ctx()
+    waiting = stage.check(first)  # not cached: get() and its lookup
+    assert waiting is not None and backend.lookups == ["ds_1"]
+    backend.answer("ds_1", session())
+    assert first.session == session()
+    later = ctx()
+    assert stage.check(later) is None and later.session == session() and backend.lookups == ["ds_1"]
+    cache.invalidate("ds_1")
+    again = stage.check(ctx())
+    assert again is not None and backend.lookups == ["ds_1", "ds_1"]
+    refused = fired(again)
+    backend.answer("ds_1", session(status="revoked"))
+    assert isinstance(refused[0].value, RpcError)
+    with pytest.raises(RpcError):
+        stage.check(ctx())  # a fresh revoked session: refused at once, as before

@@ -130,3 +130,29 @@ def test_a_greeting_that_overflows_the_stream_ends_the_subscription() -> None:
     results = outcome(subscribe(call(), None, Stream(overflow=True)))
     assert results == [None]  # the stream already ended the call (RESOURCE_EXHAUSTED); nothing to wait for
     assert len(hub) == 0
+
+
+def test_a_registration_refused_after_an_immediate_verification_fails_the_returned_deferred() -> None:
+    class RevokedWhileVerifying(Verification):
+        def verify_subscription(self, call: Call, request: Any) -> defer.Deferred[VerifiedCaller]:
+            hub.revoke("u_1", "ds_1")  # the invalidation arrives after the ticket was taken
+            return defer.succeed(CALLER)
+
+    subscribe, hub = handler(RevokedWhileVerifying())
+    stream = Stream()
+    results = outcome(subscribe(call(), None, stream))
+    assert isinstance(results[0], Failure) and results[0].value is REVOKED
+    assert len(hub) == 0 and hub.revocations.outstanding == 0 and stream.sent == []
+
+
+def test_an_immediate_verification_registers_and_greets_before_returning() -> None:
+    verification = Verification(now=CALLER)
+    subscribe, hub = handler(verification)
+    stream = Stream()
+    d = subscribe(call(), None, stream)
+    assert isinstance(d, defer.Deferred) and not d.called  # waits for the subscription's end
+    assert len(hub) == 1 and hub.revocations.outstanding == 0
+    assert [m.message.event_type for m in stream.sent] == ["gateway.server_time"]
+    results = outcome(d)
+    hub.revoke("u_1", "ds_1")
+    assert results[0].value is REVOKED and len(hub) == 0
