@@ -22,6 +22,7 @@ from gatewayd.transport.backpressure import PausableExchange
 from gatewayd.transport.direct_write import direct_socket
 from gatewayd.transport.exchange import HeaderList, HttpApplication
 from gatewayd.transport.http1_direct import HOST, DirectExchange, read_rpc_request
+from gatewayd.transport.turn_writes import TurnWrites
 
 log = Logger()
 
@@ -229,10 +230,17 @@ class GatewayHTTPChannel(http.HTTPChannel):
     _direct: DirectExchange | None = None
     _peer: str | None = None
     _socket: Any = None  # direct_socket(transport), with _peer
+    turn_writes: TurnWrites | None = None  # the site's: direct unary answers leave at the end of the turn
+    _held_answer: DirectExchange | None = None  # the last one, until it has left
 
     # -- reading the request head ----------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        held = self._held_answer
+        if held is not None:
+            # The last direct answer still waits for the end of the turn: it goes first.
+            self._held_answer = None
+            held.flush()
         if self._refused:
             return
         if self._busyReceiving:
@@ -269,7 +277,7 @@ class GatewayHTTPChannel(http.HTTPChannel):
             address = self.transport.getPeer()  # type: ignore[union-attr]
             self._peer = getattr(address, "host", str(address))
             self._socket = direct_socket(self.transport)
-        exchange = DirectExchange(self, request, self._peer, self._direct_done, self._socket)
+        exchange = DirectExchange(self, request, self._peer, self._direct_done, self._socket, self.turn_writes)
         app: Any = self.app
         handler = app.handler_for(exchange)
         if handler is None:
@@ -292,6 +300,8 @@ class GatewayHTTPChannel(http.HTTPChannel):
         if self._direct is not exchange:
             return
         self._direct = None
+        if exchange.holding:
+            self._held_answer = exchange
         if not self._waitingForTransport:
             self._networkProducer.resumeProducing()
         self._handlingRequest = False
@@ -465,4 +475,5 @@ class GatewaySite(server.Site):
         channel.send_timeout_s = self.send_timeout_s
         channel.app = self.app
         channel.max_rpc_body_bytes = self.max_rpc_body_bytes
+        channel.turn_writes = TurnWrites.for_clock(self.reactor)
         return channel

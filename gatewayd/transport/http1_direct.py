@@ -31,6 +31,7 @@ from gatewayd.rpc.wire import rpc_path_shape
 from gatewayd.transport.backpressure import PausableExchange
 from gatewayd.transport.direct_write import write_now
 from gatewayd.transport.exchange import ExchangeHandler, HeaderList
+from gatewayd.transport.turn_writes import TurnWrites
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 # The whole head at once: the request line, then fields with token names and values without NUL, CR or LF.
@@ -184,7 +185,10 @@ class DirectExchange(PausableExchange):
     """An ``Exchange`` for a request ``read_rpc_request`` read, written to its channel's transport.
 
     The head waits for the first body bytes (or the end), as twisted.web's does:
-    a unary answer leaves in one write. Without a Content-Length the body is
+    a unary answer leaves in one write. With ``turn``, that write waits for the end
+    of the reactor turn, with the turn's other answers (``flush``): on loopback each
+    answer's ``send`` also wakes the client, and answers sent together wake a client
+    once rather than once each. The channel flushes it before it reads on. Without a Content-Length the body is
     chunked. Backpressure: registered as the channel's producer while a body
     streams; body bytes written while the socket is full are counted in ``buffered_bytes``.
     ``done`` is called once, when the answer is complete; otherwise the channel calls ``lost``.
@@ -193,13 +197,16 @@ class DirectExchange(PausableExchange):
     http2 = False
     method = "POST"
 
-    __slots__ = ("_chunked", "_done", "_finished", "_head", "_no_body", "_producing", "_socket", "channel",
-                 "handler", "headers", "path", "peer")
+    __slots__ = ("_chunked", "_done", "_finished", "_head", "_held", "_no_body", "_producing", "_socket",
+                 "_turn", "channel", "handler", "headers", "path", "peer")
 
     def __init__(self, channel: Any, request: RpcRequest, peer: str, done: Callable[[DirectExchange], None],
-                 socket: Any = None) -> None:
-        """``socket``: ``direct_socket(channel.transport)``, looked up once per connection."""
+                 socket: Any = None, turn: TurnWrites | None = None) -> None:
+        """``socket``: ``direct_socket(channel.transport)``, looked up once per connection; ``turn``: where
+        a unary answer waits for the end of the reactor turn (``None``: it is written at once)."""
         self.channel = channel
+        self._turn = turn
+        self._held = b""  # a unary answer waiting for the end of the turn
         self.path = request.path
         self.headers = request.headers
         self.peer = peer
@@ -272,9 +279,29 @@ class DirectExchange(PausableExchange):
         if data:
             write_now(self.channel.transport, self._socket, data)
 
+    @property
+    def holding(self) -> bool:
+        """A finished answer waits for the end of the turn."""
+        return bool(self._held)
+
+    def flush(self) -> None:
+        """Write the answer held for the end of the turn (if it is still held)."""
+        data, self._held = self._held, b""
+        if data:
+            write_now(self.channel.transport, self._socket, data)
+
     def _finish(self, data: bytes) -> None:
         last = self._framed(data) if data else b""
-        self._write(last + b"0\r\n\r\n" if self._chunked else last)
+        if self._chunked:
+            last += b"0\r\n\r\n"
+        if self._turn is not None and self._head and not self.channel._dataBuffer:
+            # The whole answer in one write (nothing of it sent yet, no pipelined request waiting
+            # to be answered after it): it leaves with the turn's other writes.
+            self._held = self._head + last
+            self._head = b""
+            self._turn.add(self)
+        else:
+            self._write(last)
         self._finished = True
         self._stop_producing()
         self._done(self)

@@ -82,8 +82,8 @@ class Hello(Resource):
 
 class Channel:
     def __init__(self, script: Script | None = None, send_timeout_s: float | None = None,
-                 max_rpc_body_bytes: int = 1024) -> None:
-        self.clock = Clock()
+                 max_rpc_body_bytes: int = 1024, clock: Clock | None = None) -> None:
+        self.clock = clock or Clock()
         self.app = App(script)
         site = GatewaySite(Hello(), self.app, max_body_bytes=64, max_header_bytes=4096,  # type: ignore[arg-type]
                            timeout=300.0, max_rpc_body_bytes=max_rpc_body_bytes, send_timeout_s=send_timeout_s)
@@ -94,8 +94,10 @@ class Channel:
         self.channel.makeConnection(self.transport)
 
     def send(self, *reads: bytes) -> bytes:
+        """Each read in a reactor turn of its own; what has been written once they are done."""
         for data in reads:
             self.channel.dataReceived(data)
+            self.clock.advance(0)  # the turn ends: held answers go out
         return self.transport.value()
 
     @property
@@ -267,7 +269,45 @@ def test_bytes_arriving_during_a_direct_answer_wait_for_it() -> None:
         unary(c.app.handlers[expected - 1].exchange)
         assert len(c.app.handlers) == min(expected + 1, 3)
     assert [h.body for h in c.app.handlers] == [b"first", b"second", b"third"]
+    c.clock.advance(0)  # the turn ends: the last answer, held, goes out
     assert c.transport.value().count(b"HTTP/1.1 200 OK\r\n") == 3
+
+
+def test_a_unary_answer_leaves_when_the_turn_ends_with_the_other_connections_answers() -> None:
+    first = Channel()
+    second = Channel(clock=first.clock)  # one reactor for both connections
+    first.channel.dataReceived(rpc(b"a"))
+    second.channel.dataReceived(rpc(b"b"))
+    unary(first.app.handlers[0].exchange)
+    unary(second.app.handlers[0].exchange)
+    assert first.transport.value() == second.transport.value() == b""  # held until the turn ends
+    assert len(first.clock.getDelayedCalls()) == 3  # two idle timeouts and one for the turn's writes
+    first.clock.advance(0)
+    assert first.transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert second.transport.value() == first.transport.value()
+
+
+def test_a_held_answer_goes_out_before_anything_read_after_it() -> None:
+    c = Channel()
+    c.channel.dataReceived(rpc(b"first"))
+    unary(c.app.handlers[0].exchange)
+    assert c.transport.value() == b""
+    # The next request arrives in the same turn and is refused at once (a bad head): the held
+    # answer is written first, the refusal after it.
+    c.channel.dataReceived(b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n")
+    written = c.transport.value()
+    assert written.startswith(b"HTTP/1.1 200 OK\r\n") and b"HTTP/1.1 400 Bad Request" in written
+    assert written.index(b"HTTP/1.1 200 OK") < written.index(b"HTTP/1.1 400")
+    c.clock.advance(0)
+    assert c.transport.value() == written  # nothing was left to flush
+
+
+def test_an_answer_with_a_pipelined_request_behind_it_is_written_at_once() -> None:
+    c = Channel()
+    c.channel.dataReceived(rpc(b"first"))
+    c.channel.dataReceived(rpc(b"second"))  # waits in the channel while the first is answered
+    unary(c.app.handlers[0].exchange)
+    assert c.transport.value().count(b"HTTP/1.1 200 OK\r\n") == 1  # not held: the second may answer next
 
 
 def test_the_idle_timeout_is_off_while_answering_and_back_after() -> None:
