@@ -43,6 +43,17 @@ def _inclusive(annotated: str, function: str) -> int:
     return 0
 
 
+def read_dump(work: Path) -> tuple[Path, int, str]:
+    """The callgrind dump in ``work``: its path, its total instructions and ``callgrind_annotate``'s
+    inclusive listing (for ``_inclusive``)."""
+    dump = next(work.glob("callgrind.out.*"))
+    annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
+                               check=True, capture_output=True, text=True).stdout
+    summary = re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M)
+    assert summary is not None, f"no summary in {dump}"
+    return dump, int(summary.group(1)), annotated
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=1000)
@@ -78,12 +89,7 @@ def main() -> None:
         subprocess.run(["callgrind_control", "-d", "measured", pid], check=True, capture_output=True)
     finally:
         stack.stop()
-    dump = next(work.glob("callgrind.out.*"))
-    annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
-                               check=True, capture_output=True, text=True).stdout
-    summary = re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M)
-    assert summary is not None, f"no summary in {dump}"
-    total = int(summary.group(1))
+    dump, total, annotated = read_dump(work)
     calls = max(1, result["answered"])
     crypto = _inclusive(annotated, "crypto_sign_open") + _inclusive(annotated, "crypto_sign")
     conns, streams = shape or PROTOCOLS[args.protocol]

@@ -121,12 +121,21 @@ class Client:
                 self.server_cpu += time.process_time() - t0
             down = self.sink.take()
             if down:
-                for ev in self.h2.receive_data(down):
-                    if isinstance(ev, h2.events.DataReceived):
-                        self.data[ev.stream_id] += len(ev.data)
-                        self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                read_answers(self.h2, down, self.data)
             if not up and not down:
                 return
+
+
+def read_answers(conn: h2.connection.H2Connection, down: bytes, data: dict[int, int],
+                 ended: set[int] | None = None) -> None:
+    """Feed the server's bytes to the client connection: DATA counted per stream (and acknowledged),
+    ended or reset streams added to ``ended``."""
+    for ev in conn.receive_data(down):
+        if isinstance(ev, h2.events.DataReceived):
+            data[ev.stream_id] += len(ev.data)
+            conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif ended is not None and isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+            ended.add(ev.stream_id)
 
 
 def build(conns: int, streams: int, batch: int, wave: int = 0) -> tuple[TurnClock, Hub, list[Client], dict[str, float]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import bench._stack as stack_module
 from bench._common import CLIENT_CORE, PYTHON, emit, exit_on_sigterm
 from bench.bench_delivery import read_line
-from bench.bench_instructions import _STARTUP_S, _inclusive
+from bench.bench_instructions import _STARTUP_S, _inclusive, read_dump
 
 
 def _open(port: int, sessions: Path, conns: int, streams: int, wave: int,
@@ -92,12 +91,7 @@ def main() -> None:
         _close(proc, args.timeout)
     finally:
         stack.stop()
-    dump = next(work.glob("callgrind.out.*"))
-    annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
-                               check=True, capture_output=True, text=True).stdout
-    summary = re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M)
-    assert summary is not None, f"no summary in {dump}"
-    total = int(summary.group(1))
+    dump, total, annotated = read_dump(work)
     n = max(1, opened)
     verify = _inclusive(annotated, "crypto_sign_open")
     sign = _inclusive(annotated, "crypto_sign")

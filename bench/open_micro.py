@@ -50,10 +50,9 @@ from nacl.signing import SigningKey
 from twisted.internet import defer
 
 from bench.fanout_client import SUBSCRIBE, sign_subscriptions
-from bench.fanout_micro import Sink, TurnClock
-from bench.pipeline_micro import BIG
+from bench.fanout_micro import Sink, TurnClock, read_answers
+from bench.pipeline_micro import bench_config, stub_crypto
 from gatewayd.backend.rest import Session
-from gatewayd.config import Config, LimitsConfig
 from gatewayd.http2.core import ServerConnectionCore
 from gatewayd.http2.limits import TurnBudget
 
@@ -128,12 +127,7 @@ class Client:
     def read(self) -> bool:
         down = self.sink.take()
         if down:
-            for ev in self.h2.receive_data(down):
-                if isinstance(ev, h2.events.DataReceived):
-                    self.data[ev.stream_id] += len(ev.data)
-                    self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
-                    self.ended.add(ev.stream_id)
+            read_answers(self.h2, down, self.data, self.ended)
         return bool(down)
 
 
@@ -143,18 +137,9 @@ def build(work: Path, no_crypto: bool) -> Any:
     from gatewayd.service import Gateway
 
     if no_crypto:
-        import gatewayd.pipeline.signature as signature_module
-        from gatewayd.signing import GatewayKey
-
-        signature_module.verify = lambda public_key, message, signature: True  # type: ignore[assignment]
-        GatewayKey.sign = lambda self, message: b"\x00" * 64  # type: ignore[method-assign]
-    config = Config().replace(
-        dev={"enabled": True, "state_dir": str(work)},
-        stores={"kind": "memory"},
-        backend={"base_url": "http://127.0.0.1:9"},
-        limits=LimitsConfig(ip=BIG, session=BIG, user=BIG, message_type=BIG),
-        server={"max_concurrent_streams": 100_000, "idle_timeout_s": 0, "keepalive_interval_s": 0},
-    )
+        stub_crypto()
+    config = bench_config(work).replace(
+        server={"max_concurrent_streams": 100_000, "idle_timeout_s": 0, "keepalive_interval_s": 0})
     return Gateway(config, reactor)
 
 

@@ -102,24 +102,33 @@ class FakeExchange:
         pass
 
 
+def stub_crypto() -> None:
+    """Replace the Ed25519 verify and sign with constants (``--no-crypto``: the Python part only)."""
+    import gatewayd.pipeline.signature as signature_module
+    from gatewayd.signing import GatewayKey
+
+    signature_module.verify = lambda public_key, message, signature: True  # type: ignore[assignment]
+    GatewayKey.sign = lambda self, message: b"\x00" * 64  # type: ignore[method-assign]
+
+
+def bench_config(work: Path) -> Config:
+    """Dev mode in ``work``, memory stores, a backend nobody listens on, budgets out of the way."""
+    return Config().replace(
+        dev={"enabled": True, "state_dir": str(work)},
+        stores={"kind": "memory"},
+        backend={"base_url": "http://127.0.0.1:9"},
+        limits=LimitsConfig(ip=BIG, session=BIG, user=BIG, message_type=BIG),
+    )
+
+
 def build(work: Path, no_crypto: bool) -> tuple[Any, BackendConnection, list[bytes], dict[str, str]]:
     from twisted.internet import reactor
 
     from gatewayd.service import Gateway
 
     if no_crypto:
-        import gatewayd.pipeline.signature as signature_module
-        from gatewayd.signing import GatewayKey
-
-        signature_module.verify = lambda public_key, message, signature: True  # type: ignore[assignment]
-        GatewayKey.sign = lambda self, message: b"\x00" * 64  # type: ignore[method-assign]
-    config = Config().replace(
-        dev={"enabled": True, "state_dir": str(work)},
-        stores={"kind": "memory"},
-        backend={"base_url": "http://127.0.0.1:9"},
-        limits=LimitsConfig(ip=BIG, session=BIG, user=BIG, message_type=BIG),
-    )
-    gateway = Gateway(config, reactor)
+        stub_crypto()
+    gateway = Gateway(bench_config(work), reactor)
     gateway.rpc.on_finish = None  # the access log is another helper's
     sessions = []
     known: dict[str, Session] = {}
