@@ -16,8 +16,9 @@ backends and the load generator on core 1. Settings: gRPC at 64 and 128 calls
 in flight (4 connections x 16 / x 32 streams) on both servers; Connect unary
 over h2c (4 x 16) and over HTTP/1.1 (64 connections) on gatewayd only
 (absolute rate; the reference speaks no Connect), each repeat of a Connect
-setting beside a gatewayd gRPC-64 run of its own (server
-``gatewayd-grpc-64-beside`` in ``--out``), whose rate its target is. Each
+setting beside gatewayd gRPC-64 runs of its own (server
+``gatewayd-grpc-64-beside`` in ``--out``; A B B A, so two pairs per repeat, each side
+first once), whose rate its target is. Each
 (setting, server) runs ``--repeats`` times, the sides alternating and their
 order flipping every repeat, each run a timed window (``--duration`` after
 ``--warmup``) of distinct pre-signed requests. One ratio line per setting is
@@ -291,8 +292,13 @@ def main() -> None:
                 runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in sides}
                 for repeat in range(args.repeats):
                     # Alternate, so a change in the machine's load hits both sides; the order flips
-                    # every repeat, so a steady drift does not favour the side that runs first.
-                    for name, server, run_setting in sides[::-1] if repeat % 2 else sides:
+                    # every repeat, so a steady drift does not favour the side that runs first. A
+                    # Connect setting runs A B B A each repeat (two adjacent pairs, each side first
+                    # once): with an odd number of flipped repeats one side would go first more often.
+                    order = sides[::-1] if repeat % 2 else sides
+                    if not setting.reference:
+                        order = order + order[::-1]
+                    for name, server, run_setting in order:
                         r = loadgen(server, run_setting, args.duration, args.warmup, requests)
                         if r["unused_requests"] == 0:
                             print(f"warning: {name} used every pre-signed request: raise --max-rate", flush=True)
