@@ -9,8 +9,8 @@ Promises:
   goes through Twisted's write buffer. That saves registering the socket for
   writability and the reactor turn to write it, twice per request. Bytes and
   their order are the same either way.
-- With a ``TurnWrites`` (the pool's), a request is written when the reactor
-  turn that sent it ends, with the other requests of that turn: a backend on
+- A request is written when the reactor turn that sent it ends (the pool's
+  ``TurnWrites``), with the other requests of that turn: a backend on
   the same core wakes once for them all instead of taking the core once per
   request (measured: ~1/3 less backend CPU per call, bench/README.md). A
   request abandoned, or whose connection closed, before then is never written.
@@ -91,12 +91,11 @@ class ConnectionOwner(TypingProtocol):
 class BackendConnection(Protocol):
     """A ``Protocol`` for one pooled connection; ``send`` one request, get one answer."""
 
-    def __init__(self, owner: ConnectionOwner, max_body_bytes: int, heads: AnswerHeads | None = None,
-                 turn: TurnWrites | None = None) -> None:
+    def __init__(self, owner: ConnectionOwner, max_body_bytes: int, heads: AnswerHeads, turn: TurnWrites) -> None:
         self._owner = owner
         self._turn = turn
         self._held = b""  # a request waiting for the end of the turn
-        self._heads = AnswerHeads() if heads is None else heads
+        self._heads = heads
         self._fresh = False  # an exchange waits and no byte of its answer has come yet
         self._max_body_bytes = max_body_bytes
         self._parser = httptools.HttpResponseParser(self)
@@ -128,11 +127,8 @@ class BackendConnection(Protocol):
         self._answer = self._error = None
         self._fresh = True
         self.requests_sent += 1
-        if self._turn is None:
-            write_now(self.transport, self._direct, request)
-        else:
-            self._held = request
-            self._turn.add(self)
+        self._held = request
+        self._turn.add(self)
 
     def flush(self) -> None:
         """The end of the turn: write the request held since ``send``, unless it was dropped."""

@@ -30,10 +30,9 @@ class SessionStage:
     def __init__(self, sessions: SessionSource) -> None:
         self._sessions = sessions
         # A cache that tells its fresh answers at once (``SessionCache.fresh_entry``) is asked that
-        # first, without a Deferred; not when ``get`` was replaced on the instance (then that is
-        # what must be called).
-        fresh: Callable[[str], tuple[float, Session | None] | None] | None = getattr(sessions, "fresh_entry", None)
-        self._fresh = None if "get" in getattr(sessions, "__dict__", ()) else fresh
+        # first, without a Deferred.
+        self._fresh: Callable[[str], tuple[float, Session | None] | None] | None = getattr(
+            sessions, "fresh_entry", None)
 
     def check(self, ctx: RequestContext) -> Deferred[None] | None:
         device_session_id = ctx.env.device_session_id

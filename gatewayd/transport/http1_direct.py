@@ -188,9 +188,10 @@ class DirectExchange(PausableExchange):
     a unary answer leaves in one write. With ``turn``, that write waits for the end
     of the reactor turn, with the turn's other answers (``flush``): on loopback each
     answer's ``send`` also wakes the client, and answers sent together wake a client
-    once rather than once each. The channel flushes it before it reads on. Without a Content-Length the body is
-    chunked. Backpressure: registered as the channel's producer while a body
-    streams; body bytes written while the socket is full are counted in ``buffered_bytes``.
+    once rather than once each. The channel flushes it before it reads on. Without
+    a Content-Length the body is chunked. Backpressure: registered as the channel's
+    producer while a body streams; body bytes written while the socket is full are
+    counted in ``buffered_bytes``.
     ``done`` is called once, when the answer is complete; otherwise the channel calls ``lost``.
     """
 
